@@ -1,0 +1,431 @@
+//! Demo HTTP (and UDP) server for graceexec. It never opens a listening socket
+//! itself: it serves the fds passed by socket activation (`LISTEN_PID`/`LISTEN_FDS`),
+//! reports `READY=1` on `NOTIFY_SOCKET`, and on SIGTERM stops accepting, answers
+//! every connection it already accepted, and exits. Routes: `/`, `/slow?ms=N`,
+//! `/info`. The `EXAMPLE_*` variables make it misbehave on purpose so tests can
+//! drive graceexec through its error paths.
+
+use std::env;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
+use std::path::Path;
+use std::process::exit;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::thread::{sleep, spawn};
+use std::time::{Duration, Instant};
+
+static TERM: AtomicBool = AtomicBool::new(false);
+static USR1_COUNT: AtomicUsize = AtomicUsize::new(0);
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+const MAX_HEAD: usize = 8 * 1024;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct State {
+    /// The body of `/` and of UDP replies.
+    hello: String,
+    /// /info up to `usr1=`, the first field that can change.
+    info_head: String,
+    term_ignored: bool,
+}
+
+pub enum Inherited {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+    Udp(UdpSocket),
+}
+
+fn main() {
+    // Taken before we open anything, so /info shows exactly the fds the
+    // supervisor passed or leaked to us.
+    let (fds, cloexec) = snapshot_fds();
+    let pid = std::process::id();
+    let var = |key: &str| env::var(key).unwrap_or_default();
+
+    let listen_pid = var("LISTEN_PID");
+    if listen_pid.trim().parse::<u32>().ok() != Some(pid) {
+        fail(&format!(
+            "LISTEN_PID={listen_pid} is not my pid {pid}; refusing inherited sockets"
+        ));
+    }
+    let listen_fds_raw = var("LISTEN_FDS");
+    let listen_fds = match listen_fds_raw.trim().parse::<i32>() {
+        Ok(n) if n > 0 => n,
+        _ => fail(&format!("LISTEN_FDS={listen_fds_raw:?} passes no sockets")),
+    };
+    let gen = env::var("GRACEEXEC_GENERATION").unwrap_or_else(|_| "0".to_string());
+    if gen_listed("EXAMPLE_FAIL_GEN", &gen) {
+        eprintln!("server: failing at start-up as asked");
+        exit(3);
+    }
+    if let Ok(text) = env::var("EXAMPLE_STDERR_AT_START") {
+        eprintln!("{text}");
+    }
+    let term_ignored = var("EXAMPLE_IGNORE_TERM") == "1";
+    let term_exit = env_number::<i32>("EXAMPLE_TERM_EXIT").unwrap_or(0);
+    let slow_start = env_number::<u64>("EXAMPLE_SLOW_START_MS").unwrap_or(0);
+    let never_ready = gen_listed("EXAMPLE_NEVER_READY_GEN", &gen);
+    let hold = env::var_os("EXAMPLE_HOLD_FILE").filter(|_| gen_listed("EXAMPLE_HOLD_GEN", &gen));
+
+    let sockets: Vec<Inherited> = (3..listen_fds.saturating_add(3))
+        .map(|fd| sys::adopt(fd).unwrap_or_else(|e| fail(&e)))
+        .collect();
+    if let Err(e) = sys::install_handlers(term_ignored) {
+        fail(&format!("cannot install signal handlers: {e}"));
+    }
+    let notify_socket = var("NOTIFY_SOCKET");
+    let join = |fds: &[i32]| fds.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    let (fds, cloexec, fdnames) = (join(&fds), join(&cloexec), var("LISTEN_FDNAMES"));
+    let state: &'static State = Box::leak(Box::new(State {
+        hello: format!("pid={pid} gen={gen}\n"),
+        info_head: format!(
+            "pid={pid}\ngen={gen}\nlisten_pid={listen_pid}\nlisten_fds={listen_fds}\n\
+             listen_fdnames={fdnames}\nnotify_socket={notify_socket}\n\
+             fds={fds}\ncloexec={cloexec}\n"
+        ),
+        term_ignored,
+    }));
+
+    sleep(Duration::from_millis(slow_start));
+    if let Some(path) = hold {
+        // A SIGTERM while held must still end the process, or a supervisor
+        // that gives up on this generation would wait on it forever.
+        wait_until(10, || Path::new(&path).exists() || TERM.load(SeqCst));
+    }
+
+    let count = sockets.len();
+    let mut acceptors = Vec::new();
+    for socket in sockets {
+        match socket {
+            Inherited::Tcp(l) => acceptors.push(spawn(move || accept_loop(|| l.accept(), state))),
+            Inherited::Unix(l) => acceptors.push(spawn(move || accept_loop(|| l.accept(), state))),
+            Inherited::Udp(s) => drop(spawn(move || udp_loop(&s, state))),
+        }
+    }
+    eprintln!("server: pid {pid} gen {gen} serving {count} sockets");
+
+    if !notify_socket.is_empty() && !never_ready && !TERM.load(SeqCst) {
+        let msg = format!("READY=1\nSTATUS=serving gen {gen} pid {pid}");
+        if let Err(e) = notify(&notify_socket, &msg) {
+            eprintln!("server: cannot notify {notify_socket}: {e}");
+        }
+    }
+
+    wait_until(5, || TERM.load(SeqCst));
+    // Acceptors are joined first so that nothing can raise IN_FLIGHT after
+    // we have seen it reach zero.
+    for acceptor in acceptors {
+        let _ = acceptor.join();
+    }
+    wait_until(5, || IN_FLIGHT.load(SeqCst) == 0);
+    eprintln!("server: pid {pid} drained, exiting");
+    exit(term_exit);
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("server: {msg}");
+    exit(1);
+}
+
+fn wait_until(poll_ms: u64, done: impl Fn() -> bool) {
+    while !done() {
+        sleep(Duration::from_millis(poll_ms));
+    }
+}
+
+fn env_number<T: std::str::FromStr>(key: &str) -> Option<T> {
+    let raw = env::var(key).ok()?;
+    let parsed = raw.trim().parse().ok();
+    Some(parsed.unwrap_or_else(|| fail(&format!("{key}={raw:?} is not a number"))))
+}
+
+fn gen_listed(key: &str, gen: &str) -> bool {
+    let list = env::var(key).unwrap_or_default();
+    let is_gen = |g: &str| !g.trim().is_empty() && g.trim() == gen.trim();
+    list.trim() == "all" || list.split(',').any(is_gen)
+}
+
+/// Returns all open fds, and those >= 3 of them that have `O_CLOEXEC` set.
+fn snapshot_fds() -> (Vec<i32>, Vec<i32>) {
+    let own_dir = format!("/proc/{}/fd", std::process::id());
+    let mut fds = Vec::new();
+    let dir = fs::read_dir("/proc/self/fd");
+    for entry in dir.into_iter().flatten().flatten() {
+        // The handle doing this listing shows up in it; it is ours, not inherited.
+        if fs::read_link(entry.path()).is_ok_and(|t| t == Path::new(&own_dir)) {
+            continue;
+        }
+        let name = entry.file_name();
+        fds.extend(name.to_str().and_then(|n| n.parse::<i32>().ok()));
+    }
+    fds.sort_unstable();
+    // Only now, with the listing closed, may we open files (fdinfo) without
+    // them showing up in the snapshot.
+    let wanted = |fd: &i32| *fd >= 3 && has_cloexec(*fd);
+    let cloexec = fds.iter().copied().filter(wanted).collect();
+    (fds, cloexec)
+}
+
+fn has_cloexec(fd: i32) -> bool {
+    const O_CLOEXEC: u32 = 0o2_000_000;
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .is_some_and(|flags| flags & O_CLOEXEC != 0)
+}
+
+fn notify(path: &str, msg: &str) -> io::Result<()> {
+    let sock = UnixDatagram::unbound()?;
+    match path.strip_prefix('@') {
+        Some(name) => sock.send_to_addr(msg.as_bytes(), &SocketAddr::from_abstract_name(name)?)?,
+        None => sock.send_to(msg.as_bytes(), path)?,
+    };
+    Ok(())
+}
+
+/// What a handler needs from TCP and Unix connections alike.
+trait Conn: Read + Write + Send + 'static {
+    fn blocking_with_timeouts(&self, timeout: Duration) -> io::Result<()>;
+    fn close_write(&self) -> io::Result<()>;
+}
+
+macro_rules! impl_conn {
+    ($conn:ty) => {
+        impl Conn for $conn {
+            fn blocking_with_timeouts(&self, timeout: Duration) -> io::Result<()> {
+                self.set_nonblocking(false)?;
+                self.set_read_timeout(Some(timeout))?;
+                self.set_write_timeout(Some(timeout))
+            }
+            fn close_write(&self) -> io::Result<()> {
+                self.shutdown(Shutdown::Write)
+            }
+        }
+    };
+}
+impl_conn!(TcpStream);
+impl_conn!(UnixStream);
+
+/// Uncounts a connection when dropped, even if its handler panics or its
+/// thread never starts.
+struct InFlight;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, SeqCst);
+    }
+}
+
+/// `accept` is a non-blocking listener's `accept()`.
+fn accept_loop<C: Conn, A>(accept: impl Fn() -> io::Result<(C, A)>, state: &'static State) {
+    while !TERM.load(SeqCst) {
+        match accept() {
+            Ok((conn, _)) => {
+                // Counted before the thread exists: main must never see zero
+                // while an accepted connection is still unanswered.
+                IN_FLIGHT.fetch_add(1, SeqCst);
+                let guard = InFlight;
+                spawn(move || {
+                    serve_conn(conn, state);
+                    drop(guard);
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => sleep(Duration::from_millis(1)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // EMFILE, ECONNABORTED and the like pass; a listener stays usable.
+            Err(_) => sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn udp_loop(sock: &UdpSocket, state: &'static State) {
+    let mut buf = [0u8; 2048];
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((_, from)) => drop(sock.send_to(state.hello.as_bytes(), from)),
+            // The socket may be non-blocking (its flags are shared with other
+            // generations), and ICMP errors from earlier replies surface here.
+            Err(_) => sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// The request line, or None if the peer sent nothing at all. A head that is
+/// cut short or too big yields "", which `route()` rejects.
+fn read_request_line<C: Conn>(conn: &mut C) -> Option<String> {
+    let start = Instant::now();
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while buf.len() < MAX_HEAD && start.elapsed() < HEAD_TIMEOUT {
+        match conn.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]);
+            return Some(head.lines().next().unwrap_or("").to_string());
+        }
+    }
+    (!buf.is_empty()).then(String::new)
+}
+
+fn serve_conn<C: Conn>(mut conn: C, state: &State) {
+    // A bare connect-and-close (a readiness probe) needs no answer.
+    if conn.blocking_with_timeouts(HEAD_TIMEOUT).is_err() {
+        return;
+    }
+    let Some(request_line) = read_request_line(&mut conn) else {
+        return;
+    };
+    let (status, body) = route(&request_line, state);
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if conn.write_all(response.as_bytes()).is_err() || conn.close_write().is_err() {
+        return;
+    }
+    // Closing a TCP socket with unread input sends RST, which can destroy the
+    // response before the client reads it; wait briefly for the client's close.
+    let _ = conn.blocking_with_timeouts(Duration::from_millis(100));
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut sink = [0u8; 4096];
+    while Instant::now() < deadline && matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+fn route(request_line: &str, state: &State) -> (&'static str, String) {
+    let parts: Vec<&str> = request_line.split(' ').collect();
+    let [method, target, version] = parts[..] else {
+        return ("400 Bad Request", "bad request\n".to_string());
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    match (method, path) {
+        _ if !version.starts_with("HTTP/1.") => ("400 Bad Request", "bad version\n".to_string()),
+        ("GET", "/") => ("200 OK", state.hello.clone()),
+        ("GET", "/info") => ("200 OK", info(state)),
+        ("GET", "/slow") => match query.strip_prefix("ms=").and_then(|v| v.parse().ok()) {
+            Some(ms) => {
+                sleep(Duration::from_millis(ms));
+                ("200 OK", state.hello.clone())
+            }
+            None => ("400 Bad Request", "usage: /slow?ms=N\n".to_string()),
+        },
+        _ => ("404 Not Found", "not found\n".to_string()),
+    }
+}
+
+fn info(state: &State) -> String {
+    let (head, usr1) = (&state.info_head, USR1_COUNT.load(SeqCst));
+    let ignored = u8::from(state.term_ignored);
+    format!("{head}usr1={usr1}\nterm_ignored={ignored}\n")
+}
+
+/// The only code that talks to libc directly.
+mod sys {
+    use super::{Inherited, SeqCst, TERM, USR1_COUNT};
+    use std::ffi::{c_int, c_void};
+    use std::io;
+    use std::net::{TcpListener, UdpSocket};
+    use std::os::fd::{FromRawFd, RawFd};
+    use std::os::unix::net::UnixListener;
+    use std::ptr;
+
+    // From the Linux UAPI headers; x86_64 and aarch64 share these values.
+    const SOL_SOCKET: c_int = 1;
+    const SO_TYPE: c_int = 3;
+    const SO_ACCEPTCONN: c_int = 30;
+    const SO_DOMAIN: c_int = 39;
+    const SOCK_STREAM: c_int = 1;
+    const SOCK_DGRAM: c_int = 2;
+    const AF_UNIX: c_int = 1;
+    const AF_INET: c_int = 2;
+    const AF_INET6: c_int = 10;
+    const SIGUSR1: c_int = 10;
+    const SIGTERM: c_int = 15;
+    const SIG_IGN: usize = 1;
+    const SIG_ERR: usize = usize::MAX;
+
+    extern "C" {
+        fn getsockopt(fd: c_int, lvl: c_int, opt: c_int, val: *mut c_void, len: *mut u32) -> c_int;
+        // glibc and musl both give signal() BSD semantics (SA_RESTART, the
+        // handler stays installed), which spares us spelling out sigaction.
+        fn signal(signum: c_int, handler: usize) -> usize;
+    }
+
+    fn sockopt(fd: RawFd, name: c_int) -> Result<c_int, String> {
+        let mut value: c_int = 0;
+        let mut len = std::mem::size_of::<c_int>() as u32;
+        let value_ptr = ptr::addr_of_mut!(value).cast();
+        // SAFETY: both pointers are to live locals, and len tells the kernel
+        // the real size of value, so it writes no further; neither pointer is
+        // kept after the call.
+        let rc = unsafe { getsockopt(fd, SOL_SOCKET, name, value_ptr, &mut len) };
+        let err = io::Error::last_os_error();
+        match rc {
+            0 => Ok(value),
+            _ => Err(format!("fd {fd}: getsockopt: {err}")),
+        }
+    }
+
+    /// Takes ownership of one inherited fd; main calls it once per fd.
+    pub fn adopt(fd: RawFd) -> Result<Inherited, String> {
+        let (ty, family) = (sockopt(fd, SO_TYPE)?, sockopt(fd, SO_DOMAIN)?);
+        let inet = family == AF_INET || family == AF_INET6;
+        if !(ty == SOCK_STREAM && (inet || family == AF_UNIX) || ty == SOCK_DGRAM && inet) {
+            return Err(format!("fd {fd}: unsupported family {family} type {ty}"));
+        }
+        if ty == SOCK_STREAM && sockopt(fd, SO_ACCEPTCONN)? == 0 {
+            return Err(format!("fd {fd} is a stream socket that is not listening"));
+        }
+        // SAFETY: under the LISTEN_FDS protocol fds 3.. belong to this process
+        // alone, nothing else here has wrapped or will close this fd, and the
+        // checks above confirmed it is an open socket of the kind we wrap it
+        // as, so the new object is its one and only owner.
+        let socket = unsafe {
+            match (family, ty) {
+                (AF_UNIX, _) => Inherited::Unix(UnixListener::from_raw_fd(fd)),
+                (_, SOCK_STREAM) => Inherited::Tcp(TcpListener::from_raw_fd(fd)),
+                _ => Inherited::Udp(UdpSocket::from_raw_fd(fd)),
+            }
+        };
+        // Acceptors poll, checking TERM between accepts, so that they can stop
+        // taking connections without closing the socket under a blocked accept().
+        match &socket {
+            Inherited::Tcp(l) => l.set_nonblocking(true),
+            Inherited::Unix(l) => l.set_nonblocking(true),
+            Inherited::Udp(_) => Ok(()),
+        }
+        .map_err(|e| format!("fd {fd}: {e}"))?;
+        Ok(socket)
+    }
+
+    extern "C" fn on_term(_: c_int) {
+        TERM.store(true, SeqCst);
+    }
+
+    extern "C" fn on_usr1(_: c_int) {
+        USR1_COUNT.fetch_add(1, SeqCst);
+    }
+
+    pub fn install_handlers(ignore_term: bool) -> io::Result<()> {
+        let usr1 = on_usr1 as extern "C" fn(c_int) as usize;
+        let term = match ignore_term {
+            true => SIG_IGN,
+            false => on_term as extern "C" fn(c_int) as usize,
+        };
+        for (sig, handler) in [(SIGTERM, term), (SIGUSR1, usr1)] {
+            // SAFETY: each handler only touches lock-free atomics, which is
+            // async-signal-safe, and SIG_IGN is valid for any catchable signal.
+            if unsafe { signal(sig, handler) } == SIG_ERR {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}

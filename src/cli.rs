@@ -1,0 +1,172 @@
+//! Command-line interface. Usage errors are one line and exit 2.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use nix::sys::signal::Signal;
+
+use crate::listen::Spec;
+use crate::readiness::Mode;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Restart {
+    /// Start a new generation, with backoff, when the current one dies.
+    Always,
+    /// Exit with the child's status when the current generation dies.
+    Never,
+}
+
+/// Hold listening sockets and replace the server behind them with zero
+/// dropped connections.
+///
+/// graceexec binds the sockets once and runs COMMAND with them in the
+/// systemd socket-activation convention (fds from 3, LISTEN_FDS, LISTEN_PID,
+/// LISTEN_FDNAMES, NOTIFY_SOCKET). On SIGHUP or SIGUSR2 it starts a
+/// replacement, waits until it is ready, and only then stops the old one.
+#[derive(Debug, Parser)]
+#[command(name = "graceexec", version, max_term_width = 100)]
+pub struct Cli {
+    /// Socket to bind and pass on; repeatable. ADDR: PORT, :PORT, HOST:PORT,
+    /// [V6]:PORT, tcp://HOST:PORT, udp://HOST:PORT, unix:/PATH, unix:@NAME.
+    /// NAME= sets its LISTEN_FDNAMES name (default from the address, e.g.
+    /// tcp-8080). Without --listen, sockets passed by systemd are adopted.
+    #[arg(short, long, value_name = "[NAME=]ADDR", value_parser = parse_spec)]
+    pub listen: Vec<Spec>,
+
+    /// Listen backlog of TCP and unix stream sockets.
+    #[arg(long, value_name = "N", default_value_t = nix::libc::SOMAXCONN,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: i32,
+
+    /// Permissions of unix socket files, in octal (e.g. 660).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub unix_mode: Option<u32>,
+
+    /// When a new generation counts as ready: notify, delay:DURATION,
+    /// tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND. Default: READY=1
+    /// or 1s alive, whichever comes first.
+    #[arg(long, value_name = "MODE", value_parser = parse_ready)]
+    pub ready: Option<Mode>,
+
+    /// A generation not ready by then has failed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// Signal that asks a generation to drain and exit.
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
+    pub stop_signal: Signal,
+
+    /// Time a stopping generation has before its process group gets SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+
+    /// What to do when the serving generation dies on its own.
+    #[arg(long, value_enum, default_value_t = Restart::Always)]
+    pub restart: Restart,
+
+    /// Only warnings and errors.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Also debug lines (notify messages, probe attempts, reaped orphans).
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// The server and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+fn parse_spec(s: &str) -> Result<Spec, String> {
+    s.parse()
+}
+
+fn parse_ready(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 500ms, 30s or 2m"))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not an octal mode such as 600 or 660"))
+}
+
+/// TERM, SIGTERM or 15.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let upper = s.to_ascii_uppercase();
+    let parsed = match upper.parse::<i32>() {
+        Ok(n) => Signal::try_from(n).ok(),
+        Err(_) => {
+            let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+            name.parse::<Signal>().ok()
+        }
+    };
+    match parsed {
+        Some(Signal::SIGKILL | Signal::SIGSTOP) => Err(format!("{s} cannot be caught, so it cannot ask for a drain")),
+        Some(sig) => Ok(sig),
+        None => Err(format!("'{s}' is not a signal name or number")),
+    }
+}
+
+/// Parse the command line. On a usage error, print one line and exit 2.
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("graceexec: {}", one_line(&e.render().to_string()));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// clap's message and tip, without the usage block.
+fn one_line(rendered: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if let Some(msg) = line.strip_prefix("error: ") {
+            parts.push(msg.to_string());
+        } else if let Some(tip) = line.strip_prefix("tip: ") {
+            parts.push(tip.to_string());
+        }
+    }
+    if parts.is_empty() {
+        parts.push(rendered.lines().next().unwrap_or("invalid usage").to_string());
+    }
+    format!("{}; see 'graceexec --help'", parts.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
+        assert_eq!(parse_signal("3"), Ok(Signal::SIGQUIT));
+        assert!(parse_signal("KILL").is_err());
+        assert!(parse_signal("NOPE").is_err());
+    }
+
+    #[test]
+    fn usage_is_one_line() {
+        let e = Cli::try_parse_from(["graceexec", "--listen", "nope", "--", "x"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("nope"), "{line}");
+    }
+
+    #[test]
+    fn command_after_double_dash() {
+        let cli = Cli::try_parse_from(["graceexec", "-l", "8080", "--", "srv", "--flag"]).unwrap();
+        assert_eq!(cli.command, vec![OsString::from("srv"), OsString::from("--flag")]);
+        assert!(Cli::try_parse_from(["graceexec", "-l", "8080"]).is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! `--listen` addresses: parsing, binding, and adopting systemd's sockets.
+//!
+//! Sockets are bound once and held for graceexec's whole life; every
+//! generation gets the same open file descriptions, so connections that
+//! arrive while one server hands over to the next wait in the kernel's
+//! accept queue instead of being refused.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, getsockname, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog,
+    SockFlag, SockType, SockaddrStorage, UnixAddr,
+};
+use nix::sys::stat::{umask, Mode};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addr {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+    Unix(PathBuf),
+    Abstract(String),
+}
+
+/// One `--listen [NAME=]ADDR` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub name: Option<String>,
+    pub addr: Addr,
+}
+
+/// A bound socket with its LISTEN_FDNAMES name. A unix socket file that
+/// graceexec created is removed when this is dropped.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub fd: OwnedFd,
+    /// The address actually bound, as logged (port 0 resolved).
+    pub shown: String,
+    created: Option<(PathBuf, u64, u64)>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Remove the file only if it is still the socket we bound: a newer
+        // instance may have replaced it.
+        if let Some((path, dev, ino)) = &self.created {
+            if let Ok(m) = std::fs::symlink_metadata(path) {
+                if m.dev() == *dev && m.ino() == *ino {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+/// systemd's rule for LISTEN_FDNAMES entries (sd_listen_fds_with_names(3)):
+/// printable ASCII without ':', at most 255 characters.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+fn host_port(s: &str, default_host: &str) -> Result<SocketAddr, String> {
+    let text = if s.starts_with(':') {
+        format!("{default_host}{s}")
+    } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{default_host}:{s}")
+    } else {
+        s.to_string()
+    };
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}' has no port; write HOST:PORT, :PORT or PORT"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{host}': {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("'{host}' resolves to no address"))
+}
+
+impl FromStr for Spec {
+    type Err = String;
+
+    fn from_str(arg: &str) -> Result<Spec, String> {
+        let (name, rest) = match arg.split_once('=') {
+            Some((n, r)) if !n.contains(':') && !n.contains('/') => {
+                if !valid_name(n) {
+                    return Err(format!(
+                        "'{n}' is not a valid socket name (printable ASCII without ':', at most 255)"
+                    ));
+                }
+                (Some(n.to_string()), r)
+            }
+            _ => (None, arg),
+        };
+        let addr = if let Some(p) = rest.strip_prefix("unix:") {
+            if let Some(abs) = p.strip_prefix('@') {
+                if abs.is_empty() {
+                    return Err("unix:@ needs a name after '@'".into());
+                }
+                Addr::Abstract(abs.to_string())
+            } else if p.is_empty() {
+                return Err("unix: needs a path, as in unix:/run/app.sock".into());
+            } else {
+                Addr::Unix(PathBuf::from(p))
+            }
+        } else if let Some(hp) = rest.strip_prefix("tcp://") {
+            Addr::Tcp(host_port(hp, "0.0.0.0")?)
+        } else if let Some(hp) = rest.strip_prefix("udp://") {
+            Addr::Udp(host_port(hp, "0.0.0.0")?)
+        } else if rest.contains("://") {
+            return Err(format!(
+                "unknown scheme in '{rest}'; use tcp://, udp://, unix: or HOST:PORT"
+            ));
+        } else {
+            Addr::Tcp(host_port(rest, "0.0.0.0")?)
+        };
+        Ok(Spec { name, addr })
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Tcp(a) => write!(f, "{a}"),
+            Addr::Udp(a) => write!(f, "udp://{a}"),
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+            Addr::Abstract(n) => write!(f, "unix:@{n}"),
+        }
+    }
+}
+
+fn default_name(addr: &Addr) -> String {
+    let raw = match addr {
+        Addr::Tcp(a) => format!("tcp-{}", a.port()),
+        Addr::Udp(a) => format!("udp-{}", a.port()),
+        Addr::Unix(p) => format!(
+            "unix-{}",
+            p.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+        ),
+        Addr::Abstract(n) => format!("unix-{n}"),
+    };
+    let name: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && c != ':' { c } else { '_' })
+        .take(255)
+        .collect();
+    name
+}
+
+fn hint(e: Errno) -> &'static str {
+    match e {
+        Errno::EADDRINUSE => "; is another server on it? stop it or choose another address",
+        Errno::EACCES => "; ports below 1024 need root or CAP_NET_BIND_SERVICE",
+        Errno::EADDRNOTAVAIL => "; that address is not on this machine",
+        _ => "",
+    }
+}
+
+fn os(e: Errno) -> std::io::Error {
+    std::io::Error::from(e)
+}
+
+/// Bind one socket. Errors read `cannot bind ADDR: OS error; hint`.
+pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Listener> {
+    let fail = |e: Errno| anyhow!("cannot bind {}: {}{}", spec.addr, os(e), hint(e));
+    let (fd, shown) = match &spec.addr {
+        Addr::Tcp(a) | Addr::Udp(a) => {
+            let family = if a.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+            let ty = if matches!(spec.addr, Addr::Tcp(_)) { SockType::Stream } else { SockType::Datagram };
+            let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
+            setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(fail)?;
+            if a.is_ipv6() {
+                setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(fail)?;
+            }
+            bind(fd.as_raw_fd(), &SockaddrStorage::from(*a)).map_err(fail)?;
+            if ty == SockType::Stream {
+                listen(&fd, Backlog::new(backlog).map_err(fail)?).map_err(fail)?;
+            }
+            let local = local_inet(&fd).unwrap_or(*a);
+            let shown = match spec.addr {
+                Addr::Tcp(_) => Addr::Tcp(local),
+                _ => Addr::Udp(local),
+            };
+            (fd, shown)
+        }
+        Addr::Abstract(n) => {
+            let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
+            let ua = UnixAddr::new_abstract(n.as_bytes()).map_err(fail)?;
+            bind(fd.as_raw_fd(), &ua).map_err(fail)?;
+            listen(&fd, Backlog::new(backlog).map_err(fail)?).map_err(fail)?;
+            (fd, spec.addr.clone())
+        }
+        Addr::Unix(path) => {
+            clear_stale(path).with_context(|| format!("cannot bind {}", spec.addr))?;
+            let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
+            let ua = UnixAddr::new(path.as_path()).map_err(fail)?;
+            // The mode is set through the umask so the file never exists
+            // with looser permissions; graceexec is single-threaded here.
+            let old = unix_mode.map(|m| umask(Mode::from_bits_truncate(!m & 0o777)));
+            let r = bind(fd.as_raw_fd(), &ua);
+            if let Some(old) = old {
+                umask(old);
+            }
+            r.map_err(fail)?;
+            let m = std::fs::symlink_metadata(path).with_context(|| format!("cannot bind {}", spec.addr))?;
+            // From here on, dropping the listener removes the file, so a
+            // failed listen() leaves nothing behind.
+            let l = Listener {
+                name: spec.name.clone().unwrap_or_else(|| default_name(&spec.addr)),
+                fd,
+                shown: spec.addr.to_string(),
+                created: Some((path.clone(), m.dev(), m.ino())),
+            };
+            listen(&l.fd, Backlog::new(backlog).map_err(fail)?).map_err(fail)?;
+            return Ok(l);
+        }
+    };
+    let name = spec.name.clone().unwrap_or_else(|| default_name(&shown));
+    Ok(Listener { name, fd, shown: shown.to_string(), created: None })
+}
+
+fn local_inet(fd: &OwnedFd) -> Option<SocketAddr> {
+    let ss: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
+    if let Some(v4) = ss.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    ss.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// A leftover socket file is replaced only if nothing answers on it.
+fn clear_stale(path: &std::path::Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if !meta.file_type().is_socket() {
+        bail!("{} exists and is not a socket; remove it or choose another path", path.display());
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!("a running server answers on {}; stop it or choose another path", path.display()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => {
+            std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))
+        }
+        Err(e) => Err(anyhow!("cannot check {}: {e}", path.display())),
+    }
+}
+
+/// Sockets passed to graceexec itself by systemd socket activation
+/// (sd_listen_fds(3)): only when LISTEN_PID names this process.
+pub fn from_systemd() -> Result<Option<Vec<Listener>>> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    if pid.as_deref() != Some(&std::process::id().to_string()) {
+        return Ok(None);
+    }
+    let count: usize = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("LISTEN_PID is set for graceexec but LISTEN_FDS is not a number"))?;
+    let names: Vec<String> = match std::env::var("LISTEN_FDNAMES") {
+        Ok(n) if !n.is_empty() => n.split(':').map(str::to_string).collect(),
+        _ => vec!["unknown".to_string(); count],
+    };
+    if names.len() != count {
+        bail!("LISTEN_FDNAMES has {} names for LISTEN_FDS={count}", names.len());
+    }
+    let mut out = Vec::with_capacity(count);
+    for (i, name) in names.into_iter().enumerate() {
+        let fd = crate::spawn::adopt_inherited(3 + i as i32)?;
+        let shown = describe(&fd);
+        out.push(Listener { name, fd, shown, created: None });
+    }
+    Ok(Some(out))
+}
+
+/// A human-readable address for an adopted socket.
+fn describe(fd: &OwnedFd) -> String {
+    let ty = getsockopt(&fd.as_fd(), sockopt::SockType).ok();
+    let ss: Option<SockaddrStorage> = getsockname(fd.as_raw_fd()).ok();
+    let inet = local_inet(fd);
+    match (ty, inet, ss.as_ref().and_then(|s| s.as_unix_addr())) {
+        (Some(SockType::Datagram), Some(a), _) => Addr::Udp(a).to_string(),
+        (_, Some(a), _) => Addr::Tcp(a).to_string(),
+        (_, _, Some(u)) => match (u.path(), u.as_abstract()) {
+            (Some(p), _) => Addr::Unix(p.to_path_buf()).to_string(),
+            (_, Some(a)) => format!("unix:@{}", String::from_utf8_lossy(a)),
+            _ => "unix:(unnamed)".into(),
+        },
+        _ => format!("fd {}", fd.as_raw_fd()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Spec {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forms() {
+        assert_eq!(parse("8080").addr, Addr::Tcp("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(parse(":8080").addr, Addr::Tcp("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(parse("127.0.0.1:80").addr, Addr::Tcp("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(parse("[::1]:80").addr, Addr::Tcp("[::1]:80".parse().unwrap()));
+        assert_eq!(parse("tcp://127.0.0.1:1").addr, Addr::Tcp("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(parse("udp://127.0.0.1:53").addr, Addr::Udp("127.0.0.1:53".parse().unwrap()));
+        assert_eq!(parse("unix:/a/b.sock").addr, Addr::Unix("/a/b.sock".into()));
+        assert_eq!(parse("unix:@x").addr, Addr::Abstract("x".into()));
+        let named = parse("web=127.0.0.1:80");
+        assert_eq!(named.name.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn rejects() {
+        for bad in ["", "abc", "1.2.3.4:99999", "unix:", "unix:@", "ftp://x:1", "a:b=1", "x y=80"] {
+            assert!(bad.parse::<Spec>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn default_names() {
+        assert_eq!(default_name(&parse("8080").addr), "tcp-8080");
+        assert_eq!(default_name(&parse("udp://127.0.0.1:53").addr), "udp-53");
+        assert_eq!(default_name(&parse("unix:/run/app.sock").addr), "unix-app.sock");
+    }
+}

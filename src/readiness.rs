@@ -1,0 +1,296 @@
+//! `--ready` modes and the polled probes (tcp, http, exec).
+//!
+//! Probes never block the event loop: tcp and http use a non-blocking
+//! connect whose fd joins the loop's poll set, and exec probes are child
+//! processes whose exit arrives with SIGCHLD like any other. Attempts start
+//! a few milliseconds apart and back off to a few hundred.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::PollFlags;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::socket::{connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use nix::unistd::Pid;
+
+use crate::supervisor::ReadyPolicy;
+
+const FIRST_INTERVAL: Duration = Duration::from_millis(5);
+const MAX_INTERVAL: Duration = Duration::from_millis(300);
+/// A tcp or http attempt that has not answered by then is abandoned.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Notify,
+    Delay(Duration),
+    Tcp(String),
+    Http { authority: String, path: String },
+    Exec(String),
+}
+
+impl Mode {
+    pub fn policy(mode: Option<&Mode>) -> ReadyPolicy {
+        match mode {
+            None => ReadyPolicy::Auto,
+            Some(Mode::Notify) => ReadyPolicy::Notify,
+            Some(Mode::Delay(d)) => ReadyPolicy::Delay(*d),
+            Some(_) => ReadyPolicy::Probe,
+        }
+    }
+}
+
+fn check_authority(a: &str) -> Result<(), String> {
+    let (host, port) = a.rsplit_once(':').ok_or_else(|| format!("'{a}' needs HOST:PORT"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("'{a}' needs HOST:PORT with a port number"));
+    }
+    Ok(())
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mode, String> {
+        if s == "notify" {
+            Ok(Mode::Notify)
+        } else if let Some(d) = s.strip_prefix("delay:") {
+            humantime::parse_duration(d)
+                .map(Mode::Delay)
+                .map_err(|e| format!("bad duration '{d}': {e}; write e.g. delay:2s"))
+        } else if let Some(a) = s.strip_prefix("tcp:") {
+            check_authority(a)?;
+            Ok(Mode::Tcp(a.to_string()))
+        } else if let Some(rest) = s.strip_prefix("http://") {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            check_authority(authority)?;
+            Ok(Mode::Http { authority: authority.to_string(), path: path.to_string() })
+        } else if let Some(c) = s.strip_prefix("exec:") {
+            if c.trim().is_empty() {
+                return Err("exec: needs a command".into());
+            }
+            Ok(Mode::Exec(c.to_string()))
+        } else {
+            Err(format!(
+                "unknown mode '{s}'; use notify, delay:DURATION, tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND"
+            ))
+        }
+    }
+}
+
+enum Attempt {
+    Idle { next: Instant },
+    Connecting { stream: TcpStream, until: Instant },
+    Reading { stream: TcpStream, until: Instant, buf: Vec<u8> },
+    Running { pid: i32 },
+}
+
+/// One candidate's probe: repeated attempts until one succeeds.
+pub struct Probe {
+    mode: Mode,
+    pid: i32,
+    gen: u32,
+    interval: Duration,
+    attempt: Attempt,
+    verbose: bool,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Attempt::Running { pid } = self.attempt {
+            // The exit is reaped by the loop's waitpid(-1) like any orphan.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn nonblocking_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+        Ok(()) | Err(Errno::EINPROGRESS) => Ok(TcpStream::from(fd)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Probe {
+    pub fn new(mode: Mode, gen: u32, pid: i32, now: Instant, verbose: bool) -> Probe {
+        Probe { mode, pid, gen, interval: FIRST_INTERVAL, attempt: Attempt::Idle { next: now }, verbose }
+    }
+
+    /// The fd and events to poll for, if an attempt waits on the network.
+    pub fn poll_fd(&self) -> Option<(BorrowedFd<'_>, PollFlags)> {
+        match &self.attempt {
+            Attempt::Connecting { stream, .. } => Some((stream.as_fd(), PollFlags::POLLOUT)),
+            Attempt::Reading { stream, .. } => Some((stream.as_fd(), PollFlags::POLLIN)),
+            _ => None,
+        }
+    }
+
+    /// When `advance` must run next, whatever the fd does.
+    pub fn wake_at(&self) -> Option<Instant> {
+        match &self.attempt {
+            Attempt::Idle { next } => Some(*next),
+            Attempt::Connecting { until, .. } | Attempt::Reading { until, .. } => Some(*until),
+            Attempt::Running { .. } => None,
+        }
+    }
+
+    /// The exec probe's process, if one runs.
+    pub fn running_pid(&self) -> Option<i32> {
+        match self.attempt {
+            Attempt::Running { pid } => Some(pid),
+            _ => None,
+        }
+    }
+
+    fn retry(&mut self, now: Instant, why: &str) {
+        if self.verbose {
+            crate::log::debug(&format!("generation {} probe: {why}", self.gen));
+        }
+        self.attempt = Attempt::Idle { next: now + self.interval };
+        self.interval = (self.interval * 2).min(MAX_INTERVAL);
+    }
+
+    /// The exec probe exited: ready if it exited 0.
+    pub fn exec_finished(&mut self, now: Instant, success: bool) -> bool {
+        if success {
+            return true;
+        }
+        self.retry(now, "command failed");
+        false
+    }
+
+    /// Move the attempt on; true once the candidate is ready.
+    pub fn advance(&mut self, now: Instant) -> bool {
+        match std::mem::replace(&mut self.attempt, Attempt::Idle { next: now }) {
+            Attempt::Idle { next } if now < next => self.attempt = Attempt::Idle { next },
+            Attempt::Idle { .. } => self.begin(now),
+            Attempt::Connecting { stream, until } => match getsockopt(&stream, sockopt::SocketError) {
+                Ok(0) => match &self.mode {
+                    Mode::Http { authority, path } => {
+                        let req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+                        // A request this small fits an empty socket buffer.
+                        match (&stream).write(req.as_bytes()) {
+                            Ok(n) if n == req.len() => {
+                                self.attempt = Attempt::Reading { stream, until, buf: Vec::new() }
+                            }
+                            _ => self.retry(now, "could not send the request"),
+                        }
+                    }
+                    _ => return true,
+                },
+                Ok(e) if e != 0 => self.retry(now, &std::io::Error::from_raw_os_error(e).to_string()),
+                _ if now >= until => self.retry(now, "connect timed out"),
+                _ => self.attempt = Attempt::Connecting { stream, until },
+            },
+            Attempt::Reading { stream, until, mut buf } => {
+                let mut chunk = [0u8; 512];
+                match (&stream).read(&mut chunk) {
+                    Ok(n) if n > 0 && buf.len() < 4096 => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(code) = status_code(&buf) {
+                            if (200..300).contains(&code) {
+                                return true;
+                            }
+                            self.retry(now, &format!("HTTP status {code}"));
+                        } else {
+                            self.attempt = Attempt::Reading { stream, until, buf };
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock && now < until => {
+                        self.attempt = Attempt::Reading { stream, until, buf }
+                    }
+                    Ok(_) => self.retry(now, "no HTTP status line"),
+                    Err(e) => self.retry(now, &e.to_string()),
+                }
+            }
+            running @ Attempt::Running { .. } => self.attempt = running,
+        }
+        false
+    }
+
+    fn begin(&mut self, now: Instant) {
+        let until = now + ATTEMPT_TIMEOUT;
+        let target = match &self.mode {
+            Mode::Tcp(a) => a.clone(),
+            Mode::Http { authority, .. } => authority.clone(),
+            Mode::Exec(cmd) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(cmd)
+                    .env("GRACEEXEC_PID", self.pid.to_string())
+                    .env("GRACEEXEC_GENERATION", self.gen.to_string())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .process_group(0);
+                if !self.verbose {
+                    c.stderr(Stdio::null());
+                }
+                match c.spawn() {
+                    Ok(child) => self.attempt = Attempt::Running { pid: child.id() as i32 },
+                    Err(e) => self.retry(now, &format!("cannot run /bin/sh: {e}")),
+                }
+                return;
+            }
+            _ => return,
+        };
+        let addr = match target.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => a,
+            Ok(None) => return self.retry(now, "no address"),
+            Err(e) => return self.retry(now, &e.to_string()),
+        };
+        match nonblocking_connect(addr) {
+            Ok(stream) => self.attempt = Attempt::Connecting { stream, until },
+            Err(e) => self.retry(now, &e.to_string()),
+        }
+    }
+}
+
+/// The status code of an HTTP response head, once its first line is in.
+fn status_code(buf: &[u8]) -> Option<u16> {
+    let line_end = buf.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&buf[..line_end]).ok()?;
+    let mut parts = line.split_whitespace();
+    let proto = parts.next()?;
+    if !proto.starts_with("HTTP/") {
+        return Some(0);
+    }
+    Some(parts.next()?.parse().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_modes() {
+        assert_eq!("notify".parse(), Ok(Mode::Notify));
+        assert_eq!("delay:1500ms".parse(), Ok(Mode::Delay(Duration::from_millis(1500))));
+        assert_eq!("tcp:127.0.0.1:80".parse(), Ok(Mode::Tcp("127.0.0.1:80".into())));
+        assert_eq!(
+            "http://localhost:8080/health".parse(),
+            Ok(Mode::Http { authority: "localhost:8080".into(), path: "/health".into() })
+        );
+        assert_eq!("exec:true".parse(), Ok(Mode::Exec("true".into())));
+        for bad in ["", "delay:soon", "tcp:80", "http://x/", "exec:", "ready"] {
+            assert!(bad.parse::<Mode>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_status_lines() {
+        assert_eq!(status_code(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+        assert_eq!(status_code(b"HTTP/1.1 503"), None);
+        assert_eq!(status_code(b"SSH-2.0\r\n"), Some(0));
+    }
+}

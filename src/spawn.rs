@@ -1,0 +1,280 @@
+//! Starting a generation: the fd layout, the environment and the exec.
+//!
+//! This module holds every `unsafe` block of graceexec. The child side of
+//! `fork` runs only async-signal-safe calls (signal-safety(7)) on buffers
+//! built before the fork, because the parent may hold allocator or stdio
+//! locks at the instant of the fork.
+//!
+//! The contract is sd_listen_fds(3): the sockets at fds 3..3+n, without
+//! FD_CLOEXEC, nothing else above 2, `LISTEN_FDS=n`, `LISTEN_FDNAMES` with n
+//! names, and `LISTEN_PID` set to the pid that execs the server. The pid is
+//! only known after the fork, so the env holds a fixed-size slot for it that
+//! the child fills in place with digits, without allocating.
+
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::libc::{self, c_char, c_int};
+use nix::sys::signal::Signal;
+use nix::unistd::{self, ForkResult, Pid};
+
+const PID_KEY: &[u8] = b"LISTEN_PID=";
+/// Room for any pid (pid_max is at most 2^22 on Linux, 20 digits is u64).
+const PID_DIGITS: usize = 20;
+
+/// Why a generation could not be exec'd. `code` follows the shells: 127 for
+/// a command that does not exist, 126 for one that cannot be executed.
+#[derive(Debug)]
+pub struct SpawnError {
+    pub code: i32,
+    pub message: String,
+}
+
+/// Everything the child needs, built in the parent before the fork.
+pub struct Child<'a> {
+    pub program: &'a Path,
+    pub args: &'a [OsString],
+    /// Environment without LISTEN_PID; that is added here.
+    pub env: Vec<(OsString, OsString)>,
+    pub sockets: &'a [BorrowedFd<'a>],
+    /// Sent to the child if graceexec dies (PR_SET_PDEATHSIG).
+    pub parent_death_signal: Signal,
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError {
+        code: 126,
+        message: "an argument or environment variable contains a NUL byte".into(),
+    })
+}
+
+fn os_error(what: &str, e: Errno) -> SpawnError {
+    SpawnError {
+        code: 1,
+        message: format!("{what}: {}", std::io::Error::from(e)),
+    }
+}
+
+/// Duplicate `fd` to the lowest free fd >= `min`, close-on-exec.
+fn dup_at_least(fd: RawFd, min: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes a borrowed fd that outlives the
+    // call and returns a new fd that nothing else owns.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let new = fcntl(borrowed, FcntlArg::F_DUPFD_CLOEXEC(min))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Fork and exec `child`. Returns its pid once the exec has succeeded, or
+/// the exec's error (reported by the child through a close-on-exec pipe).
+pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
+    let n = child.sockets.len() as c_int;
+    let first_free = 3 + n;
+
+    let program = cstring(child.program.as_os_str().as_bytes())?;
+    let mut argv: Vec<CString> = vec![program.clone()];
+    if let Some(name) = child.args.first() {
+        argv[0] = cstring(name.as_bytes())?;
+    }
+    for a in child.args.iter().skip(1) {
+        argv.push(cstring(a.as_bytes())?);
+    }
+    let mut env: Vec<CString> = Vec::with_capacity(child.env.len() + 1);
+    for (k, v) in &child.env {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env.push(cstring(&kv)?);
+    }
+    // The LISTEN_PID slot: key, room for the digits, NUL. The child writes
+    // the digits and a NUL over the room; the buffer is never reallocated.
+    let mut pid_slot: Vec<u8> = PID_KEY.to_vec();
+    pid_slot.resize(PID_KEY.len() + PID_DIGITS + 1, 0);
+    let mut envp: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
+    envp.push(pid_slot.as_ptr() as *const c_char);
+    envp.push(std::ptr::null());
+    let mut argvp: Vec<*const c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argvp.push(std::ptr::null());
+
+    // Sources strictly above the target range, so that dup2(src, 3+i) never
+    // overwrites a source not yet copied and never meets dup2(fd, fd), which
+    // would leave FD_CLOEXEC set.
+    let mut sources = Vec::with_capacity(child.sockets.len());
+    for s in child.sockets {
+        sources.push(dup_at_least(s.as_raw_fd(), first_free).map_err(|e| os_error("dup", e))?);
+    }
+    let source_fds: Vec<RawFd> = sources.iter().map(|f| f.as_raw_fd()).collect();
+    let (err_read, err_write) = unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| os_error("pipe", e))?;
+    let moved = dup_at_least(err_write.as_raw_fd(), first_free).map_err(|e| os_error("dup", e))?;
+    // The original write end must go now: the parent's read sees EOF only
+    // once no copy of the write end is left outside the child.
+    drop(err_write);
+    let err_write = moved;
+    let err_fd = err_write.as_raw_fd();
+
+    // SAFETY: sigaction and sigset structs are plain C data; zeroed is a
+    // valid starting value for both, and they are filled in before use.
+    let mut default_action: libc::sigaction = unsafe { std::mem::zeroed() };
+    default_action.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: as above.
+    let mut empty_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset writes into a valid, owned sigset_t.
+    unsafe { libc::sigemptyset(&mut empty_mask) };
+    let max_signal = libc::SIGRTMAX();
+    let parent = unistd::getpid();
+    let death_signal = child.parent_death_signal as c_int;
+    let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft.min(1 << 20) as c_int)
+        .unwrap_or(1 << 16);
+
+    // SAFETY: graceexec is single-threaded, so the child is a faithful copy.
+    // The child branch below calls only async-signal-safe functions on
+    // memory prepared above and ends in execve or _exit; it never returns
+    // into Rust code, never allocates, never panics.
+    match unsafe { unistd::fork() }.map_err(|e| os_error("fork", e))? {
+        ForkResult::Child => unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0);
+            // The parent may have died before prctl took effect; then
+            // nobody would ever deliver the death signal (prctl(2)).
+            if libc::getppid() != parent.as_raw() {
+                libc::_exit(1);
+            }
+            // Own process group: a terminal's Ctrl-C reaches graceexec only,
+            // and a stop can SIGKILL the whole group.
+            libc::setpgid(0, 0);
+            for sig in 1..=max_signal {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::sigaction(sig, &default_action, std::ptr::null_mut());
+                }
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, &empty_mask, std::ptr::null_mut());
+            for (i, src) in source_fds.iter().enumerate() {
+                // dup2 never copies FD_CLOEXEC, and src != target here.
+                if libc::dup2(*src, 3 + i as c_int) < 0 {
+                    child_fail(err_fd);
+                }
+            }
+            close_fds_from(first_free, err_fd, fd_limit);
+            write_pid(pid_slot.as_ptr() as *mut u8, libc::getpid());
+            libc::execve(program.as_ptr(), argvp.as_ptr(), envp.as_ptr());
+            child_fail(err_fd);
+        },
+        ForkResult::Parent { child: pid } => {
+            drop(err_write);
+            drop(sources);
+            // Also set it here: the parent may signal the group before the
+            // child has run. EACCES after the exec is expected and harmless.
+            let _ = unistd::setpgid(pid, pid);
+            let mut buf = [0u8; 4];
+            let mut got = 0;
+            while got < 4 {
+                match unistd::read(&err_read, &mut buf[got..]) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+            if got == 0 {
+                return Ok(pid);
+            }
+            let _ = nix::sys::wait::waitpid(pid, None);
+            let errno = Errno::from_raw(i32::from_ne_bytes(buf));
+            Err(exec_error(child.program, errno))
+        }
+    }
+}
+
+/// Map an execve errno to the shells' exit codes and a message.
+pub fn exec_error(program: &Path, errno: Errno) -> SpawnError {
+    let code = match errno {
+        Errno::ENOENT | Errno::ENOTDIR => 127,
+        _ => 126,
+    };
+    SpawnError {
+        code,
+        message: format!(
+            "cannot execute {}: {}",
+            program.display(),
+            std::io::Error::from(errno)
+        ),
+    }
+}
+
+/// Child side: report errno through the pipe and exit 127.
+unsafe fn child_fail(err_fd: c_int) -> ! {
+    let errno = *libc::__errno_location();
+    let bytes = errno.to_ne_bytes();
+    libc::write(err_fd, bytes.as_ptr() as *const libc::c_void, 4);
+    libc::_exit(127)
+}
+
+/// Child side: close every fd >= `from` except `keep` (close-on-exec, and
+/// needed until the exec succeeds). close_range(2) first; the loop is the
+/// fallback for kernels before 5.9.
+unsafe fn close_fds_from(from: c_int, keep: c_int, limit: c_int) {
+    let ranges = [(from, keep - 1), (keep + 1, c_int::MAX)];
+    for (lo, hi) in ranges {
+        if lo > hi {
+            continue;
+        }
+        let r = libc::syscall(libc::SYS_close_range, lo as u32, hi as u32, 0u32);
+        if r != 0 {
+            let mut fd = lo;
+            while fd <= hi && fd < limit {
+                libc::close(fd);
+                fd += 1;
+            }
+        }
+    }
+}
+
+/// Child side: write `pid` as decimal digits plus NUL after the key.
+unsafe fn write_pid(slot: *mut u8, pid: libc::pid_t) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut n = pid as u64;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 || len == PID_DIGITS {
+            break;
+        }
+    }
+    let mut at = slot.add(PID_KEY.len());
+    while len > 0 {
+        len -= 1;
+        *at = digits[len];
+        at = at.add(1);
+    }
+    *at = 0;
+}
+
+/// Take ownership of a socket graceexec inherited under systemd socket
+/// activation, after checking that it is an open socket. It is made
+/// close-on-exec: children get it only through the explicit layout.
+pub fn adopt_inherited(fd: RawFd) -> anyhow::Result<OwnedFd> {
+    let flags = fcntl(
+        // SAFETY: only queried; an fd that is not open makes fcntl fail.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        FcntlArg::F_GETFD,
+    )
+    .map_err(|e| anyhow::anyhow!("inherited fd {fd} is not open: {e}"))?;
+    // SAFETY: systemd's LISTEN_FDS/LISTEN_PID passed this fd to this very
+    // process; nothing else in graceexec has taken ownership of it, and the
+    // F_GETFD above proved it open.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let stat = nix::sys::stat::fstat(&owned)?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        anyhow::bail!("inherited fd {fd} is not a socket");
+    }
+    let mut fl = FdFlag::from_bits_truncate(flags);
+    fl.insert(FdFlag::FD_CLOEXEC);
+    fcntl(&owned, FcntlArg::F_SETFD(fl))?;
+    Ok(owned)
+}

@@ -1,0 +1,489 @@
+//! The policy of generations, as a pure state machine.
+//!
+//! `handle(now, event)` returns the actions to carry out; it never touches a
+//! process, a socket or the clock, so every decision is unit-tested without
+//! either. A *generation* is one start of the server. At most one is the
+//! *candidate* (started, not yet ready), at most one is *current* (ready,
+//! serving), and any number are *old* (sent the stop signal, draining).
+//!
+//! | state \ event | Reload | candidate ready | candidate fails¹ | current exits | old exits | stop timeout | restart timer | Shutdown |
+//! |---|---|---|---|---|---|---|---|---|
+//! | Booting (first candidate) | merge into follow-up | it becomes current → Serving; follow-up? spawn | stop it; exit 1 (126/127 for exec errors) | — | forget | SIGKILL its group | — | stop it → Stopping |
+//! | Serving | spawn candidate → Reloading | — | — | restart: timer with backoff → Recovering; never: → Stopping with its status | forget | SIGKILL its group | — | stop all → Stopping |
+//! | Reloading | merge into follow-up | stop current; candidate becomes current; follow-up? spawn → Reloading : Serving | stop it; current keeps serving; follow-up? spawn | restart: candidate carries on → Recovering; never: → Stopping | forget | SIGKILL its group | — | stop all → Stopping |
+//! | Recovering (no current) | candidate? merge : spawn now | it becomes current → Serving | stop it; restart timer with backoff | — | forget | SIGKILL its group | spawn candidate | stop all → Stopping |
+//! | Stopping | ignore | ignore | forget | forget | forget; none left → exit | SIGKILL its group | — | SIGKILL all groups |
+//!
+//! ¹ exits before it is ready, cannot be exec'd, or is not ready within
+//! `--ready-timeout`. Any exited leader's group also gets SIGKILL, so no
+//! straggler of a finished generation keeps the sockets.
+//!
+//! The exit code after a shutdown is the status of the generation that was
+//! current when it began (128+N for signal N), or of the candidate if none
+//! was, or the forced code of a start-up failure.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::log::Level;
+
+pub type GenId = u32;
+
+const AUTO_READY_AFTER: Duration = Duration::from_secs(1);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const HEALTHY: Duration = Duration::from_secs(60);
+
+/// How a process ended, as waitpid(2) reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Status {
+    /// The shell convention: 128+N for death by signal N.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Status::Code(c) => c,
+            Status::Signal(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Status::Code(c) => write!(f, "status {c}"),
+            Status::Signal(s) => match Signal::try_from(s) {
+                Ok(sig) => write!(f, "signal {}", sig.as_str()),
+                Err(_) => write!(f, "signal {s}"),
+            },
+        }
+    }
+}
+
+/// What counts as ready under `--ready`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadyPolicy {
+    Notify,
+    Delay(Duration),
+    Probe,
+    /// No `--ready`: READY=1 or 1 s alive, whichever comes first.
+    Auto,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadySource {
+    Notify,
+    Probe,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub ready: ReadyPolicy,
+    pub ready_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub stop_signal: Signal,
+    pub restart: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Reload,
+    Shutdown,
+    Forward(Signal),
+    Spawned { gen: GenId, pid: i32 },
+    SpawnFailed { gen: GenId, code: i32, message: String },
+    Ready { gen: GenId, by: ReadySource },
+    Exited { pid: i32, status: Status },
+    /// A deadline from `next_deadline` has passed.
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Spawn { gen: GenId },
+    StartProbe { gen: GenId, pid: i32 },
+    StopProbe { gen: GenId },
+    Signal { pid: i32, signal: Signal },
+    /// SIGKILL to the process group led by `pid`.
+    KillGroup { pid: i32 },
+    /// The generation is gone: close its notify socket.
+    Release { gen: GenId },
+    Log { level: Level, msg: String },
+    Exit { code: i32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Candidate { deadline: Instant },
+    Current,
+    Old,
+}
+
+#[derive(Debug)]
+struct Gen {
+    id: GenId,
+    pid: Option<i32>,
+    role: Role,
+    spawned_at: Instant,
+    ready_at: Option<Instant>,
+    /// Set when the stop signal went out: (SIGKILL deadline, killed yet).
+    stop: Option<(Instant, bool)>,
+}
+
+pub struct Supervisor {
+    cfg: Config,
+    gens: Vec<Gen>,
+    next_id: GenId,
+    follow_up: bool,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    ever_ready: bool,
+    shutting_down: bool,
+    forced_code: Option<i32>,
+    final_gen: Option<GenId>,
+    last_status: Option<Status>,
+    out: Vec<Action>,
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+pub fn human(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+impl Supervisor {
+    pub fn new(cfg: Config) -> Supervisor {
+        Supervisor {
+            cfg,
+            gens: Vec::new(),
+            next_id: 1,
+            follow_up: false,
+            restart_at: None,
+            backoff: BACKOFF_FIRST,
+            ever_ready: false,
+            shutting_down: false,
+            forced_code: None,
+            final_gen: None,
+            last_status: None,
+            out: Vec::new(),
+        }
+    }
+
+    /// Spawn the first generation.
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        self.start_candidate(now);
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        match event {
+            Event::Reload => self.on_reload(now),
+            Event::Shutdown => self.on_shutdown(now),
+            Event::Forward(signal) => match self.find(|g| g.role == Role::Current) {
+                Some(i) => {
+                    let pid = self.gens[i].pid.expect("current has a pid");
+                    self.out.push(Action::Signal { pid, signal });
+                }
+                None => self.log(Level::Debug, format!("no serving generation to forward {} to", signal.as_str())),
+            },
+            Event::Spawned { gen, pid } => self.on_spawned(now, gen, pid),
+            Event::SpawnFailed { gen, code, message } => {
+                if let Some(i) = self.find(|g| g.id == gen) {
+                    self.gens.remove(i);
+                    self.out.push(Action::Release { gen });
+                    self.candidate_failed(now, gen, message, Some(code));
+                }
+            }
+            Event::Ready { gen, by } => self.on_ready(now, gen, by),
+            Event::Exited { pid, status } => self.on_exited(now, pid, status),
+            Event::Tick => self.on_tick(now),
+        }
+        if self.shutting_down && self.gens.is_empty() {
+            let code = self
+                .forced_code
+                .unwrap_or_else(|| self.last_status.map_or(0, Status::exit_code));
+            self.log(Level::Info, format!("exiting with status {code}"));
+            self.out.push(Action::Exit { code });
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The earliest instant at which `Tick` has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut times: Vec<Instant> = self.restart_at.into_iter().collect();
+        for g in &self.gens {
+            match (g.role, g.stop, g.pid) {
+                (_, Some((kill_at, false)), Some(_)) => times.push(kill_at),
+                (Role::Candidate { deadline }, None, Some(_)) => {
+                    times.push(deadline);
+                    times.extend(self.auto_ready_at(g));
+                }
+                _ => {}
+            }
+        }
+        times.into_iter().min()
+    }
+
+    fn auto_ready_at(&self, g: &Gen) -> Option<Instant> {
+        match self.cfg.ready {
+            ReadyPolicy::Delay(d) => Some(g.spawned_at + d),
+            ReadyPolicy::Auto => Some(g.spawned_at + AUTO_READY_AFTER),
+            _ => None,
+        }
+    }
+
+    fn log(&mut self, level: Level, msg: String) {
+        self.out.push(Action::Log { level, msg });
+    }
+
+    fn find(&self, f: impl Fn(&Gen) -> bool) -> Option<usize> {
+        self.gens.iter().position(f)
+    }
+
+    fn candidate(&self) -> Option<usize> {
+        self.find(|g| matches!(g.role, Role::Candidate { .. }))
+    }
+
+    fn start_candidate(&mut self, now: Instant) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.gens.push(Gen {
+            id,
+            pid: None,
+            role: Role::Candidate { deadline: now + self.cfg.ready_timeout },
+            spawned_at: now,
+            ready_at: None,
+            stop: None,
+        });
+        self.out.push(Action::Spawn { gen: id });
+    }
+
+    /// Send the stop signal once; SIGKILL follows at the stop timeout.
+    fn stop(&mut self, now: Instant, i: usize) {
+        let sig = self.cfg.stop_signal;
+        let deadline = now + self.cfg.stop_timeout;
+        let g = &mut self.gens[i];
+        if g.stop.is_some() {
+            return;
+        }
+        g.stop = Some((deadline, false));
+        if let Role::Candidate { .. } = g.role {
+            g.role = Role::Old;
+        }
+        let (id, pid) = (g.id, g.pid);
+        if let Some(pid) = pid {
+            self.out.push(Action::Signal { pid, signal: sig });
+            self.log(Level::Info, format!("generation {id} (pid {pid}) stopping with {}", sig.as_str()));
+        }
+    }
+
+    fn on_reload(&mut self, now: Instant) {
+        if self.shutting_down {
+            self.log(Level::Info, "reload ignored: shutting down".into());
+        } else if let Some(i) = self.candidate() {
+            self.follow_up = true;
+            let id = self.gens[i].id;
+            self.log(
+                Level::Info,
+                format!("reload requested while generation {id} is starting; merged into one follow-up reload"),
+            );
+        } else {
+            self.log(Level::Info, "reload requested".into());
+            self.restart_at = None;
+            self.start_candidate(now);
+        }
+    }
+
+    fn on_shutdown(&mut self, now: Instant) {
+        if self.shutting_down {
+            self.log(Level::Warn, "second stop request: killing every generation now".into());
+            for g in &mut self.gens {
+                if let Some(pid) = g.pid {
+                    self.out.push(Action::KillGroup { pid });
+                    g.stop = Some((now, true));
+                }
+            }
+            return;
+        }
+        self.log(Level::Info, "shutting down".into());
+        self.begin_shutdown(now);
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        self.follow_up = false;
+        self.restart_at = None;
+        self.final_gen = self
+            .find(|g| g.role == Role::Current)
+            .or_else(|| self.candidate())
+            .map(|i| self.gens[i].id);
+        for i in 0..self.gens.len() {
+            self.stop(now, i);
+        }
+    }
+
+    fn on_spawned(&mut self, now: Instant, gen: GenId, pid: i32) {
+        let timeout = self.cfg.ready_timeout;
+        let Some(i) = self.find(|g| g.id == gen) else { return };
+        let g = &mut self.gens[i];
+        g.pid = Some(pid);
+        g.spawned_at = now;
+        if let Role::Candidate { deadline } = &mut g.role {
+            *deadline = now + timeout;
+        }
+        self.log(Level::Info, format!("generation {gen} started as pid {pid}"));
+        if self.cfg.ready == ReadyPolicy::Probe {
+            self.out.push(Action::StartProbe { gen, pid });
+        }
+        if self.shutting_down {
+            self.stop(now, i);
+        }
+    }
+
+    fn on_ready(&mut self, now: Instant, gen: GenId, by: ReadySource) {
+        let accepted = matches!(
+            (self.cfg.ready, by),
+            (ReadyPolicy::Notify | ReadyPolicy::Auto, ReadySource::Notify) | (ReadyPolicy::Probe, ReadySource::Probe)
+        );
+        match self.candidate() {
+            Some(i) if accepted && self.gens[i].id == gen => self.promote(now, i),
+            _ => self.log(Level::Debug, format!("generation {gen}: readiness ignored")),
+        }
+    }
+
+    fn promote(&mut self, now: Instant, i: usize) {
+        let g = &mut self.gens[i];
+        g.role = Role::Current;
+        g.ready_at = Some(now);
+        let (id, took) = (g.id, now - g.spawned_at);
+        self.ever_ready = true;
+        self.restart_at = None;
+        self.log(Level::Info, format!("generation {id} ready after {} ms", ms(took)));
+        if self.cfg.ready == ReadyPolicy::Probe {
+            self.out.push(Action::StopProbe { gen: id });
+        }
+        for j in 0..self.gens.len() {
+            if self.gens[j].role == Role::Current && self.gens[j].id != id {
+                self.gens[j].role = Role::Old;
+                self.stop(now, j);
+            }
+        }
+        if self.follow_up {
+            self.follow_up = false;
+            self.log(Level::Info, "starting the follow-up reload".into());
+            self.start_candidate(now);
+        }
+    }
+
+    /// The candidate `id` failed; if it still runs, it is at index `i`.
+    fn candidate_failed(&mut self, now: Instant, id: GenId, why: String, code: Option<i32>) {
+        if let Some(i) = self.find(|g| g.id == id) {
+            self.out.push(Action::StopProbe { gen: id });
+            self.stop(now, i);
+        }
+        if self.shutting_down {
+            return;
+        }
+        if !self.ever_ready {
+            self.log(Level::Error, format!("generation {id} {why}; giving up"));
+            self.forced_code = Some(code.unwrap_or(1));
+            self.begin_shutdown(now);
+        } else if let Some(c) = self.find(|g| g.role == Role::Current) {
+            let cur = self.gens[c].id;
+            self.log(Level::Warn, format!("reload failed: generation {id} {why}; generation {cur} keeps serving"));
+            if self.follow_up {
+                self.follow_up = false;
+                self.log(Level::Info, "starting the follow-up reload".into());
+                self.start_candidate(now);
+            }
+        } else {
+            self.follow_up = false;
+            self.log(Level::Warn, format!("generation {id} {why}"));
+            self.schedule_restart(now);
+        }
+    }
+
+    fn schedule_restart(&mut self, now: Instant) {
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.restart_at = Some(now + delay);
+        self.log(Level::Info, format!("restarting in {}", human(delay)));
+    }
+
+    fn on_exited(&mut self, now: Instant, pid: i32, status: Status) {
+        let Some(i) = self.find(|g| g.pid == Some(pid)) else { return };
+        let g = self.gens.remove(i);
+        self.out.push(Action::Release { gen: g.id });
+        self.out.push(Action::KillGroup { pid });
+        if self.final_gen == Some(g.id) {
+            self.last_status = Some(status);
+        }
+        match (g.role, g.stop) {
+            (_, Some(_)) | (Role::Old, _) => {
+                self.log(Level::Info, format!("generation {} (pid {pid}) exited with {status}", g.id));
+            }
+            (Role::Candidate { .. }, None) => {
+                self.candidate_failed(now, g.id, format!("(pid {pid}) exited with {status} before it was ready"), None);
+            }
+            (Role::Current, None) => {
+                self.last_status = Some(status);
+                self.log(Level::Warn, format!("generation {} (pid {pid}) exited unexpectedly with {status}", g.id));
+                if !self.cfg.restart {
+                    self.forced_code = Some(status.exit_code());
+                    self.begin_shutdown(now);
+                } else if let Some(c) = self.candidate() {
+                    let id = self.gens[c].id;
+                    self.log(Level::Info, format!("generation {id} is starting and will take over"));
+                } else {
+                    if g.ready_at.is_some_and(|r| now.duration_since(r) >= HEALTHY) {
+                        self.backoff = BACKOFF_FIRST;
+                    }
+                    self.schedule_restart(now);
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        if let Some(i) = self.candidate() {
+            let g = &self.gens[i];
+            if let (Role::Candidate { deadline }, Some(_)) = (g.role, g.pid) {
+                let id = g.id;
+                if now >= deadline {
+                    let why = format!("was not ready within {}", human(self.cfg.ready_timeout));
+                    self.candidate_failed(now, id, why, None);
+                } else if self.auto_ready_at(g).is_some_and(|t| now >= t) {
+                    self.promote(now, i);
+                }
+            }
+        }
+        for g in &mut self.gens {
+            if let (Some((kill_at, false)), Some(pid)) = (g.stop, g.pid) {
+                if now >= kill_at {
+                    g.stop = Some((kill_at, true));
+                    self.out.push(Action::KillGroup { pid });
+                    let msg = format!(
+                        "generation {} (pid {pid}) killed after the stop timeout ({})",
+                        g.id,
+                        human(self.cfg.stop_timeout)
+                    );
+                    self.out.push(Action::Log { level: Level::Warn, msg });
+                }
+            }
+        }
+        if self.restart_at.is_some_and(|t| now >= t) {
+            self.restart_at = None;
+            self.start_candidate(now);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod tests;
