@@ -32,10 +32,22 @@ use crate::supervisor::{Action, Event, GenId, ReadySource, Status, Supervisor};
 const RELOAD: [Signal; 2] = [Signal::SIGHUP, Signal::SIGUSR2];
 const SHUTDOWN: [Signal; 2] = [Signal::SIGTERM, Signal::SIGINT];
 /// Passed on to the serving generation as they are.
-pub const FORWARD: [Signal; 5] = [Signal::SIGUSR1, Signal::SIGWINCH, Signal::SIGQUIT, Signal::SIGTTIN, Signal::SIGTTOU];
+pub const FORWARD: [Signal; 5] = [
+    Signal::SIGUSR1,
+    Signal::SIGWINCH,
+    Signal::SIGQUIT,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
 
 /// Variables graceexec sets for each child; any inherited value is dropped.
-const OWN_VARS: [&str; 5] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "GRACEEXEC_GENERATION"];
+const OWN_VARS: [&str; 5] = [
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "GRACEEXEC_GENERATION",
+];
 
 /// Block every signal graceexec handles and open the signalfd that reads
 /// them. Called first thing, so a signal sent during start-up waits.
@@ -46,7 +58,10 @@ pub fn block_signals() -> Result<SignalFd> {
     }
     mask.add(Signal::SIGCHLD);
     mask.thread_block()?;
-    Ok(SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?)
+    Ok(SignalFd::with_flags(
+        &mask,
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )?)
 }
 
 /// Find COMMAND the way a shell would, anew at every start.
@@ -58,10 +73,14 @@ pub fn resolve(command: &OsString) -> Result<PathBuf, SpawnError> {
             let p = PathBuf::from(command);
             let has_slash = shown.contains('/');
             match std::fs::metadata(&p) {
-                Ok(m) if has_slash && (m.is_dir() || m.permissions().mode() & 0o111 == 0) => Err(SpawnError {
-                    code: 126,
-                    message: format!("cannot execute {shown}: Permission denied (not an executable file)"),
-                }),
+                Ok(m) if has_slash && (m.is_dir() || m.permissions().mode() & 0o111 == 0) => {
+                    Err(SpawnError {
+                        code: 126,
+                        message: format!(
+                            "cannot execute {shown}: Permission denied (not an executable file)"
+                        ),
+                    })
+                }
                 _ => Err(SpawnError {
                     code: 127,
                     message: if has_slash {
@@ -145,7 +164,10 @@ impl Runtime {
             }
             Action::Signal { pid, signal } => match kill(Pid::from_raw(pid), signal) {
                 Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => log::warn(&format!("cannot send {} to pid {pid}: {e}", signal.as_str())),
+                Err(e) => log::warn(&format!(
+                    "cannot send {} to pid {pid}: {e}",
+                    signal.as_str()
+                )),
             },
             Action::KillGroup { pid } => {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -159,15 +181,29 @@ impl Runtime {
         None
     }
 
-    fn spawn(&mut self, gen: GenId, base_env: &[(OsString, OsString)], gens: &mut BTreeMap<GenId, GenIo>) -> Event {
-        let failed = |e: SpawnError| Event::SpawnFailed { gen, code: e.code, message: e.message };
+    fn spawn(
+        &mut self,
+        gen: GenId,
+        base_env: &[(OsString, OsString)],
+        gens: &mut BTreeMap<GenId, GenIo>,
+    ) -> Event {
+        let failed = |e: SpawnError| Event::SpawnFailed {
+            gen,
+            code: e.code,
+            message: e.message,
+        };
         let program = match resolve(&self.command[0]) {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
         let notify = match self.notify_dir.socket(gen) {
             Ok(n) => n,
-            Err(e) => return failed(SpawnError { code: 1, message: format!("{e:#}") }),
+            Err(e) => {
+                return failed(SpawnError {
+                    code: 1,
+                    message: format!("{e:#}"),
+                })
+            }
         };
         let names: Vec<&str> = self.listeners.iter().map(|l| l.name.as_str()).collect();
         let mut env = base_env.to_vec();
@@ -185,8 +221,18 @@ impl Runtime {
         };
         match spawn::spawn(child) {
             Ok(pid) => {
-                gens.insert(gen, GenIo { pid: Some(pid.as_raw()), notify, probe: None });
-                Event::Spawned { gen, pid: pid.as_raw() }
+                gens.insert(
+                    gen,
+                    GenIo {
+                        pid: Some(pid.as_raw()),
+                        notify,
+                        probe: None,
+                    },
+                );
+                Event::Spawned {
+                    gen,
+                    pid: pid.as_raw(),
+                }
             }
             Err(e) => failed(e),
         }
@@ -241,7 +287,10 @@ impl Runtime {
                                 log::debug(&format!("generation {gen} notify: {other}"));
                             }
                             if m.ready {
-                                queue.push_back(Event::Ready { gen, by: ReadySource::Notify });
+                                queue.push_back(Event::Ready {
+                                    gen,
+                                    by: ReadySource::Notify,
+                                });
                             }
                         }
                     }
@@ -254,7 +303,10 @@ impl Runtime {
             if let Some(p) = io.probe.as_mut() {
                 if p.advance(now) {
                     io.probe = None;
-                    queue.push_back(Event::Ready { gen: *gen, by: ReadySource::Probe });
+                    queue.push_back(Event::Ready {
+                        gen: *gen,
+                        by: ReadySource::Probe,
+                    });
                 }
             }
         }
@@ -262,7 +314,9 @@ impl Runtime {
 
     fn read_signals(&mut self, gens: &mut BTreeMap<GenId, GenIo>, queue: &mut VecDeque<Event>) {
         while let Ok(Some(info)) = self.signals.read_signal() {
-            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
             if RELOAD.contains(&sig) {
                 log::debug(&format!("received {}", sig.as_str()));
                 queue.push_back(Event::Reload);
@@ -298,7 +352,10 @@ fn reap(gens: &mut BTreeMap<GenId, GenIo>, queue: &mut VecDeque<Event>) {
                 known = true;
                 if p.exec_finished(now, status == Status::Code(0)) {
                     io.probe = None;
-                    queue.push_back(Event::Ready { gen: *gen, by: ReadySource::Probe });
+                    queue.push_back(Event::Ready {
+                        gen: *gen,
+                        by: ReadySource::Probe,
+                    });
                 }
             }
         }

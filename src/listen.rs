@@ -148,13 +148,21 @@ fn default_name(addr: &Addr) -> String {
         Addr::Udp(a) => format!("udp-{}", a.port()),
         Addr::Unix(p) => format!(
             "unix-{}",
-            p.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+            p.file_name()
+                .map(|f| f.to_string_lossy())
+                .unwrap_or_default()
         ),
         Addr::Abstract(n) => format!("unix-{n}"),
     };
     let name: String = raw
         .chars()
-        .map(|c| if c.is_ascii_graphic() && c != ':' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != ':' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(255)
         .collect();
     name
@@ -178,8 +186,16 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
     let fail = |e: Errno| anyhow!("cannot bind {}: {}{}", spec.addr, os(e), hint(e));
     let (fd, shown) = match &spec.addr {
         Addr::Tcp(a) | Addr::Udp(a) => {
-            let family = if a.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-            let ty = if matches!(spec.addr, Addr::Tcp(_)) { SockType::Stream } else { SockType::Datagram };
+            let family = if a.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            let ty = if matches!(spec.addr, Addr::Tcp(_)) {
+                SockType::Stream
+            } else {
+                SockType::Datagram
+            };
             let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
             setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(fail)?;
             if a.is_ipv6() {
@@ -197,7 +213,13 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
             (fd, shown)
         }
         Addr::Abstract(n) => {
-            let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
+            let fd = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(fail)?;
             let ua = UnixAddr::new_abstract(n.as_bytes()).map_err(fail)?;
             bind(fd.as_raw_fd(), &ua).map_err(fail)?;
             listen(&fd, Backlog::new(backlog).map_err(fail)?).map_err(fail)?;
@@ -205,7 +227,13 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
         }
         Addr::Unix(path) => {
             clear_stale(path).with_context(|| format!("cannot bind {}", spec.addr))?;
-            let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
+            let fd = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(fail)?;
             let ua = UnixAddr::new(path.as_path()).map_err(fail)?;
             // The mode is set through the umask so the file never exists
             // with looser permissions; graceexec is single-threaded here.
@@ -215,11 +243,15 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
                 umask(old);
             }
             r.map_err(fail)?;
-            let m = std::fs::symlink_metadata(path).with_context(|| format!("cannot bind {}", spec.addr))?;
+            let m = std::fs::symlink_metadata(path)
+                .with_context(|| format!("cannot bind {}", spec.addr))?;
             // From here on, dropping the listener removes the file, so a
             // failed listen() leaves nothing behind.
             let l = Listener {
-                name: spec.name.clone().unwrap_or_else(|| default_name(&spec.addr)),
+                name: spec
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| default_name(&spec.addr)),
                 fd,
                 shown: spec.addr.to_string(),
                 created: Some((path.clone(), m.dev(), m.ino())),
@@ -229,7 +261,12 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
         }
     };
     let name = spec.name.clone().unwrap_or_else(|| default_name(&shown));
-    Ok(Listener { name, fd, shown: shown.to_string(), created: None })
+    Ok(Listener {
+        name,
+        fd,
+        shown: shown.to_string(),
+        created: None,
+    })
 }
 
 fn local_inet(fd: &OwnedFd) -> Option<SocketAddr> {
@@ -248,13 +285,18 @@ fn clear_stale(path: &std::path::Path) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     if !meta.file_type().is_socket() {
-        bail!("{} exists and is not a socket; remove it or choose another path", path.display());
+        bail!(
+            "{} exists and is not a socket; remove it or choose another path",
+            path.display()
+        );
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => bail!("a running server answers on {}; stop it or choose another path", path.display()),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => {
-            std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))
-        }
+        Ok(_) => bail!(
+            "a running server answers on {}; stop it or choose another path",
+            path.display()
+        ),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display())),
         Err(e) => Err(anyhow!("cannot check {}: {e}", path.display())),
     }
 }
@@ -275,13 +317,21 @@ pub fn from_systemd() -> Result<Option<Vec<Listener>>> {
         _ => vec!["unknown".to_string(); count],
     };
     if names.len() != count {
-        bail!("LISTEN_FDNAMES has {} names for LISTEN_FDS={count}", names.len());
+        bail!(
+            "LISTEN_FDNAMES has {} names for LISTEN_FDS={count}",
+            names.len()
+        );
     }
     let mut out = Vec::with_capacity(count);
     for (i, name) in names.into_iter().enumerate() {
         let fd = crate::spawn::adopt_inherited(3 + i as i32)?;
         let shown = describe(&fd);
-        out.push(Listener { name, fd, shown, created: None });
+        out.push(Listener {
+            name,
+            fd,
+            shown,
+            created: None,
+        });
     }
     Ok(Some(out))
 }
@@ -313,12 +363,30 @@ mod tests {
 
     #[test]
     fn forms() {
-        assert_eq!(parse("8080").addr, Addr::Tcp("0.0.0.0:8080".parse().unwrap()));
-        assert_eq!(parse(":8080").addr, Addr::Tcp("0.0.0.0:8080".parse().unwrap()));
-        assert_eq!(parse("127.0.0.1:80").addr, Addr::Tcp("127.0.0.1:80".parse().unwrap()));
-        assert_eq!(parse("[::1]:80").addr, Addr::Tcp("[::1]:80".parse().unwrap()));
-        assert_eq!(parse("tcp://127.0.0.1:1").addr, Addr::Tcp("127.0.0.1:1".parse().unwrap()));
-        assert_eq!(parse("udp://127.0.0.1:53").addr, Addr::Udp("127.0.0.1:53".parse().unwrap()));
+        assert_eq!(
+            parse("8080").addr,
+            Addr::Tcp("0.0.0.0:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse(":8080").addr,
+            Addr::Tcp("0.0.0.0:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse("127.0.0.1:80").addr,
+            Addr::Tcp("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse("[::1]:80").addr,
+            Addr::Tcp("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse("tcp://127.0.0.1:1").addr,
+            Addr::Tcp("127.0.0.1:1".parse().unwrap())
+        );
+        assert_eq!(
+            parse("udp://127.0.0.1:53").addr,
+            Addr::Udp("127.0.0.1:53".parse().unwrap())
+        );
         assert_eq!(parse("unix:/a/b.sock").addr, Addr::Unix("/a/b.sock".into()));
         assert_eq!(parse("unix:@x").addr, Addr::Abstract("x".into()));
         let named = parse("web=127.0.0.1:80");
@@ -327,7 +395,16 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in ["", "abc", "1.2.3.4:99999", "unix:", "unix:@", "ftp://x:1", "a:b=1", "x y=80"] {
+        for bad in [
+            "",
+            "abc",
+            "1.2.3.4:99999",
+            "unix:",
+            "unix:@",
+            "ftp://x:1",
+            "a:b=1",
+            "x y=80",
+        ] {
             assert!(bad.parse::<Spec>().is_err(), "{bad} parsed");
         }
     }
@@ -336,6 +413,9 @@ mod tests {
     fn default_names() {
         assert_eq!(default_name(&parse("8080").addr), "tcp-8080");
         assert_eq!(default_name(&parse("udp://127.0.0.1:53").addr), "udp-53");
-        assert_eq!(default_name(&parse("unix:/run/app.sock").addr), "unix-app.sock");
+        assert_eq!(
+            default_name(&parse("unix:/run/app.sock").addr),
+            "unix-app.sock"
+        );
     }
 }

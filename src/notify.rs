@@ -41,7 +41,10 @@ impl NotifyDir {
                     Ok(()) => return Ok(NotifyDir { path }),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                     Err(e) => {
-                        last_err = Some(anyhow::Error::new(e).context(format!("cannot create {}", path.display())));
+                        last_err = Some(
+                            anyhow::Error::new(e)
+                                .context(format!("cannot create {}", path.display())),
+                        );
                         break;
                     }
                 }
@@ -57,7 +60,8 @@ impl NotifyDir {
     pub fn socket(&self, gen: u32) -> Result<NotifySocket> {
         let path = self.path.join(format!("notify-{gen}.sock"));
         let _ = std::fs::remove_file(&path);
-        let sock = UnixDatagram::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
+        let sock =
+            UnixDatagram::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
         sock.set_nonblocking(true)?;
         Ok(NotifySocket { sock, path })
     }

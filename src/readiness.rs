@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::PollFlags;
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::socket::{connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use nix::sys::socket::{
+    connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+};
 use nix::unistd::Pid;
 
 use crate::supervisor::ReadyPolicy;
@@ -47,7 +49,9 @@ impl Mode {
 }
 
 fn check_authority(a: &str) -> Result<(), String> {
-    let (host, port) = a.rsplit_once(':').ok_or_else(|| format!("'{a}' needs HOST:PORT"))?;
+    let (host, port) = a
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{a}' needs HOST:PORT"))?;
     if host.is_empty() || port.parse::<u16>().is_err() {
         return Err(format!("'{a}' needs HOST:PORT with a port number"));
     }
@@ -73,7 +77,10 @@ impl FromStr for Mode {
                 None => (rest, "/"),
             };
             check_authority(authority)?;
-            Ok(Mode::Http { authority: authority.to_string(), path: path.to_string() })
+            Ok(Mode::Http {
+                authority: authority.to_string(),
+                path: path.to_string(),
+            })
         } else if let Some(c) = s.strip_prefix("exec:") {
             if c.trim().is_empty() {
                 return Err("exec: needs a command".into());
@@ -88,10 +95,21 @@ impl FromStr for Mode {
 }
 
 enum Attempt {
-    Idle { next: Instant },
-    Connecting { stream: TcpStream, until: Instant },
-    Reading { stream: TcpStream, until: Instant, buf: Vec<u8> },
-    Running { pid: i32 },
+    Idle {
+        next: Instant,
+    },
+    Connecting {
+        stream: TcpStream,
+        until: Instant,
+    },
+    Reading {
+        stream: TcpStream,
+        until: Instant,
+        buf: Vec<u8>,
+    },
+    Running {
+        pid: i32,
+    },
 }
 
 /// One candidate's probe: repeated attempts until one succeeds.
@@ -114,8 +132,17 @@ impl Drop for Probe {
 }
 
 fn nonblocking_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
         Ok(()) | Err(Errno::EINPROGRESS) => Ok(TcpStream::from(fd)),
         Err(e) => Err(e.into()),
@@ -124,7 +151,14 @@ fn nonblocking_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 impl Probe {
     pub fn new(mode: Mode, gen: u32, pid: i32, now: Instant, verbose: bool) -> Probe {
-        Probe { mode, pid, gen, interval: FIRST_INTERVAL, attempt: Attempt::Idle { next: now }, verbose }
+        Probe {
+            mode,
+            pid,
+            gen,
+            interval: FIRST_INTERVAL,
+            attempt: Attempt::Idle { next: now },
+            verbose,
+        }
     }
 
     /// The fd and events to poll for, if an attempt waits on the network.
@@ -157,7 +191,9 @@ impl Probe {
         if self.verbose {
             crate::log::debug(&format!("generation {} probe: {why}", self.gen));
         }
-        self.attempt = Attempt::Idle { next: now + self.interval };
+        self.attempt = Attempt::Idle {
+            next: now + self.interval,
+        };
         self.interval = (self.interval * 2).min(MAX_INTERVAL);
     }
 
@@ -175,25 +211,37 @@ impl Probe {
         match std::mem::replace(&mut self.attempt, Attempt::Idle { next: now }) {
             Attempt::Idle { next } if now < next => self.attempt = Attempt::Idle { next },
             Attempt::Idle { .. } => self.begin(now),
-            Attempt::Connecting { stream, until } => match getsockopt(&stream, sockopt::SocketError) {
-                Ok(0) => match &self.mode {
-                    Mode::Http { authority, path } => {
-                        let req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-                        // A request this small fits an empty socket buffer.
-                        match (&stream).write(req.as_bytes()) {
-                            Ok(n) if n == req.len() => {
-                                self.attempt = Attempt::Reading { stream, until, buf: Vec::new() }
+            Attempt::Connecting { stream, until } => {
+                match getsockopt(&stream, sockopt::SocketError) {
+                    Ok(0) => match &self.mode {
+                        Mode::Http { authority, path } => {
+                            let req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+                            // A request this small fits an empty socket buffer.
+                            match (&stream).write(req.as_bytes()) {
+                                Ok(n) if n == req.len() => {
+                                    self.attempt = Attempt::Reading {
+                                        stream,
+                                        until,
+                                        buf: Vec::new(),
+                                    }
+                                }
+                                _ => self.retry(now, "could not send the request"),
                             }
-                            _ => self.retry(now, "could not send the request"),
                         }
+                        _ => return true,
+                    },
+                    Ok(e) if e != 0 => {
+                        self.retry(now, &std::io::Error::from_raw_os_error(e).to_string())
                     }
-                    _ => return true,
-                },
-                Ok(e) if e != 0 => self.retry(now, &std::io::Error::from_raw_os_error(e).to_string()),
-                _ if now >= until => self.retry(now, "connect timed out"),
-                _ => self.attempt = Attempt::Connecting { stream, until },
-            },
-            Attempt::Reading { stream, until, mut buf } => {
+                    _ if now >= until => self.retry(now, "connect timed out"),
+                    _ => self.attempt = Attempt::Connecting { stream, until },
+                }
+            }
+            Attempt::Reading {
+                stream,
+                until,
+                mut buf,
+            } => {
                 let mut chunk = [0u8; 512];
                 match (&stream).read(&mut chunk) {
                     Ok(n) if n > 0 && buf.len() < 4096 => {
@@ -237,7 +285,11 @@ impl Probe {
                     c.stderr(Stdio::null());
                 }
                 match c.spawn() {
-                    Ok(child) => self.attempt = Attempt::Running { pid: child.id() as i32 },
+                    Ok(child) => {
+                        self.attempt = Attempt::Running {
+                            pid: child.id() as i32,
+                        }
+                    }
                     Err(e) => self.retry(now, &format!("cannot run /bin/sh: {e}")),
                 }
                 return;
@@ -275,11 +327,20 @@ mod tests {
     #[test]
     fn parses_modes() {
         assert_eq!("notify".parse(), Ok(Mode::Notify));
-        assert_eq!("delay:1500ms".parse(), Ok(Mode::Delay(Duration::from_millis(1500))));
-        assert_eq!("tcp:127.0.0.1:80".parse(), Ok(Mode::Tcp("127.0.0.1:80".into())));
+        assert_eq!(
+            "delay:1500ms".parse(),
+            Ok(Mode::Delay(Duration::from_millis(1500)))
+        );
+        assert_eq!(
+            "tcp:127.0.0.1:80".parse(),
+            Ok(Mode::Tcp("127.0.0.1:80".into()))
+        );
         assert_eq!(
             "http://localhost:8080/health".parse(),
-            Ok(Mode::Http { authority: "localhost:8080".into(), path: "/health".into() })
+            Ok(Mode::Http {
+                authority: "localhost:8080".into(),
+                path: "/health".into()
+            })
         );
         assert_eq!("exec:true".parse(), Ok(Mode::Exec("true".into())));
         for bad in ["", "delay:soon", "tcp:80", "http://x/", "exec:", "ready"] {

@@ -137,7 +137,13 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
     // into Rust code, never allocates, never panics.
     match unsafe { unistd::fork() }.map_err(|e| os_error("fork", e))? {
         ForkResult::Child => unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                death_signal as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             // The parent may have died before prctl took effect; then
             // nobody would ever deliver the death signal (prctl(2)).
             if libc::getppid() != parent.as_raw() {

@@ -94,26 +94,58 @@ pub enum Event {
     Reload,
     Shutdown,
     Forward(Signal),
-    Spawned { gen: GenId, pid: i32 },
-    SpawnFailed { gen: GenId, code: i32, message: String },
-    Ready { gen: GenId, by: ReadySource },
-    Exited { pid: i32, status: Status },
+    Spawned {
+        gen: GenId,
+        pid: i32,
+    },
+    SpawnFailed {
+        gen: GenId,
+        code: i32,
+        message: String,
+    },
+    Ready {
+        gen: GenId,
+        by: ReadySource,
+    },
+    Exited {
+        pid: i32,
+        status: Status,
+    },
     /// A deadline from `next_deadline` has passed.
     Tick,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    Spawn { gen: GenId },
-    StartProbe { gen: GenId, pid: i32 },
-    StopProbe { gen: GenId },
-    Signal { pid: i32, signal: Signal },
+    Spawn {
+        gen: GenId,
+    },
+    StartProbe {
+        gen: GenId,
+        pid: i32,
+    },
+    StopProbe {
+        gen: GenId,
+    },
+    Signal {
+        pid: i32,
+        signal: Signal,
+    },
     /// SIGKILL to the process group led by `pid`.
-    KillGroup { pid: i32 },
+    KillGroup {
+        pid: i32,
+    },
     /// The generation is gone: close its notify socket.
-    Release { gen: GenId },
-    Log { level: Level, msg: String },
-    Exit { code: i32 },
+    Release {
+        gen: GenId,
+    },
+    Log {
+        level: Level,
+        msg: String,
+    },
+    Exit {
+        code: i32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,7 +222,10 @@ impl Supervisor {
                     let pid = self.gens[i].pid.expect("current has a pid");
                     self.out.push(Action::Signal { pid, signal });
                 }
-                None => self.log(Level::Debug, format!("no serving generation to forward {} to", signal.as_str())),
+                None => self.log(
+                    Level::Debug,
+                    format!("no serving generation to forward {} to", signal.as_str()),
+                ),
             },
             Event::Spawned { gen, pid } => self.on_spawned(now, gen, pid),
             Event::SpawnFailed { gen, code, message } => {
@@ -256,7 +291,9 @@ impl Supervisor {
         self.gens.push(Gen {
             id,
             pid: None,
-            role: Role::Candidate { deadline: now + self.cfg.ready_timeout },
+            role: Role::Candidate {
+                deadline: now + self.cfg.ready_timeout,
+            },
             spawned_at: now,
             ready_at: None,
             stop: None,
@@ -279,7 +316,10 @@ impl Supervisor {
         let (id, pid) = (g.id, g.pid);
         if let Some(pid) = pid {
             self.out.push(Action::Signal { pid, signal: sig });
-            self.log(Level::Info, format!("generation {id} (pid {pid}) stopping with {}", sig.as_str()));
+            self.log(
+                Level::Info,
+                format!("generation {id} (pid {pid}) stopping with {}", sig.as_str()),
+            );
         }
     }
 
@@ -302,7 +342,10 @@ impl Supervisor {
 
     fn on_shutdown(&mut self, now: Instant) {
         if self.shutting_down {
-            self.log(Level::Warn, "second stop request: killing every generation now".into());
+            self.log(
+                Level::Warn,
+                "second stop request: killing every generation now".into(),
+            );
             for g in &mut self.gens {
                 if let Some(pid) = g.pid {
                     self.out.push(Action::KillGroup { pid });
@@ -330,14 +373,19 @@ impl Supervisor {
 
     fn on_spawned(&mut self, now: Instant, gen: GenId, pid: i32) {
         let timeout = self.cfg.ready_timeout;
-        let Some(i) = self.find(|g| g.id == gen) else { return };
+        let Some(i) = self.find(|g| g.id == gen) else {
+            return;
+        };
         let g = &mut self.gens[i];
         g.pid = Some(pid);
         g.spawned_at = now;
         if let Role::Candidate { deadline } = &mut g.role {
             *deadline = now + timeout;
         }
-        self.log(Level::Info, format!("generation {gen} started as pid {pid}"));
+        self.log(
+            Level::Info,
+            format!("generation {gen} started as pid {pid}"),
+        );
         if self.cfg.ready == ReadyPolicy::Probe {
             self.out.push(Action::StartProbe { gen, pid });
         }
@@ -349,7 +397,8 @@ impl Supervisor {
     fn on_ready(&mut self, now: Instant, gen: GenId, by: ReadySource) {
         let accepted = matches!(
             (self.cfg.ready, by),
-            (ReadyPolicy::Notify | ReadyPolicy::Auto, ReadySource::Notify) | (ReadyPolicy::Probe, ReadySource::Probe)
+            (ReadyPolicy::Notify | ReadyPolicy::Auto, ReadySource::Notify)
+                | (ReadyPolicy::Probe, ReadySource::Probe)
         );
         match self.candidate() {
             Some(i) if accepted && self.gens[i].id == gen => self.promote(now, i),
@@ -364,7 +413,10 @@ impl Supervisor {
         let (id, took) = (g.id, now - g.spawned_at);
         self.ever_ready = true;
         self.restart_at = None;
-        self.log(Level::Info, format!("generation {id} ready after {} ms", ms(took)));
+        self.log(
+            Level::Info,
+            format!("generation {id} ready after {} ms", ms(took)),
+        );
         if self.cfg.ready == ReadyPolicy::Probe {
             self.out.push(Action::StopProbe { gen: id });
         }
@@ -396,7 +448,10 @@ impl Supervisor {
             self.begin_shutdown(now);
         } else if let Some(c) = self.find(|g| g.role == Role::Current) {
             let cur = self.gens[c].id;
-            self.log(Level::Warn, format!("reload failed: generation {id} {why}; generation {cur} keeps serving"));
+            self.log(
+                Level::Warn,
+                format!("reload failed: generation {id} {why}; generation {cur} keeps serving"),
+            );
             if self.follow_up {
                 self.follow_up = false;
                 self.log(Level::Info, "starting the follow-up reload".into());
@@ -417,7 +472,9 @@ impl Supervisor {
     }
 
     fn on_exited(&mut self, now: Instant, pid: i32, status: Status) {
-        let Some(i) = self.find(|g| g.pid == Some(pid)) else { return };
+        let Some(i) = self.find(|g| g.pid == Some(pid)) else {
+            return;
+        };
         let g = self.gens.remove(i);
         self.out.push(Action::Release { gen: g.id });
         self.out.push(Action::KillGroup { pid });
@@ -426,20 +483,37 @@ impl Supervisor {
         }
         match (g.role, g.stop) {
             (_, Some(_)) | (Role::Old, _) => {
-                self.log(Level::Info, format!("generation {} (pid {pid}) exited with {status}", g.id));
+                self.log(
+                    Level::Info,
+                    format!("generation {} (pid {pid}) exited with {status}", g.id),
+                );
             }
             (Role::Candidate { .. }, None) => {
-                self.candidate_failed(now, g.id, format!("(pid {pid}) exited with {status} before it was ready"), None);
+                self.candidate_failed(
+                    now,
+                    g.id,
+                    format!("(pid {pid}) exited with {status} before it was ready"),
+                    None,
+                );
             }
             (Role::Current, None) => {
                 self.last_status = Some(status);
-                self.log(Level::Warn, format!("generation {} (pid {pid}) exited unexpectedly with {status}", g.id));
+                self.log(
+                    Level::Warn,
+                    format!(
+                        "generation {} (pid {pid}) exited unexpectedly with {status}",
+                        g.id
+                    ),
+                );
                 if !self.cfg.restart {
                     self.forced_code = Some(status.exit_code());
                     self.begin_shutdown(now);
                 } else if let Some(c) = self.candidate() {
                     let id = self.gens[c].id;
-                    self.log(Level::Info, format!("generation {id} is starting and will take over"));
+                    self.log(
+                        Level::Info,
+                        format!("generation {id} is starting and will take over"),
+                    );
                 } else {
                     if g.ready_at.is_some_and(|r| now.duration_since(r) >= HEALTHY) {
                         self.backoff = BACKOFF_FIRST;
@@ -473,7 +547,10 @@ impl Supervisor {
                         g.id,
                         human(self.cfg.stop_timeout)
                     );
-                    self.out.push(Action::Log { level: Level::Warn, msg });
+                    self.out.push(Action::Log {
+                        level: Level::Warn,
+                        msg,
+                    });
                 }
             }
         }
