@@ -323,7 +323,9 @@ fn route(request_line: &str, state: &State) -> (&'static str, String) {
 fn info(state: &State) -> String {
     let (head, usr1) = (&state.info_head, USR1_COUNT.load(SeqCst));
     let ignored = u8::from(state.term_ignored);
-    format!("{head}usr1={usr1}\nterm_ignored={ignored}\n")
+    // Counts this /info request too.
+    let in_flight = IN_FLIGHT.load(SeqCst);
+    format!("{head}usr1={usr1}\nterm_ignored={ignored}\nin_flight={in_flight}\n")
 }
 
 /// The only code that talks to libc directly.

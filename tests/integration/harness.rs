@@ -1,0 +1,365 @@
+//! A small harness: run the built graceexec against the example server, a
+//! temp dir per test, and `wait_until(condition, deadline)` instead of
+//! sleeps.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Generous: these are bounds for a stuck test, not expectations.
+pub const LONG: Duration = Duration::from_secs(30);
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_graceexec"))
+}
+
+/// The example server, which `cargo test` builds next to the test binary.
+pub fn server() -> PathBuf {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join("server");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// Poll `cond` until it holds; panic with `what` at the deadline.
+pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(1);
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("ge-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running graceexec with its stderr (and its children's) captured.
+pub struct Ge {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    status: Option<ExitStatus>,
+}
+
+pub fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Run graceexec to completion: (exit code, stderr).
+pub fn run_to_end(mut c: Command) -> (i32, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Ge {
+    /// `graceexec ARGS -- server` with `env` set.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Ge {
+        let server = server();
+        let mut full: Vec<&str> = args.to_vec();
+        full.push("--");
+        full.push(server.to_str().unwrap());
+        Ge::spawn(command(&full), env)
+    }
+
+    pub fn spawn(mut c: Command, env: &[(&str, &str)]) -> Ge {
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        Ge {
+            child,
+            log,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        self.wait_log_for(needle, LONG)
+    }
+
+    pub fn wait_log_for(&self, needle: &str, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        while !self.log().contains(needle) {
+            if Instant::now() >= end {
+                panic!(
+                    "timed out waiting for {needle:?} in the log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The pid in `generation K started as pid P`.
+    pub fn gen_pid(&self, gen: u32) -> i32 {
+        let needle = format!("generation {gen} started as pid ");
+        self.wait_log(&needle);
+        let log = self.log();
+        let rest = &log[log.find(&needle).unwrap() + needle.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// The first TCP address graceexec reports as bound.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.wait_log("bound ");
+        let log = self.log();
+        for line in log.lines() {
+            if let Some(rest) = line.split("bound ").nth(1) {
+                if let Ok(a) = rest.split_whitespace().next().unwrap().parse() {
+                    return a;
+                }
+            }
+        }
+        panic!("no TCP address in the log:\n{log}");
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+        }
+        self.status
+    }
+
+    /// Wait for graceexec to exit; its exit code.
+    pub fn wait_exit(&mut self) -> i32 {
+        wait_until("graceexec to exit", LONG, || self.try_status().is_some());
+        let code = self
+            .status
+            .unwrap()
+            .code()
+            .expect("graceexec was killed by a signal");
+        // Let the reader threads take the last lines.
+        wait_until("the log to close", LONG, || {
+            Arc::strong_count(&self.log) == 1
+        });
+        code
+    }
+}
+
+impl Drop for Ge {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            // Two stop requests: the second SIGKILLs every generation.
+            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(10);
+            while self.try_status().is_none() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+fn exchange<S: Read + Write>(mut s: S, path: &str) -> std::io::Result<String> {
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    match resp.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(std::io::Error::other(format!("bad response: {resp:?}"))),
+    }
+}
+
+/// One request on a new connection; the body of a 200 answer.
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    exchange(s, path)
+}
+
+pub fn get_unix(path: &Path, url: &str) -> std::io::Result<String> {
+    let s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    exchange(s, url)
+}
+
+/// The example server's `/info` as key=value pairs.
+pub fn info(addr: SocketAddr) -> HashMap<String, String> {
+    parse_info(&get(addr, "/info").unwrap())
+}
+
+pub fn parse_info(body: &str) -> HashMap<String, String> {
+    body.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The pid in a `pid=P gen=G` body.
+pub fn pid_of(body: &str) -> i32 {
+    parse_info(&body.replace(' ', "\n"))["pid"].parse().unwrap()
+}
+
+/// Clients that each open a new connection per request, until stopped or
+/// bounded by count and time.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    pids: Arc<Mutex<BTreeSet<i32>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+pub struct LoadResult {
+    pub ok: u64,
+    pub failed: Vec<String>,
+    pub pids: BTreeSet<i32>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        const MAX_PER_CLIENT: u64 = 200_000;
+        const MAX_TIME: Duration = Duration::from_secs(120);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let pids = Arc::new(Mutex::new(BTreeSet::new()));
+        let end = Instant::now() + MAX_TIME;
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, pids) =
+                    (stop.clone(), ok.clone(), failed.clone(), pids.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..MAX_PER_CLIENT {
+                        if stop.load(Ordering::SeqCst) || Instant::now() > end {
+                            break;
+                        }
+                        match get(addr, "/") {
+                            Ok(body) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                                pids.lock().unwrap().insert(pid_of(&body));
+                            }
+                            Err(e) => failed.lock().unwrap().push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            pids,
+            threads,
+        }
+    }
+
+    pub fn served(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Wait until `n` more requests have been served.
+    pub fn wait_more(&self, n: u64) {
+        let target = self.served() + n;
+        wait_until("load to make progress", LONG, || self.served() >= target);
+    }
+
+    pub fn finish(self) -> LoadResult {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let failed = self.failed.lock().unwrap().clone();
+        let pids = self.pids.lock().unwrap().clone();
+        LoadResult {
+            ok: self.ok.load(Ordering::SeqCst),
+            failed,
+            pids,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Crashes, shutdown, exit statuses and forwarded signals.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+#[test]
+fn a_crashed_server_is_restarted_with_backoff_while_the_socket_stays_open() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
+    ge.wait_log("generation 1 ready");
+    let first = ge.gen_pid(1);
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    ge.wait_log(&format!(
+        "generation 1 (pid {first}) exited unexpectedly with signal SIGKILL"
+    ));
+    ge.wait_log("restarting in 100ms");
+    ge.wait_log("generation 2 ready");
+    let second = ge.gen_pid(2);
+    assert_eq!(pid_of(&get(ge.tcp_addr(), "/").unwrap()), second);
+    // A second crash backs off further.
+    kill(Pid::from_raw(second), Signal::SIGKILL).unwrap();
+    ge.wait_log("restarting in 200ms");
+    ge.wait_log("generation 3 ready");
+}
+
+#[test]
+fn restart_never_exits_with_the_childs_status() {
+    let mut ge = Ge::start(&["-l", "127.0.0.1:0", "--restart", "never"], &[]);
+    ge.wait_log("generation 1 ready");
+    kill(Pid::from_raw(ge.gen_pid(1)), Signal::SIGKILL).unwrap();
+    assert_eq!(ge.wait_exit(), 128 + 9);
+}
+
+#[test]
+fn sigterm_drains_and_exits_with_the_childs_status() {
+    let mut ge = Ge::start(&["-l", "127.0.0.1:0"], &[("EXAMPLE_TERM_EXIT", "7")]);
+    ge.wait_log("generation 1 ready");
+    let pid = ge.gen_pid(1);
+    ge.signal(Signal::SIGTERM);
+    assert_eq!(ge.wait_exit(), 7);
+    assert!(ge
+        .log()
+        .contains(&format!("server: pid {pid} drained, exiting")));
+    assert!(!alive(pid));
+}
+
+#[test]
+fn sigint_stops_every_generation_including_draining_ones() {
+    let mut ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
+    ge.wait_log("generation 1 ready");
+    let addr = ge.tcp_addr();
+    let slow = std::thread::spawn(move || get(addr, "/slow?ms=1000"));
+    wait_until("the slow request to be in flight", LONG, || {
+        info(addr)["in_flight"] == "2"
+    });
+    ge.signal(Signal::SIGHUP);
+    ge.wait_log("generation 1 (pid");
+    ge.signal(Signal::SIGINT);
+    assert_eq!(ge.wait_exit(), 0);
+    assert!(
+        slow.join().unwrap().is_ok(),
+        "the draining request completed"
+    );
+    assert!(!alive(ge.gen_pid(1)) && !alive(ge.gen_pid(2)));
+}
+
+#[test]
+fn a_second_sigterm_kills_at_once() {
+    let mut ge = Ge::start(
+        &["-l", "127.0.0.1:0", "--stop-timeout", "1h"],
+        &[("EXAMPLE_IGNORE_TERM", "1")],
+    );
+    ge.wait_log("generation 1 ready");
+    let pid = ge.gen_pid(1);
+    ge.signal(Signal::SIGTERM);
+    ge.wait_log("stopping with SIGTERM");
+    ge.signal(Signal::SIGTERM);
+    assert_eq!(ge.wait_exit(), 128 + 9);
+    assert!(ge
+        .log()
+        .contains("second stop request: killing every generation now"));
+    assert!(!alive(pid));
+}
+
+#[test]
+fn a_first_generation_that_exits_fails_the_start() {
+    let mut ge = Ge::start(&["-l", "127.0.0.1:0"], &[("EXAMPLE_FAIL_GEN", "1")]);
+    assert_eq!(ge.wait_exit(), 1);
+    assert!(ge.log().contains("generation 1 (pid"), "{}", ge.log());
+    assert!(
+        ge.log()
+            .contains("exited with status 3 before it was ready; giving up"),
+        "{}",
+        ge.log()
+    );
+}
+
+#[test]
+fn a_first_generation_never_ready_fails_the_start() {
+    let mut ge = Ge::start(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "--ready",
+            "notify",
+            "--ready-timeout",
+            "300ms",
+        ],
+        &[("EXAMPLE_NEVER_READY_GEN", "1")],
+    );
+    let pid = ge.gen_pid(1);
+    assert_eq!(ge.wait_exit(), 1);
+    assert!(
+        ge.log()
+            .contains("generation 1 was not ready within 300ms; giving up"),
+        "{}",
+        ge.log()
+    );
+    assert!(!alive(pid));
+}
+
+#[test]
+fn other_signals_are_forwarded_to_the_serving_generation() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0"], &[]);
+    ge.wait_log("generation 1 ready");
+    let addr = ge.tcp_addr();
+    ge.signal(Signal::SIGUSR1);
+    wait_until("the server to count SIGUSR1", LONG, || {
+        info(addr)["usr1"] == "1"
+    });
+}
+
+#[test]
+fn orphans_of_the_server_are_reaped() {
+    // A server that leaves a grandchild behind: the grandchild is
+    // re-parented to graceexec (a subreaper) and reaped, not left a zombie.
+    let dir = TempDir::new();
+    let script = dir.path("srv.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nsh -c 'sleep 0.2 &'\nexec {}\n",
+            server().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ge = Ge::spawn(
+        command(&["-l", "127.0.0.1:0", "-v", "--", script.to_str().unwrap()]),
+        &[],
+    );
+    ge.wait_log("generation 1 ready");
+    ge.wait_log("reaped pid");
+}
