@@ -114,7 +114,7 @@ struct GenIo {
 enum Source {
     Signals,
     Notify(GenId),
-    Probe,
+    Probe(GenId),
 }
 
 impl Runtime {
@@ -151,7 +151,9 @@ impl Runtime {
         queue: &mut VecDeque<Event>,
     ) -> Option<i32> {
         match action {
-            Action::Spawn { gen } => queue.push_back(self.spawn(gen, base_env, gens)),
+            // First in line: the supervisor must learn the pid before any
+            // other event, or a stop decided meanwhile has no pid to go to.
+            Action::Spawn { gen } => queue.push_front(self.spawn(gen, base_env, gens)),
             Action::StartProbe { gen, pid } => {
                 if let (Some(io), Some(mode)) = (gens.get_mut(&gen), self.ready.clone()) {
                     io.probe = Some(Probe::new(mode, gen, pid, Instant::now(), self.verbose));
@@ -262,7 +264,7 @@ impl Runtime {
             sources.push(Source::Notify(*gen));
             fds.push(PollFd::new(io.notify.sock.as_fd(), PollFlags::POLLIN));
             if let Some((fd, ev)) = io.probe.as_ref().and_then(Probe::poll_fd) {
-                sources.push(Source::Probe);
+                sources.push(Source::Probe(*gen));
                 fds.push(PollFd::new(fd, ev));
             }
         }
@@ -274,6 +276,7 @@ impl Runtime {
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
         let now = Instant::now();
+        let mut probe_hits = Vec::new();
         for (source, hit) in sources.into_iter().zip(ready) {
             match source {
                 Source::Signals if hit => self.read_signals(gens, queue),
@@ -295,13 +298,14 @@ impl Runtime {
                         }
                     }
                 }
+                Source::Probe(gen) if hit => probe_hits.push(gen),
                 _ => {}
             }
         }
         // Probes advance on their fd or their timer, whichever came.
         for (gen, io) in gens.iter_mut() {
             if let Some(p) = io.probe.as_mut() {
-                if p.advance(now) {
+                if p.advance(now, probe_hits.contains(gen)) {
                     io.probe = None;
                     queue.push_back(Event::Ready {
                         gen: *gen,

@@ -206,11 +206,21 @@ impl Probe {
         false
     }
 
-    /// Move the attempt on; true once the candidate is ready.
-    pub fn advance(&mut self, now: Instant) -> bool {
+    /// Move the attempt on; `fd_ready` says whether poll reported its fd.
+    /// True once the candidate is ready.
+    pub fn advance(&mut self, now: Instant, fd_ready: bool) -> bool {
         match std::mem::replace(&mut self.attempt, Attempt::Idle { next: now }) {
             Attempt::Idle { next } if now < next => self.attempt = Attempt::Idle { next },
             Attempt::Idle { .. } => self.begin(now),
+            // SO_ERROR is 0 while a connect is still in progress too: only
+            // POLLOUT says it has finished (connect(2), EINPROGRESS).
+            Attempt::Connecting { stream, until } if !fd_ready => {
+                if now >= until {
+                    self.retry(now, "connect timed out");
+                } else {
+                    self.attempt = Attempt::Connecting { stream, until };
+                }
+            }
             Attempt::Connecting { stream, until } => {
                 match getsockopt(&stream, sockopt::SocketError) {
                     Ok(0) => match &self.mode {
@@ -230,11 +240,8 @@ impl Probe {
                         }
                         _ => return true,
                     },
-                    Ok(e) if e != 0 => {
-                        self.retry(now, &std::io::Error::from_raw_os_error(e).to_string())
-                    }
-                    _ if now >= until => self.retry(now, "connect timed out"),
-                    _ => self.attempt = Attempt::Connecting { stream, until },
+                    Ok(e) => self.retry(now, &std::io::Error::from_raw_os_error(e).to_string()),
+                    Err(e) => self.retry(now, &e.to_string()),
                 }
             }
             Attempt::Reading {

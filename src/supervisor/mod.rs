@@ -16,7 +16,9 @@
 //!
 //! ¹ exits before it is ready, cannot be exec'd, or is not ready within
 //! `--ready-timeout`. Any exited leader's group also gets SIGKILL, so no
-//! straggler of a finished generation keeps the sockets.
+//! straggler of a finished generation keeps the sockets. Restart backoff:
+//! 100 ms doubling to 10 s, back to 100 ms when the generation that died had
+//! served for a minute.
 //!
 //! The exit code after a shutdown is the status of the generation that was
 //! current when it began (128+N for signal N), or of the candidate if none
@@ -24,9 +26,10 @@
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-
 use crate::log::Level;
+
+mod types;
+pub use types::*;
 
 pub type GenId = u32;
 
@@ -34,119 +37,6 @@ const AUTO_READY_AFTER: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const HEALTHY: Duration = Duration::from_secs(60);
-
-/// How a process ended, as waitpid(2) reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Code(i32),
-    Signal(i32),
-}
-
-impl Status {
-    /// The shell convention: 128+N for death by signal N.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Status::Code(c) => c,
-            Status::Signal(s) => 128 + s,
-        }
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            Status::Code(c) => write!(f, "status {c}"),
-            Status::Signal(s) => match Signal::try_from(s) {
-                Ok(sig) => write!(f, "signal {}", sig.as_str()),
-                Err(_) => write!(f, "signal {s}"),
-            },
-        }
-    }
-}
-
-/// What counts as ready under `--ready`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadyPolicy {
-    Notify,
-    Delay(Duration),
-    Probe,
-    /// No `--ready`: READY=1 or 1 s alive, whichever comes first.
-    Auto,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadySource {
-    Notify,
-    Probe,
-}
-
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub ready: ReadyPolicy,
-    pub ready_timeout: Duration,
-    pub stop_timeout: Duration,
-    pub stop_signal: Signal,
-    pub restart: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    Reload,
-    Shutdown,
-    Forward(Signal),
-    Spawned {
-        gen: GenId,
-        pid: i32,
-    },
-    SpawnFailed {
-        gen: GenId,
-        code: i32,
-        message: String,
-    },
-    Ready {
-        gen: GenId,
-        by: ReadySource,
-    },
-    Exited {
-        pid: i32,
-        status: Status,
-    },
-    /// A deadline from `next_deadline` has passed.
-    Tick,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    Spawn {
-        gen: GenId,
-    },
-    StartProbe {
-        gen: GenId,
-        pid: i32,
-    },
-    StopProbe {
-        gen: GenId,
-    },
-    Signal {
-        pid: i32,
-        signal: Signal,
-    },
-    /// SIGKILL to the process group led by `pid`.
-    KillGroup {
-        pid: i32,
-    },
-    /// The generation is gone: close its notify socket.
-    Release {
-        gen: GenId,
-    },
-    Log {
-        level: Level,
-        msg: String,
-    },
-    Exit {
-        code: i32,
-    },
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
@@ -222,10 +112,10 @@ impl Supervisor {
                     let pid = self.gens[i].pid.expect("current has a pid");
                     self.out.push(Action::Signal { pid, signal });
                 }
-                None => self.log(
-                    Level::Debug,
-                    format!("no serving generation to forward {} to", signal.as_str()),
-                ),
+                None => self.debug(format!(
+                    "no serving generation to forward {} to",
+                    signal.as_str()
+                )),
             },
             Event::Spawned { gen, pid } => self.on_spawned(now, gen, pid),
             Event::SpawnFailed { gen, code, message } => {
@@ -243,7 +133,7 @@ impl Supervisor {
             let code = self
                 .forced_code
                 .unwrap_or_else(|| self.last_status.map_or(0, Status::exit_code));
-            self.log(Level::Info, format!("exiting with status {code}"));
+            self.info(format!("exiting with status {code}"));
             self.out.push(Action::Exit { code });
         }
         std::mem::take(&mut self.out)
@@ -275,6 +165,15 @@ impl Supervisor {
 
     fn log(&mut self, level: Level, msg: String) {
         self.out.push(Action::Log { level, msg });
+    }
+    fn info(&mut self, msg: String) {
+        self.log(Level::Info, msg)
+    }
+    fn warn(&mut self, msg: String) {
+        self.log(Level::Warn, msg)
+    }
+    fn debug(&mut self, msg: String) {
+        self.log(Level::Debug, msg)
     }
 
     fn find(&self, f: impl Fn(&Gen) -> bool) -> Option<usize> {
@@ -316,25 +215,22 @@ impl Supervisor {
         let (id, pid) = (g.id, g.pid);
         if let Some(pid) = pid {
             self.out.push(Action::Signal { pid, signal: sig });
-            self.log(
-                Level::Info,
-                format!("generation {id} (pid {pid}) stopping with {}", sig.as_str()),
-            );
+            self.info(format!(
+                "generation {id} (pid {pid}) stopping with {}",
+                sig.as_str()
+            ));
         }
     }
 
     fn on_reload(&mut self, now: Instant) {
         if self.shutting_down {
-            self.log(Level::Info, "reload ignored: shutting down".into());
+            self.info("reload ignored: shutting down".into());
         } else if let Some(i) = self.candidate() {
             self.follow_up = true;
             let id = self.gens[i].id;
-            self.log(
-                Level::Info,
-                format!("reload requested while generation {id} is starting; merged into one follow-up reload"),
-            );
+            self.info(format!("reload requested while generation {id} is starting; merged into one follow-up reload"));
         } else {
-            self.log(Level::Info, "reload requested".into());
+            self.info("reload requested".into());
             self.restart_at = None;
             self.start_candidate(now);
         }
@@ -342,10 +238,7 @@ impl Supervisor {
 
     fn on_shutdown(&mut self, now: Instant) {
         if self.shutting_down {
-            self.log(
-                Level::Warn,
-                "second stop request: killing every generation now".into(),
-            );
+            self.warn("second stop request: killing every generation now".into());
             for g in &mut self.gens {
                 if let Some(pid) = g.pid {
                     self.out.push(Action::KillGroup { pid });
@@ -354,7 +247,7 @@ impl Supervisor {
             }
             return;
         }
-        self.log(Level::Info, "shutting down".into());
+        self.info("shutting down".into());
         self.begin_shutdown(now);
     }
 
@@ -379,18 +272,17 @@ impl Supervisor {
         let g = &mut self.gens[i];
         g.pid = Some(pid);
         g.spawned_at = now;
+        // A stop decided before the pid was known (a shutdown that came
+        // between Spawn and Spawned) could not be sent yet: send it now.
+        let stop_pending = g.stop.take().is_some();
         if let Role::Candidate { deadline } = &mut g.role {
             *deadline = now + timeout;
         }
-        self.log(
-            Level::Info,
-            format!("generation {gen} started as pid {pid}"),
-        );
-        if self.cfg.ready == ReadyPolicy::Probe {
-            self.out.push(Action::StartProbe { gen, pid });
-        }
-        if self.shutting_down {
+        self.info(format!("generation {gen} started as pid {pid}"));
+        if stop_pending {
             self.stop(now, i);
+        } else if self.cfg.ready == ReadyPolicy::Probe {
+            self.out.push(Action::StartProbe { gen, pid });
         }
     }
 
@@ -402,7 +294,7 @@ impl Supervisor {
         );
         match self.candidate() {
             Some(i) if accepted && self.gens[i].id == gen => self.promote(now, i),
-            _ => self.log(Level::Debug, format!("generation {gen}: readiness ignored")),
+            _ => self.debug(format!("generation {gen}: readiness ignored")),
         }
     }
 
@@ -413,10 +305,7 @@ impl Supervisor {
         let (id, took) = (g.id, now - g.spawned_at);
         self.ever_ready = true;
         self.restart_at = None;
-        self.log(
-            Level::Info,
-            format!("generation {id} ready after {} ms", ms(took)),
-        );
+        self.info(format!("generation {id} ready after {} ms", ms(took)));
         if self.cfg.ready == ReadyPolicy::Probe {
             self.out.push(Action::StopProbe { gen: id });
         }
@@ -428,7 +317,7 @@ impl Supervisor {
         }
         if self.follow_up {
             self.follow_up = false;
-            self.log(Level::Info, "starting the follow-up reload".into());
+            self.info("starting the follow-up reload".into());
             self.start_candidate(now);
         }
     }
@@ -448,18 +337,17 @@ impl Supervisor {
             self.begin_shutdown(now);
         } else if let Some(c) = self.find(|g| g.role == Role::Current) {
             let cur = self.gens[c].id;
-            self.log(
-                Level::Warn,
-                format!("reload failed: generation {id} {why}; generation {cur} keeps serving"),
-            );
+            self.warn(format!(
+                "reload failed: generation {id} {why}; generation {cur} keeps serving"
+            ));
             if self.follow_up {
                 self.follow_up = false;
-                self.log(Level::Info, "starting the follow-up reload".into());
+                self.info("starting the follow-up reload".into());
                 self.start_candidate(now);
             }
         } else {
             self.follow_up = false;
-            self.log(Level::Warn, format!("generation {id} {why}"));
+            self.warn(format!("generation {id} {why}"));
             self.schedule_restart(now);
         }
     }
@@ -468,7 +356,7 @@ impl Supervisor {
         let delay = self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         self.restart_at = Some(now + delay);
-        self.log(Level::Info, format!("restarting in {}", human(delay)));
+        self.info(format!("restarting in {}", human(delay)));
     }
 
     fn on_exited(&mut self, now: Instant, pid: i32, status: Status) {
@@ -483,10 +371,10 @@ impl Supervisor {
         }
         match (g.role, g.stop) {
             (_, Some(_)) | (Role::Old, _) => {
-                self.log(
-                    Level::Info,
-                    format!("generation {} (pid {pid}) exited with {status}", g.id),
-                );
+                self.info(format!(
+                    "generation {} (pid {pid}) exited with {status}",
+                    g.id
+                ));
             }
             (Role::Candidate { .. }, None) => {
                 self.candidate_failed(
@@ -498,26 +386,22 @@ impl Supervisor {
             }
             (Role::Current, None) => {
                 self.last_status = Some(status);
-                self.log(
-                    Level::Warn,
-                    format!(
-                        "generation {} (pid {pid}) exited unexpectedly with {status}",
-                        g.id
-                    ),
-                );
+                // A generation that served for a minute was healthy: the next
+                // restart, now or after a failed candidate, starts afresh.
+                if g.ready_at.is_some_and(|r| now.duration_since(r) >= HEALTHY) {
+                    self.backoff = BACKOFF_FIRST;
+                }
+                self.warn(format!(
+                    "generation {} (pid {pid}) exited unexpectedly with {status}",
+                    g.id
+                ));
                 if !self.cfg.restart {
                     self.forced_code = Some(status.exit_code());
                     self.begin_shutdown(now);
                 } else if let Some(c) = self.candidate() {
                     let id = self.gens[c].id;
-                    self.log(
-                        Level::Info,
-                        format!("generation {id} is starting and will take over"),
-                    );
+                    self.info(format!("generation {id} is starting and will take over"));
                 } else {
-                    if g.ready_at.is_some_and(|r| now.duration_since(r) >= HEALTHY) {
-                        self.backoff = BACKOFF_FIRST;
-                    }
                     self.schedule_restart(now);
                 }
             }
@@ -562,5 +446,4 @@ impl Supervisor {
 }
 
 #[cfg(test)]
-#[path = "supervisor_tests.rs"]
 mod tests;

@@ -1,0 +1,126 @@
+//! Backoff, ready policies, forwarding and reload storms.
+
+use super::*;
+
+// ---- Backoff, readiness, forwarding, reload storm ----
+
+#[test]
+fn restart_backoff_doubles_to_10s() {
+    let mut h = H::recovering(); // generation 1 crashed at 5 s
+    let mut last = 5000;
+    let delays = [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000];
+    for (gen, delay) in (2..).zip(delays) {
+        let due = h.deadline().unwrap();
+        assert_eq!(due - last, delay);
+        assert_eq!(h.tick(due - 1), vec![]);
+        assert_eq!(h.tick(due), vec![sp(gen)]);
+        h.spawned(gen);
+        assert_eq!(h.exited(gen, Code(1)), gone(gen)); // before it is ready
+        last = due;
+    }
+}
+
+#[test]
+fn restart_backoff_resets_after_60s_ready() {
+    let mut h = H::recovering_candidate(); // 100 ms used, 200 ms next
+    h.ready(2);
+    h.at(65_099).exited(2, Code(1)); // ready 59.999 s: keeps doubling
+    assert_eq!(h.deadline(), Some(65_299));
+    h.tick(65_299);
+    h.spawned(3);
+    h.ready(3);
+    h.at(125_299).exited(3, Code(1)); // ready 60 s: back to 100 ms
+    assert_eq!(h.deadline(), Some(125_399));
+}
+
+#[test]
+fn restart_backoff_resets_when_healthy_current_exits_during_reload() {
+    let mut h = H::recovering_candidate(); // 100 ms used, 200 ms next
+    h.ready(2);
+    h.at(100_000).reload();
+    h.spawned(3);
+    h.at(100_500).exited(2, Code(1)); // ready 95 s; 3 carries on
+    h.at(101_000).exited(3, Code(1));
+    assert_eq!(h.deadline(), Some(101_100));
+}
+
+#[test]
+fn ready_notify_accepts_only_notify() {
+    let mut h = H::booting(Notify);
+    assert_eq!(h.deadline(), Some(30_000), "no auto-ready deadline");
+    assert_eq!(h.at(100).probed(1), vec![]);
+    assert_eq!(h.tick(5000), vec![]);
+    assert_eq!(h.forward(), vec![]);
+    h.ready(1);
+    assert_eq!(h.forward(), vec![usr1(1)]);
+}
+
+#[test]
+fn ready_probe_accepts_only_probe() {
+    let mut h = H::new(Probe, true);
+    assert_eq!(
+        h.spawned(1),
+        vec![Action::StartProbe {
+            gen: 1,
+            pid: pid(1)
+        }]
+    );
+    assert_eq!(h.deadline(), Some(30_000));
+    assert_eq!(h.at(100).ready(1), vec![]);
+    assert_eq!(h.forward(), vec![]);
+    assert_eq!(h.probed(1), vec![Action::StopProbe { gen: 1 }]);
+    assert_eq!(h.forward(), vec![usr1(1)]);
+}
+
+#[test]
+fn ready_auto_accepts_notify_or_1s_after_spawned() {
+    let mut h = H::booting(Auto);
+    assert_eq!(h.at(100).probed(1), vec![]);
+    assert_eq!(h.forward(), vec![]);
+    assert_eq!(h.at(200).ready(1), vec![]);
+    assert_eq!(h.forward(), vec![usr1(1)]);
+    let mut h = H::new(Auto, true);
+    h.at(500).spawned(1);
+    assert_eq!(
+        h.deadline(),
+        Some(1500),
+        "1 s after Spawned, not after Spawn"
+    );
+    h.tick(1499);
+    assert_eq!(h.forward(), vec![]);
+    assert_eq!(h.tick(1500), vec![]);
+    assert_eq!(h.logged(Level::Info), ["generation 1 ready after 1000 ms"]);
+    assert_eq!(h.forward(), vec![usr1(1)]);
+}
+
+#[test]
+fn ready_delay_ignores_notify() {
+    let mut h = H::booting(Delay(Duration::from_secs(3)));
+    assert_eq!(h.deadline(), Some(3000));
+    assert_eq!(h.at(100).ready(1), vec![]);
+    h.tick(2999);
+    assert_eq!(h.forward(), vec![]);
+    assert_eq!(h.tick(3000), vec![]);
+    assert_eq!(h.forward(), vec![usr1(1)]);
+}
+
+#[test]
+fn forward_goes_to_current_only() {
+    let mut h = H::reloading_with_old(); // old 1, current 2, candidate 3
+    assert_eq!(h.forward(), vec![usr1(2)]);
+    let mut h = H::booting(Notify);
+    assert_eq!(h.forward(), vec![]);
+    assert_eq!(h.logged(Level::Debug).len(), 1);
+}
+
+#[test]
+fn reload_storm_yields_one_follow_up() {
+    let mut h = H::reloading(true);
+    for i in 0..20 {
+        assert_eq!(h.at(1000 + i * 10).reload(), vec![]);
+    }
+    assert_eq!(h.at(2000).ready(2), vec![term(1), sp(3)]);
+    h.spawned(3);
+    assert_eq!(h.at(2500).ready(3), vec![term(2)], "no second follow-up");
+    assert_eq!(h.deadline(), Some(7000));
+}
