@@ -102,7 +102,7 @@ fn main() {
         match socket {
             Inherited::Tcp(l) => acceptors.push(spawn(move || accept_loop(|| l.accept(), state))),
             Inherited::Unix(l) => acceptors.push(spawn(move || accept_loop(|| l.accept(), state))),
-            Inherited::Udp(s) => drop(spawn(move || udp_loop(&s, state))),
+            Inherited::Udp(s) => acceptors.push(spawn(move || udp_loop(&s, state))),
         }
     }
     eprintln!("server: pid {pid} gen {gen} serving {count} sockets");
@@ -115,8 +115,8 @@ fn main() {
     }
 
     wait_until(5, || TERM.load(SeqCst));
-    // Acceptors are joined first so that nothing can raise IN_FLIGHT after
-    // we have seen it reach zero.
+    // Acceptors (and UDP readers) are joined first so that nothing can raise
+    // IN_FLIGHT after we have seen it reach zero.
     for acceptor in acceptors {
         let _ = acceptor.join();
     }
@@ -242,9 +242,14 @@ fn accept_loop<C: Conn, A>(accept: impl Fn() -> io::Result<(C, A)>, state: &'sta
     }
 }
 
+/// Like the acceptors, stops reading at SIGTERM and answers what it read:
+/// a datagram read by a process that then exits is lost, while one left in
+/// the shared socket's queue is read by the next generation.
 fn udp_loop(sock: &UdpSocket, state: &'static State) {
     let mut buf = [0u8; 2048];
-    loop {
+    // SO_RCVTIMEO, so a blocking socket still wakes up to see SIGTERM.
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(20)));
+    while !TERM.load(SeqCst) {
         match sock.recv_from(&mut buf) {
             Ok((_, from)) => drop(sock.send_to(state.hello.as_bytes(), from)),
             // The socket may be non-blocking (its flags are shared with other

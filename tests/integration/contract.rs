@@ -64,7 +64,8 @@ fn each_generation_has_its_own_notify_socket_and_number() {
     let first = info(ge.tcp_addr());
     ge.signal(nix::sys::signal::Signal::SIGHUP);
     ge.wait_log("generation 2 ready");
-    ge.wait_log("generation 1 (pid");
+    let first_pid = ge.gen_pid(1);
+    ge.wait_log(&format!("generation 1 (pid {first_pid}) exited"));
     let second = info(ge.tcp_addr());
     assert_eq!(second["gen"], "2");
     assert_eq!(second["listen_pid"], second["pid"]);

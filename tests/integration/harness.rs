@@ -174,7 +174,11 @@ impl Ge {
 
     /// The pid in `generation K started as pid P`.
     pub fn gen_pid(&self, gen: u32) -> i32 {
-        let needle = format!("generation {gen} started as pid ");
+        // This instance's line: a nested graceexec logs to the same stderr.
+        let needle = format!(
+            "graceexec[{}]: generation {gen} started as pid ",
+            self.pid()
+        );
         self.wait_log(&needle);
         let log = self.log();
         let rest = &log[log.find(&needle).unwrap() + needle.len()..];
