@@ -17,8 +17,8 @@ use std::time::Instant;
 use anyhow::Result;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, killpg, SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -52,16 +52,14 @@ const OWN_VARS: [&str; 5] = [
 /// Block every signal graceexec handles and open the signalfd that reads
 /// them. Called first thing, so a signal sent during start-up waits.
 pub fn block_signals() -> Result<SignalFd> {
-    let mut mask = SigSet::empty();
-    for s in RELOAD.iter().chain(&SHUTDOWN).chain(&FORWARD) {
-        mask.add(*s);
-    }
-    mask.add(Signal::SIGCHLD);
-    mask.thread_block()?;
-    Ok(SignalFd::with_flags(
-        &mask,
-        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
-    )?)
+    let mut handled: Vec<Signal> = RELOAD
+        .iter()
+        .chain(&SHUTDOWN)
+        .chain(&FORWARD)
+        .copied()
+        .collect();
+    handled.push(Signal::SIGCHLD);
+    spawn::signalfd_for(&handled)
 }
 
 /// Find COMMAND the way a shell would, anew at every start.

@@ -69,7 +69,7 @@ fn run() -> i32 {
         log::info(&format!("bound {} as {}", l.shown, l.name));
     }
     // Orphaned grandchildren are re-parented to graceexec and reaped.
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+    if let Err(e) = spawn::become_subreaper() {
         log::debug(&format!("cannot become a subreaper: {e}"));
     }
     let notify_dir = match notify::NotifyDir::create() {

@@ -10,6 +10,10 @@
 //! names, and `LISTEN_PID` set to the pid that execs the server. The pid is
 //! only known after the fork, so the env holds a fixed-size slot for it that
 //! the child fills in place with digits, without allocating.
+//!
+//! The Linux-only process plumbing is here too: signalfd, PR_SET_PDEATHSIG,
+//! PR_SET_CHILD_SUBREAPER and close_range. (Abstract unix addresses, parsed
+//! in listen.rs, are the one other Linux-only feature.)
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -19,7 +23,8 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::libc::{self, c_char, c_int};
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{self, ForkResult, Pid};
 
 const PID_KEY: &[u8] = b"LISTEN_PID=";
@@ -283,4 +288,24 @@ pub fn adopt_inherited(fd: RawFd) -> anyhow::Result<OwnedFd> {
     fl.insert(FdFlag::FD_CLOEXEC);
     fcntl(&owned, FcntlArg::F_SETFD(fl))?;
     Ok(owned)
+}
+
+/// Block `signals` for the process (graceexec has one thread) and return a
+/// signalfd that reads them. Children start with an empty mask (see spawn).
+pub fn signalfd_for(signals: &[Signal]) -> anyhow::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    for s in signals {
+        mask.add(*s);
+    }
+    mask.thread_block()?;
+    Ok(SignalFd::with_flags(
+        &mask,
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )?)
+}
+
+/// Orphans of graceexec's children are re-parented to graceexec, which
+/// reaps them (prctl(2), PR_SET_CHILD_SUBREAPER).
+pub fn become_subreaper() -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
 }
