@@ -180,10 +180,5 @@ fn if_graceexec_is_killed_its_server_gets_the_stop_signal() {
         LONG,
         || !running(pid),
     );
-    assert!(
-        ge.log()
-            .contains(&format!("server: pid {pid} drained, exiting")),
-        "{}",
-        ge.log()
-    );
+    ge.wait_log(&format!("server: pid {pid} drained, exiting"));
 }
