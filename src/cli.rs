@@ -86,8 +86,16 @@ fn parse_ready(s: &str) -> Result<Mode, String> {
     s.parse()
 }
 
+/// Longer than anyone waits for a server, short enough that a deadline
+/// computed from it can never overflow the clock.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 500ms, 30s or 2m"))
+    match humantime::parse_duration(s) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => Err(format!("'{s}' is too long; at most 365 days")),
+        Err(e) => Err(format!("'{s}': {e}; write e.g. 500ms, 30s or 2m")),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -135,11 +143,24 @@ pub fn parse() -> Cli {
 /// clap's message and tip, without the usage block.
 fn one_line(rendered: &str) -> String {
     let mut parts: Vec<String> = Vec::new();
-    for line in rendered.lines().map(str::trim) {
+    let mut continues = false;
+    for raw in rendered.lines() {
+        let line = raw.trim();
         if let Some(msg) = line.strip_prefix("error: ") {
             parts.push(msg.to_string());
+            continues = msg.ends_with(':');
         } else if let Some(tip) = line.strip_prefix("tip: ") {
             parts.push(tip.to_string());
+            continues = false;
+        } else if continues && raw.starts_with(' ') && !line.is_empty() {
+            // "the following required arguments were not provided:" lists
+            // them on indented lines below.
+            if let Some(last) = parts.last_mut() {
+                last.push(' ');
+                last.push_str(line);
+            }
+        } else {
+            continues = false;
         }
     }
     if parts.is_empty() {
@@ -173,6 +194,13 @@ mod tests {
         let line = one_line(&e.render().to_string());
         assert!(!line.contains('\n'), "{line}");
         assert!(line.contains("nope"), "{line}");
+    }
+
+    #[test]
+    fn a_missing_argument_is_named() {
+        let e = Cli::try_parse_from(["graceexec"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(line.contains("<COMMAND>"), "{line}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::Result;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{kill, killpg, SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -49,9 +49,9 @@ const OWN_VARS: [&str; 5] = [
     "GRACEEXEC_GENERATION",
 ];
 
-/// Block every signal graceexec handles and open the signalfd that reads
-/// them. Called first thing, so a signal sent during start-up waits.
-pub fn block_signals() -> Result<SignalFd> {
+/// Block every signal graceexec handles. Called first thing, so a signal
+/// sent during start-up waits for the loop; `spawn::signalfd` reads them.
+pub fn block_signals() -> nix::Result<SigSet> {
     let mut handled: Vec<Signal> = RELOAD
         .iter()
         .chain(&SHUTDOWN)
@@ -59,7 +59,7 @@ pub fn block_signals() -> Result<SignalFd> {
         .copied()
         .collect();
     handled.push(Signal::SIGCHLD);
-    spawn::signalfd_for(&handled)
+    spawn::block(&handled)
 }
 
 /// Find COMMAND the way a shell would, anew at every start.
@@ -315,13 +315,22 @@ impl Runtime {
     }
 
     fn read_signals(&mut self, gens: &mut BTreeMap<GenId, GenIo>, queue: &mut VecDeque<Event>) {
+        let mut batch = Vec::new();
         while let Ok(Some(info)) = self.signals.read_signal() {
-            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
-                continue;
-            };
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                batch.push(sig);
+            }
+        }
+        // A signalfd hands pending signals over lowest number first, not in
+        // the order they came (HUP=1 before TERM=15): when a stop request is
+        // in the batch, reloads from it would only start a doomed candidate.
+        let stopping = batch.iter().any(|s| SHUTDOWN.contains(s));
+        for sig in batch {
             if RELOAD.contains(&sig) {
                 log::debug(&format!("received {}", sig.as_str()));
-                queue.push_back(Event::Reload);
+                if !stopping {
+                    queue.push_back(Event::Reload);
+                }
             } else if SHUTDOWN.contains(&sig) {
                 log::info(&format!("received {}", sig.as_str()));
                 queue.push_back(Event::Shutdown);

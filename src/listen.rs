@@ -66,7 +66,10 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
-fn host_port(s: &str, default_host: &str) -> Result<SocketAddr, String> {
+/// HOST:PORT, :PORT or PORT (on `default_host`). A name is resolved here,
+/// once, preferring IPv4: glibc lists ::1 first for localhost, and a
+/// `localhost:8080` that binds only ::1 would refuse 127.0.0.1 clients.
+pub fn host_port(s: &str, default_host: &str) -> Result<SocketAddr, String> {
     let text = if s.starts_with(':') {
         format!("{default_host}{s}")
     } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
@@ -82,11 +85,15 @@ fn host_port(s: &str, default_host: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("'{s}' has no port; write HOST:PORT, :PORT or PORT"))?;
     port.parse::<u16>()
         .map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
-    let mut addrs = text
+    let addrs: Vec<SocketAddr> = text
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve '{host}': {e}"))?;
+        .map_err(|e| format!("cannot resolve '{host}': {e}"))?
+        .collect();
     addrs
-        .next()
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| format!("'{host}' resolves to no address"))
 }
 
@@ -197,7 +204,11 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
                 SockType::Datagram
             };
             let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
-            setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(fail)?;
+            // TCP only: on UDP, SO_REUSEADDR lets a second socket bind the
+            // same address, and a port in use would go unnoticed.
+            if ty == SockType::Stream {
+                setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(fail)?;
+            }
             if a.is_ipv6() {
                 setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(fail)?;
             }
@@ -311,7 +322,10 @@ pub fn from_systemd() -> Result<Option<Vec<Listener>>> {
     let count: usize = std::env::var("LISTEN_FDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("LISTEN_PID is set for graceexec but LISTEN_FDS is not a number"))?;
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            anyhow!("LISTEN_PID names graceexec but LISTEN_FDS is not a positive number")
+        })?;
     let names: Vec<String> = match std::env::var("LISTEN_FDNAMES") {
         Ok(n) if !n.is_empty() => n.split(':').map(str::to_string).collect(),
         _ => vec!["unknown".to_string(); count],

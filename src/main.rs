@@ -28,10 +28,10 @@ fn run() -> i32 {
     let cli = cli::parse();
     log::set_verbosity(cli.quiet, cli.verbose);
 
-    let signals = match event_loop::block_signals() {
-        Ok(s) => s,
+    let mask = match event_loop::block_signals() {
+        Ok(m) => m,
         Err(e) => {
-            log::error(&format!("cannot set up signal handling: {e:#}"));
+            log::error(&format!("cannot block signals: {e}"));
             return EXIT_STARTUP;
         }
     };
@@ -64,6 +64,15 @@ fn run() -> i32 {
             }
         }
         bound
+    };
+    // Created after adopting systemd's sockets, so it cannot take one of
+    // the fds LISTEN_FDS names.
+    let signals = match spawn::signalfd(&mask) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error(&format!("cannot set up signal handling: {e}"));
+            return EXIT_STARTUP;
+        }
     };
     for l in &listeners {
         log::info(&format!("bound {} as {}", l.shown, l.name));

@@ -6,7 +6,7 @@
 //! a few milliseconds apart and back off to a few hundred.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -32,8 +32,12 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Mode {
     Notify,
     Delay(Duration),
-    Tcp(String),
-    Http { authority: String, path: String },
+    Tcp(SocketAddr),
+    Http {
+        addr: SocketAddr,
+        authority: String,
+        path: String,
+    },
     Exec(String),
 }
 
@@ -48,14 +52,10 @@ impl Mode {
     }
 }
 
-fn check_authority(a: &str) -> Result<(), String> {
-    let (host, port) = a
-        .rsplit_once(':')
-        .ok_or_else(|| format!("'{a}' needs HOST:PORT"))?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("'{a}' needs HOST:PORT with a port number"));
-    }
-    Ok(())
+/// Resolved once, when the flag is parsed: a name lookup inside the event
+/// loop could stall signal handling for as long as DNS takes.
+fn probe_addr(a: &str) -> Result<SocketAddr, String> {
+    crate::listen::host_port(a, "127.0.0.1")
 }
 
 impl FromStr for Mode {
@@ -65,19 +65,16 @@ impl FromStr for Mode {
         if s == "notify" {
             Ok(Mode::Notify)
         } else if let Some(d) = s.strip_prefix("delay:") {
-            humantime::parse_duration(d)
-                .map(Mode::Delay)
-                .map_err(|e| format!("bad duration '{d}': {e}; write e.g. delay:2s"))
+            crate::cli::parse_duration(d).map(Mode::Delay)
         } else if let Some(a) = s.strip_prefix("tcp:") {
-            check_authority(a)?;
-            Ok(Mode::Tcp(a.to_string()))
+            Ok(Mode::Tcp(probe_addr(a)?))
         } else if let Some(rest) = s.strip_prefix("http://") {
             let (authority, path) = match rest.find('/') {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, "/"),
             };
-            check_authority(authority)?;
             Ok(Mode::Http {
+                addr: probe_addr(authority)?,
                 authority: authority.to_string(),
                 path: path.to_string(),
             })
@@ -224,7 +221,9 @@ impl Probe {
             Attempt::Connecting { stream, until } => {
                 match getsockopt(&stream, sockopt::SocketError) {
                     Ok(0) => match &self.mode {
-                        Mode::Http { authority, path } => {
+                        Mode::Http {
+                            authority, path, ..
+                        } => {
                             let req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
                             // A request this small fits an empty socket buffer.
                             match (&stream).write(req.as_bytes()) {
@@ -276,9 +275,8 @@ impl Probe {
 
     fn begin(&mut self, now: Instant) {
         let until = now + ATTEMPT_TIMEOUT;
-        let target = match &self.mode {
-            Mode::Tcp(a) => a.clone(),
-            Mode::Http { authority, .. } => authority.clone(),
+        let addr = match &self.mode {
+            Mode::Tcp(a) | Mode::Http { addr: a, .. } => *a,
             Mode::Exec(cmd) => {
                 let mut c = Command::new("/bin/sh");
                 c.arg("-c")
@@ -302,11 +300,6 @@ impl Probe {
                 return;
             }
             _ => return,
-        };
-        let addr = match target.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => a,
-            Ok(None) => return self.retry(now, "no address"),
-            Err(e) => return self.retry(now, &e.to_string()),
         };
         match nonblocking_connect(addr) {
             Ok(stream) => self.attempt = Attempt::Connecting { stream, until },
@@ -338,19 +331,27 @@ mod tests {
             "delay:1500ms".parse(),
             Ok(Mode::Delay(Duration::from_millis(1500)))
         );
-        assert_eq!(
-            "tcp:127.0.0.1:80".parse(),
-            Ok(Mode::Tcp("127.0.0.1:80".into()))
-        );
+        let loopback = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        assert_eq!("tcp:127.0.0.1:80".parse(), Ok(Mode::Tcp(loopback(80))));
+        assert_eq!("tcp:80".parse(), Ok(Mode::Tcp(loopback(80))));
         assert_eq!(
             "http://localhost:8080/health".parse(),
             Ok(Mode::Http {
+                addr: loopback(8080),
                 authority: "localhost:8080".into(),
                 path: "/health".into()
             })
         );
         assert_eq!("exec:true".parse(), Ok(Mode::Exec("true".into())));
-        for bad in ["", "delay:soon", "tcp:80", "http://x/", "exec:", "ready"] {
+        for bad in [
+            "",
+            "delay:soon",
+            "delay:9999y",
+            "tcp:x",
+            "http://x/",
+            "exec:",
+            "ready",
+        ] {
             assert!(bad.parse::<Mode>().is_err(), "{bad}");
         }
     }

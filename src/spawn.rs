@@ -99,8 +99,11 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
     // the digits and a NUL over the room; the buffer is never reallocated.
     let mut pid_slot: Vec<u8> = PID_KEY.to_vec();
     pid_slot.resize(PID_KEY.len() + PID_DIGITS + 1, 0);
+    // One mutable pointer, taken once, serves both the envp entry and the
+    // child's in-place write.
+    let pid_ptr: *mut u8 = pid_slot.as_mut_ptr();
     let mut envp: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
-    envp.push(pid_slot.as_ptr() as *const c_char);
+    envp.push(pid_ptr as *const c_char);
     envp.push(std::ptr::null());
     let mut argvp: Vec<*const c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argvp.push(std::ptr::null());
@@ -170,7 +173,7 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
                 }
             }
             close_fds_from(first_free, err_fd, fd_limit);
-            write_pid(pid_slot.as_ptr() as *mut u8, libc::getpid());
+            write_pid(pid_ptr, libc::getpid());
             libc::execve(program.as_ptr(), argvp.as_ptr(), envp.as_ptr());
             child_fail(err_fd);
         },
@@ -270,38 +273,40 @@ unsafe fn write_pid(slot: *mut u8, pid: libc::pid_t) {
 /// activation, after checking that it is an open socket. It is made
 /// close-on-exec: children get it only through the explicit layout.
 pub fn adopt_inherited(fd: RawFd) -> anyhow::Result<OwnedFd> {
-    let flags = fcntl(
-        // SAFETY: only queried; an fd that is not open makes fcntl fail.
-        unsafe { BorrowedFd::borrow_raw(fd) },
-        FcntlArg::F_GETFD,
-    )
-    .map_err(|e| anyhow::anyhow!("inherited fd {fd} is not open: {e}"))?;
-    // SAFETY: systemd's LISTEN_FDS/LISTEN_PID passed this fd to this very
-    // process; nothing else in graceexec has taken ownership of it, and the
-    // F_GETFD above proved it open.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let stat = nix::sys::stat::fstat(&owned)?;
+    // SAFETY: only inspected through this borrow; an fd that is not open
+    // makes fcntl fail with EBADF. Ownership is taken only once the fd is
+    // known to be an open socket, so a wrong LISTEN_FDS never makes
+    // graceexec close an fd it uses for something else.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let flags = fcntl(borrowed, FcntlArg::F_GETFD)
+        .map_err(|e| anyhow::anyhow!("inherited fd {fd} is not open: {e}"))?;
+    let stat = nix::sys::stat::fstat(borrowed)?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         anyhow::bail!("inherited fd {fd} is not a socket");
     }
     let mut fl = FdFlag::from_bits_truncate(flags);
     fl.insert(FdFlag::FD_CLOEXEC);
-    fcntl(&owned, FcntlArg::F_SETFD(fl))?;
-    Ok(owned)
+    fcntl(borrowed, FcntlArg::F_SETFD(fl))?;
+    // SAFETY: systemd's LISTEN_FDS/LISTEN_PID passed this open socket to this
+    // very process, and nothing else in graceexec owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Block `signals` for the process (graceexec has one thread) and return a
-/// signalfd that reads them. Children start with an empty mask (see spawn).
-pub fn signalfd_for(signals: &[Signal]) -> anyhow::Result<SignalFd> {
+/// Block `signals` for the process (graceexec has one thread), so that
+/// they wait until the signalfd reads them. Children start with an empty
+/// mask (see `spawn`).
+pub fn block(signals: &[Signal]) -> nix::Result<SigSet> {
     let mut mask = SigSet::empty();
     for s in signals {
         mask.add(*s);
     }
     mask.thread_block()?;
-    Ok(SignalFd::with_flags(
-        &mask,
-        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
-    )?)
+    Ok(mask)
+}
+
+/// The signalfd that reads the signals blocked by `block`.
+pub fn signalfd(mask: &SigSet) -> nix::Result<SignalFd> {
+    SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
 
 /// Orphans of graceexec's children are re-parented to graceexec, which

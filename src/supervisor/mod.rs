@@ -17,8 +17,8 @@
 //! ¹ exits before it is ready, cannot be exec'd, or is not ready within
 //! `--ready-timeout`. Any exited leader's group also gets SIGKILL, so no
 //! straggler of a finished generation keeps the sockets. Restart backoff:
-//! 100 ms doubling to 10 s, back to 100 ms when the generation that died had
-//! served for a minute.
+//! 100 ms doubling to 10 s, back to 100 ms when the service had been up (one
+//! generation after another, without a break) for a minute.
 //!
 //! The exit code after a shutdown is the status of the generation that was
 //! current when it began (128+N for signal N), or of the candidate if none
@@ -51,7 +51,6 @@ struct Gen {
     pid: Option<i32>,
     role: Role,
     spawned_at: Instant,
-    ready_at: Option<Instant>,
     /// Set when the stop signal went out: (SIGKILL deadline, killed yet).
     stop: Option<(Instant, bool)>,
 }
@@ -68,6 +67,8 @@ pub struct Supervisor {
     forced_code: Option<i32>,
     final_gen: Option<GenId>,
     last_status: Option<Status>,
+    /// Since when some generation has been serving without a break.
+    serving_since: Option<Instant>,
     out: Vec<Action>,
 }
 
@@ -93,6 +94,7 @@ impl Supervisor {
             forced_code: None,
             final_gen: None,
             last_status: None,
+            serving_since: None,
             out: Vec::new(),
         }
     }
@@ -194,7 +196,6 @@ impl Supervisor {
                 deadline: now + self.cfg.ready_timeout,
             },
             spawned_at: now,
-            ready_at: None,
             stop: None,
         });
         self.out.push(Action::Spawn { gen: id });
@@ -209,10 +210,14 @@ impl Supervisor {
             return;
         }
         g.stop = Some((deadline, false));
-        if let Role::Candidate { .. } = g.role {
+        let was_candidate = matches!(g.role, Role::Candidate { .. });
+        if was_candidate {
             g.role = Role::Old;
         }
         let (id, pid) = (g.id, g.pid);
+        if was_candidate && self.cfg.ready == ReadyPolicy::Probe {
+            self.out.push(Action::StopProbe { gen: id });
+        }
         if let Some(pid) = pid {
             self.out.push(Action::Signal { pid, signal: sig });
             self.info(format!(
@@ -301,8 +306,8 @@ impl Supervisor {
     fn promote(&mut self, now: Instant, i: usize) {
         let g = &mut self.gens[i];
         g.role = Role::Current;
-        g.ready_at = Some(now);
         let (id, took) = (g.id, now - g.spawned_at);
+        self.serving_since.get_or_insert(now);
         self.ever_ready = true;
         self.restart_at = None;
         self.info(format!("generation {id} ready after {} ms", ms(took)));
@@ -325,7 +330,6 @@ impl Supervisor {
     /// The candidate `id` failed; if it still runs, it is at index `i`.
     fn candidate_failed(&mut self, now: Instant, id: GenId, why: String, code: Option<i32>) {
         if let Some(i) = self.find(|g| g.id == id) {
-            self.out.push(Action::StopProbe { gen: id });
             self.stop(now, i);
         }
         if self.shutting_down {
@@ -386,9 +390,14 @@ impl Supervisor {
             }
             (Role::Current, None) => {
                 self.last_status = Some(status);
-                // A generation that served for a minute was healthy: the next
-                // restart, now or after a failed candidate, starts afresh.
-                if g.ready_at.is_some_and(|r| now.duration_since(r) >= HEALTHY) {
+                // A service that had been up for a minute, across any number
+                // of reloads, was healthy: the next restart, now or after a
+                // failed candidate, starts the backoff afresh.
+                if self
+                    .serving_since
+                    .take()
+                    .is_some_and(|t| now.duration_since(t) >= HEALTHY)
+                {
                     self.backoff = BACKOFF_FIRST;
                 }
                 self.warn(format!(

@@ -228,14 +228,24 @@ impl Ge {
 
 impl Drop for Ge {
     fn drop(&mut self) {
-        if self.try_status().is_none() {
-            // Two stop requests: the second SIGKILLs every generation.
-            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
-            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
-            let end = Instant::now() + Duration::from_secs(10);
+        // A graceful stop first, so that nested instances clean up after
+        // themselves; then a second stop request (SIGKILL to every
+        // generation); then SIGKILL. Two signals sent back to back may merge.
+        let steps = [
+            (Some(Signal::SIGTERM), Duration::from_secs(10)),
+            (Some(Signal::SIGTERM), Duration::from_secs(5)),
+        ];
+        for (sig, grace) in steps {
+            if self.try_status().is_some() {
+                return;
+            }
+            let _ = kill(Pid::from_raw(self.pid()), sig);
+            let end = Instant::now() + grace;
             while self.try_status().is_none() && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(10));
             }
+        }
+        if self.try_status().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -170,9 +170,18 @@ fn running(pid: i32) -> bool {
 
 #[test]
 fn if_graceexec_is_killed_its_server_gets_the_stop_signal() {
-    let mut ge = Ge::start(&["-l", "127.0.0.1:0"], &[]);
+    let mut ge = Ge::start(&["-l", "127.0.0.1:0", "-v"], &[]);
     ge.wait_log("generation 1 ready");
     let pid = ge.gen_pid(1);
+    let log = ge.log();
+    let notify_dir = log
+        .split("notify sockets in ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
     ge.signal(Signal::SIGKILL);
     wait_until("graceexec to die", LONG, || ge.try_status().is_some());
     wait_until(
@@ -181,4 +190,6 @@ fn if_graceexec_is_killed_its_server_gets_the_stop_signal() {
         || !running(pid),
     );
     ge.wait_log(&format!("server: pid {pid} drained, exiting"));
+    // A SIGKILLed graceexec cannot remove its notify directory.
+    std::fs::remove_dir_all(notify_dir).unwrap();
 }

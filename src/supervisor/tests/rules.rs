@@ -124,3 +124,26 @@ fn reload_storm_yields_one_follow_up() {
     assert_eq!(h.at(2500).ready(3), vec![term(2)], "no second follow-up");
     assert_eq!(h.deadline(), Some(7000));
 }
+
+#[test]
+fn restart_backoff_resets_when_the_service_was_up_a_minute_across_reloads() {
+    // Regression: only the crashed generation's own uptime counted, so a
+    // crash soon after a reload of a long-healthy service backed off long.
+    let mut h = H::recovering_candidate(); // 100 ms used, 200 ms next
+    h.ready(2);
+    h.at(600_000).reload();
+    h.spawned(3);
+    h.at(600_010).ready(3);
+    h.at(600_020).exited(2, Code(0));
+    h.at(601_010).exited(3, Code(1));
+    assert_eq!(h.deadline(), Some(601_110));
+}
+
+#[test]
+fn shutdown_stops_the_candidates_probe() {
+    // Regression: probes of a stopped candidate kept running until it exited.
+    let mut h = H::new(Probe, true);
+    h.spawned(1);
+    let out = h.at(10).shutdown();
+    assert_eq!(out, vec![Action::StopProbe { gen: 1 }, term(1)]);
+}
