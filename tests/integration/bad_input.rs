@@ -92,3 +92,32 @@ fn a_command_that_is_not_executable_exits_126() {
     one_line(code, &err);
     assert!(err.contains("cannot execute"), "{err}");
 }
+
+#[test]
+fn a_udp_port_in_use_is_detected() {
+    // Regression: SO_REUSEADDR on UDP let a second socket bind the same
+    // address, so the second instance silently took the datagrams over.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let arg = format!("udp://{}", taken.local_addr().unwrap());
+    let (code, err) = run_to_end(command(&["-l", &arg, "--", &srv()]));
+    assert_eq!(code, 1, "{err}");
+    one_line(code, &err);
+    assert!(err.contains("Address already in use"), "{err}");
+}
+
+#[test]
+fn a_wrong_listen_fds_from_systemd_is_one_line_not_an_abort() {
+    // Regression: the fd named by LISTEN_FDS was closed, so graceexec took
+    // its own signalfd for it, closed it and aborted.
+    let script = format!(
+        "exec 3>&-; LISTEN_PID=$$ LISTEN_FDS=1 exec {} -- {}",
+        bin().display(),
+        srv()
+    );
+    let mut c = std::process::Command::new("/bin/sh");
+    c.arg("-c").arg(script);
+    let (code, err) = run_to_end(c);
+    assert_eq!(code, 1, "{err}");
+    one_line(code, &err);
+    assert!(err.contains("inherited fd 3 is not open"), "{err}");
+}

@@ -119,3 +119,13 @@ fn binds_ipv6_loopback() {
     assert!(addr.is_ipv6());
     assert_eq!(pid_of(&get(addr, "/").unwrap()), ge.gen_pid(1));
 }
+
+#[test]
+fn localhost_binds_ipv4_loopback() {
+    // glibc lists ::1 first for localhost; 127.0.0.1 clients must get in.
+    let ge = Ge::start(&["-l", "localhost:0"], &[]);
+    ge.wait_log("generation 1 ready");
+    let addr = ge.tcp_addr();
+    assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert!(get(addr, "/").is_ok());
+}
