@@ -56,19 +56,12 @@ fn main() {
     });
 
     let (ok, failed) = (tally.ok.load(SeqCst), tally.failed.load(SeqCst));
-    let pids = tally
-        .pids
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner);
+    let pids = tally.pids.into_inner().unwrap_or_else(PoisonError::into_inner);
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
     println!("requests served: {ok}");
     println!("requests failed: {failed}");
     println!("pids that served: {}", pids.join(" "));
-    for error in tally
-        .errors
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner)
-    {
+    for error in tally.errors.into_inner().unwrap_or_else(PoisonError::into_inner) {
         println!("error: {error}");
     }
     exit(if failed == 0 && ok > 0 { 0 } else { 1 });
@@ -114,9 +107,7 @@ fn parse_addr(value: &str) -> Result<SocketAddr, String> {
         None => value.parse().map_err(|_| bad())?,
     };
     if !addr.ip().to_canonical().is_loopback() {
-        return Err(format!(
-            "refusing --addr {addr}: only loopback addresses are allowed"
-        ));
+        return Err(format!("refusing --addr {addr}: only loopback addresses are allowed"));
     }
     Ok(addr)
 }
@@ -131,14 +122,10 @@ fn parse_count<T: TryFrom<u64>>(flag: &str, value: &str, max: u64) -> Result<T, 
 }
 
 fn parse_secs(flag: &str, value: &str) -> Result<Duration, String> {
-    let secs: f64 = value
-        .parse()
-        .map_err(|_| format!("{flag} wants seconds, not {value:?}"))?;
+    let secs: f64 = value.parse().map_err(|_| format!("{flag} wants seconds, not {value:?}"))?;
     match Duration::try_from_secs_f64(secs) {
         Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!(
-            "{flag} wants a positive number of seconds, not {value:?}"
-        )),
+        _ => Err(format!("{flag} wants a positive number of seconds, not {value:?}")),
     }
 }
 
@@ -152,9 +139,7 @@ fn wait_for(addr: SocketAddr, wait: Duration) -> Result<(), String> {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
                 let secs = wait.as_secs_f64();
-                return Err(format!(
-                    "{addr} did not accept a connection within {secs}s: {e}"
-                ));
+                return Err(format!("{addr} did not accept a connection within {secs}s: {e}"));
             }
             Err(_) => thread::sleep(Duration::from_millis(20)),
         }
@@ -191,8 +176,7 @@ fn request(addr: SocketAddr) -> Result<u32, String> {
         .map_err(|e| format!("socket setup: {e}"))?;
     conn.write_all(REQUEST).map_err(|e| format!("send: {e}"))?;
     let mut response = Vec::new();
-    conn.read_to_end(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
+    conn.read_to_end(&mut response).map_err(|e| format!("read: {e}"))?;
     if response.is_empty() {
         return Err("connection closed without a response".to_string());
     }
@@ -202,9 +186,7 @@ fn request(addr: SocketAddr) -> Result<u32, String> {
         return Err(format!("unexpected status line {status:?}"));
     }
     let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    let pid = body
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("pid="));
+    let pid = body.split_whitespace().find_map(|word| word.strip_prefix("pid="));
     pid.and_then(|pid| pid.parse().ok())
         .ok_or_else(|| format!("no pid=<n> in response body {body:?}"))
 }

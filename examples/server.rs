@@ -47,9 +47,7 @@ fn main() {
 
     let listen_pid = var("LISTEN_PID");
     if listen_pid.trim().parse::<u32>().ok() != Some(pid) {
-        fail(&format!(
-            "LISTEN_PID={listen_pid} is not my pid {pid}; refusing inherited sockets"
-        ));
+        fail(&format!("LISTEN_PID={listen_pid} is not my pid {pid}; refusing inherited sockets"));
     }
     let listen_fds_raw = var("LISTEN_FDS");
     let listen_fds = match listen_fds_raw.trim().parse::<i32>() {

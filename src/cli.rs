@@ -111,18 +111,14 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
     let parsed = match upper.parse::<i32>() {
         Ok(n) => Signal::try_from(n).ok(),
         Err(_) => {
-            let name = if upper.starts_with("SIG") {
-                upper
-            } else {
-                format!("SIG{upper}")
-            };
+            let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
             name.parse::<Signal>().ok()
         }
     };
     match parsed {
-        Some(Signal::SIGKILL | Signal::SIGSTOP) => Err(format!(
-            "{s} cannot be caught, so it cannot ask for a drain"
-        )),
+        Some(Signal::SIGKILL | Signal::SIGSTOP) => {
+            Err(format!("{s} cannot be caught, so it cannot ask for a drain"))
+        }
         Some(sig) => Ok(sig),
         None => Err(format!("'{s}' is not a signal name or number")),
     }
@@ -164,13 +160,7 @@ fn one_line(rendered: &str) -> String {
         }
     }
     if parts.is_empty() {
-        parts.push(
-            rendered
-                .lines()
-                .next()
-                .unwrap_or("invalid usage")
-                .to_string(),
-        );
+        parts.push(rendered.lines().next().unwrap_or("invalid usage").to_string());
     }
     format!("{}; see 'graceexec --help'", parts.join("; "))
 }
@@ -206,10 +196,7 @@ mod tests {
     #[test]
     fn command_after_double_dash() {
         let cli = Cli::try_parse_from(["graceexec", "-l", "8080", "--", "srv", "--flag"]).unwrap();
-        assert_eq!(
-            cli.command,
-            vec![OsString::from("srv"), OsString::from("--flag")]
-        );
+        assert_eq!(cli.command, vec![OsString::from("srv"), OsString::from("--flag")]);
         assert!(Cli::try_parse_from(["graceexec", "-l", "8080"]).is_err());
     }
 }

@@ -32,32 +32,18 @@ use crate::supervisor::{Action, Event, GenId, ReadySource, Status, Supervisor};
 const RELOAD: [Signal; 2] = [Signal::SIGHUP, Signal::SIGUSR2];
 const SHUTDOWN: [Signal; 2] = [Signal::SIGTERM, Signal::SIGINT];
 /// Passed on to the serving generation as they are.
-pub const FORWARD: [Signal; 5] = [
-    Signal::SIGUSR1,
-    Signal::SIGWINCH,
-    Signal::SIGQUIT,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-];
+pub const FORWARD: [Signal; 5] =
+    [Signal::SIGUSR1, Signal::SIGWINCH, Signal::SIGQUIT, Signal::SIGTTIN, Signal::SIGTTOU];
 
 /// Variables graceexec sets for each child; any inherited value is dropped.
-const OWN_VARS: [&str; 5] = [
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "GRACEEXEC_GENERATION",
-];
+const OWN_VARS: [&str; 5] =
+    ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "GRACEEXEC_GENERATION"];
 
 /// Block every signal graceexec handles. Called first thing, so a signal
 /// sent during start-up waits for the loop; `spawn::signalfd` reads them.
 pub fn block_signals() -> nix::Result<SigSet> {
-    let mut handled: Vec<Signal> = RELOAD
-        .iter()
-        .chain(&SHUTDOWN)
-        .chain(&FORWARD)
-        .copied()
-        .collect();
+    let mut handled: Vec<Signal> =
+        RELOAD.iter().chain(&SHUTDOWN).chain(&FORWARD).copied().collect();
     handled.push(Signal::SIGCHLD);
     spawn::block(&handled)
 }
@@ -118,9 +104,8 @@ enum Source {
 impl Runtime {
     /// Run until the supervisor says exit; returns the exit code.
     pub fn run(mut self) -> i32 {
-        let base_env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| !OWN_VARS.iter().any(|o| k == o))
-            .collect();
+        let base_env: Vec<(OsString, OsString)> =
+            std::env::vars_os().filter(|(k, _)| !OWN_VARS.iter().any(|o| k == o)).collect();
         let mut gens: BTreeMap<GenId, GenIo> = BTreeMap::new();
         let mut queue: VecDeque<Event> = VecDeque::new();
         let mut pending = self.sup.start(Instant::now());
@@ -164,10 +149,7 @@ impl Runtime {
             }
             Action::Signal { pid, signal } => match kill(Pid::from_raw(pid), signal) {
                 Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => log::warn(&format!(
-                    "cannot send {} to pid {pid}: {e}",
-                    signal.as_str()
-                )),
+                Err(e) => log::warn(&format!("cannot send {} to pid {pid}: {e}", signal.as_str())),
             },
             Action::KillGroup { pid } => {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -187,23 +169,14 @@ impl Runtime {
         base_env: &[(OsString, OsString)],
         gens: &mut BTreeMap<GenId, GenIo>,
     ) -> Event {
-        let failed = |e: SpawnError| Event::SpawnFailed {
-            gen,
-            code: e.code,
-            message: e.message,
-        };
+        let failed = |e: SpawnError| Event::SpawnFailed { gen, code: e.code, message: e.message };
         let program = match resolve(&self.command[0]) {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
         let notify = match self.notify_dir.socket(gen) {
             Ok(n) => n,
-            Err(e) => {
-                return failed(SpawnError {
-                    code: 1,
-                    message: format!("{e:#}"),
-                })
-            }
+            Err(e) => return failed(SpawnError { code: 1, message: format!("{e:#}") }),
         };
         let names: Vec<&str> = self.listeners.iter().map(|l| l.name.as_str()).collect();
         let mut env = base_env.to_vec();
@@ -221,18 +194,8 @@ impl Runtime {
         };
         match spawn::spawn(child) {
             Ok(pid) => {
-                gens.insert(
-                    gen,
-                    GenIo {
-                        pid: Some(pid.as_raw()),
-                        notify,
-                        probe: None,
-                    },
-                );
-                Event::Spawned {
-                    gen,
-                    pid: pid.as_raw(),
-                }
+                gens.insert(gen, GenIo { pid: Some(pid.as_raw()), notify, probe: None });
+                Event::Spawned { gen, pid: pid.as_raw() }
             }
             Err(e) => failed(e),
         }
@@ -288,10 +251,7 @@ impl Runtime {
                                 log::debug(&format!("generation {gen} notify: {other}"));
                             }
                             if m.ready {
-                                queue.push_back(Event::Ready {
-                                    gen,
-                                    by: ReadySource::Notify,
-                                });
+                                queue.push_back(Event::Ready { gen, by: ReadySource::Notify });
                             }
                         }
                     }
@@ -305,10 +265,7 @@ impl Runtime {
             if let Some(p) = io.probe.as_mut() {
                 if p.advance(now, probe_hits.contains(gen)) {
                     io.probe = None;
-                    queue.push_back(Event::Ready {
-                        gen: *gen,
-                        by: ReadySource::Probe,
-                    });
+                    queue.push_back(Event::Ready { gen: *gen, by: ReadySource::Probe });
                 }
             }
         }
@@ -363,10 +320,7 @@ fn reap(gens: &mut BTreeMap<GenId, GenIo>, queue: &mut VecDeque<Event>) {
                 known = true;
                 if p.exec_finished(now, status == Status::Code(0)) {
                     io.probe = None;
-                    queue.push_back(Event::Ready {
-                        gen: *gen,
-                        by: ReadySource::Probe,
-                    });
+                    queue.push_back(Event::Ready { gen: *gen, by: ReadySource::Probe });
                 }
             }
         }

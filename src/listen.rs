@@ -83,12 +83,9 @@ pub fn host_port(s: &str, default_host: &str) -> Result<SocketAddr, String> {
     let (host, port) = text
         .rsplit_once(':')
         .ok_or_else(|| format!("'{s}' has no port; write HOST:PORT, :PORT or PORT"))?;
-    port.parse::<u16>()
-        .map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
-    let addrs: Vec<SocketAddr> = text
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve '{host}': {e}"))?
-        .collect();
+    port.parse::<u16>().map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
+    let addrs: Vec<SocketAddr> =
+        text.to_socket_addrs().map_err(|e| format!("cannot resolve '{host}': {e}"))?.collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
@@ -153,23 +150,14 @@ fn default_name(addr: &Addr) -> String {
     let raw = match addr {
         Addr::Tcp(a) => format!("tcp-{}", a.port()),
         Addr::Udp(a) => format!("udp-{}", a.port()),
-        Addr::Unix(p) => format!(
-            "unix-{}",
-            p.file_name()
-                .map(|f| f.to_string_lossy())
-                .unwrap_or_default()
-        ),
+        Addr::Unix(p) => {
+            format!("unix-{}", p.file_name().map(|f| f.to_string_lossy()).unwrap_or_default())
+        }
         Addr::Abstract(n) => format!("unix-{n}"),
     };
     let name: String = raw
         .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != ':' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_graphic() && c != ':' { c } else { '_' })
         .take(255)
         .collect();
     name
@@ -193,11 +181,7 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
     let fail = |e: Errno| anyhow!("cannot bind {}: {}{}", spec.addr, os(e), hint(e));
     let (fd, shown) = match &spec.addr {
         Addr::Tcp(a) | Addr::Udp(a) => {
-            let family = if a.is_ipv4() {
-                AddressFamily::Inet
-            } else {
-                AddressFamily::Inet6
-            };
+            let family = if a.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
             let ty = if matches!(spec.addr, Addr::Tcp(_)) {
                 SockType::Stream
             } else {
@@ -224,13 +208,8 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
             (fd, shown)
         }
         Addr::Abstract(n) => {
-            let fd = socket(
-                AddressFamily::Unix,
-                SockType::Stream,
-                SockFlag::SOCK_CLOEXEC,
-                None,
-            )
-            .map_err(fail)?;
+            let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(fail)?;
             let ua = UnixAddr::new_abstract(n.as_bytes()).map_err(fail)?;
             bind(fd.as_raw_fd(), &ua).map_err(fail)?;
             listen(&fd, Backlog::new(backlog).map_err(fail)?).map_err(fail)?;
@@ -238,13 +217,8 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
         }
         Addr::Unix(path) => {
             clear_stale(path).with_context(|| format!("cannot bind {}", spec.addr))?;
-            let fd = socket(
-                AddressFamily::Unix,
-                SockType::Stream,
-                SockFlag::SOCK_CLOEXEC,
-                None,
-            )
-            .map_err(fail)?;
+            let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(fail)?;
             let ua = UnixAddr::new(path.as_path()).map_err(fail)?;
             // The mode is set through the umask so the file never exists
             // with looser permissions; graceexec is single-threaded here.
@@ -259,10 +233,7 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
             // From here on, dropping the listener removes the file, so a
             // failed listen() leaves nothing behind.
             let l = Listener {
-                name: spec
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| default_name(&spec.addr)),
+                name: spec.name.clone().unwrap_or_else(|| default_name(&spec.addr)),
                 fd,
                 shown: spec.addr.to_string(),
                 created: Some((path.clone(), m.dev(), m.ino())),
@@ -272,12 +243,7 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
         }
     };
     let name = spec.name.clone().unwrap_or_else(|| default_name(&shown));
-    Ok(Listener {
-        name,
-        fd,
-        shown: shown.to_string(),
-        created: None,
-    })
+    Ok(Listener { name, fd, shown: shown.to_string(), created: None })
 }
 
 fn local_inet(fd: &OwnedFd) -> Option<SocketAddr> {
@@ -296,16 +262,12 @@ fn clear_stale(path: &std::path::Path) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     if !meta.file_type().is_socket() {
-        bail!(
-            "{} exists and is not a socket; remove it or choose another path",
-            path.display()
-        );
+        bail!("{} exists and is not a socket; remove it or choose another path", path.display());
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => bail!(
-            "a running server answers on {}; stop it or choose another path",
-            path.display()
-        ),
+        Ok(_) => {
+            bail!("a running server answers on {}; stop it or choose another path", path.display())
+        }
         Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display())),
         Err(e) => Err(anyhow!("cannot check {}: {e}", path.display())),
@@ -331,21 +293,13 @@ pub fn from_systemd() -> Result<Option<Vec<Listener>>> {
         _ => vec!["unknown".to_string(); count],
     };
     if names.len() != count {
-        bail!(
-            "LISTEN_FDNAMES has {} names for LISTEN_FDS={count}",
-            names.len()
-        );
+        bail!("LISTEN_FDNAMES has {} names for LISTEN_FDS={count}", names.len());
     }
     let mut out = Vec::with_capacity(count);
     for (i, name) in names.into_iter().enumerate() {
         let fd = crate::spawn::adopt_inherited(3 + i as i32)?;
         let shown = describe(&fd);
-        out.push(Listener {
-            name,
-            fd,
-            shown,
-            created: None,
-        });
+        out.push(Listener { name, fd, shown, created: None });
     }
     Ok(Some(out))
 }
@@ -377,30 +331,12 @@ mod tests {
 
     #[test]
     fn forms() {
-        assert_eq!(
-            parse("8080").addr,
-            Addr::Tcp("0.0.0.0:8080".parse().unwrap())
-        );
-        assert_eq!(
-            parse(":8080").addr,
-            Addr::Tcp("0.0.0.0:8080".parse().unwrap())
-        );
-        assert_eq!(
-            parse("127.0.0.1:80").addr,
-            Addr::Tcp("127.0.0.1:80".parse().unwrap())
-        );
-        assert_eq!(
-            parse("[::1]:80").addr,
-            Addr::Tcp("[::1]:80".parse().unwrap())
-        );
-        assert_eq!(
-            parse("tcp://127.0.0.1:1").addr,
-            Addr::Tcp("127.0.0.1:1".parse().unwrap())
-        );
-        assert_eq!(
-            parse("udp://127.0.0.1:53").addr,
-            Addr::Udp("127.0.0.1:53".parse().unwrap())
-        );
+        assert_eq!(parse("8080").addr, Addr::Tcp("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(parse(":8080").addr, Addr::Tcp("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(parse("127.0.0.1:80").addr, Addr::Tcp("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(parse("[::1]:80").addr, Addr::Tcp("[::1]:80".parse().unwrap()));
+        assert_eq!(parse("tcp://127.0.0.1:1").addr, Addr::Tcp("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(parse("udp://127.0.0.1:53").addr, Addr::Udp("127.0.0.1:53".parse().unwrap()));
         assert_eq!(parse("unix:/a/b.sock").addr, Addr::Unix("/a/b.sock".into()));
         assert_eq!(parse("unix:@x").addr, Addr::Abstract("x".into()));
         let named = parse("web=127.0.0.1:80");
@@ -409,16 +345,7 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in [
-            "",
-            "abc",
-            "1.2.3.4:99999",
-            "unix:",
-            "unix:@",
-            "ftp://x:1",
-            "a:b=1",
-            "x y=80",
-        ] {
+        for bad in ["", "abc", "1.2.3.4:99999", "unix:", "unix:@", "ftp://x:1", "a:b=1", "x y=80"] {
             assert!(bad.parse::<Spec>().is_err(), "{bad} parsed");
         }
     }
@@ -427,9 +354,6 @@ mod tests {
     fn default_names() {
         assert_eq!(default_name(&parse("8080").addr), "tcp-8080");
         assert_eq!(default_name(&parse("udp://127.0.0.1:53").addr), "udp-53");
-        assert_eq!(
-            default_name(&parse("unix:/run/app.sock").addr),
-            "unix-app.sock"
-        );
+        assert_eq!(default_name(&parse("unix:/run/app.sock").addr), "unix-app.sock");
     }
 }

@@ -88,10 +88,7 @@ fn run() -> i32 {
             return EXIT_STARTUP;
         }
     };
-    log::debug(&format!(
-        "notify sockets in {}",
-        notify_dir.path().display()
-    ));
+    log::debug(&format!("notify sockets in {}", notify_dir.path().display()));
 
     let cfg = Config {
         ready: Mode::policy(cli.ready.as_ref()),

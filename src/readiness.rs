@@ -33,11 +33,7 @@ pub enum Mode {
     Notify,
     Delay(Duration),
     Tcp(SocketAddr),
-    Http {
-        addr: SocketAddr,
-        authority: String,
-        path: String,
-    },
+    Http { addr: SocketAddr, authority: String, path: String },
     Exec(String),
 }
 
@@ -92,21 +88,10 @@ impl FromStr for Mode {
 }
 
 enum Attempt {
-    Idle {
-        next: Instant,
-    },
-    Connecting {
-        stream: TcpStream,
-        until: Instant,
-    },
-    Reading {
-        stream: TcpStream,
-        until: Instant,
-        buf: Vec<u8>,
-    },
-    Running {
-        pid: i32,
-    },
+    Idle { next: Instant },
+    Connecting { stream: TcpStream, until: Instant },
+    Reading { stream: TcpStream, until: Instant, buf: Vec<u8> },
+    Running { pid: i32 },
 }
 
 /// One candidate's probe: repeated attempts until one succeeds.
@@ -129,17 +114,9 @@ impl Drop for Probe {
 }
 
 fn nonblocking_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd =
+        socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
     match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
         Ok(()) | Err(Errno::EINPROGRESS) => Ok(TcpStream::from(fd)),
         Err(e) => Err(e.into()),
@@ -188,9 +165,7 @@ impl Probe {
         if self.verbose {
             crate::log::debug(&format!("generation {} probe: {why}", self.gen));
         }
-        self.attempt = Attempt::Idle {
-            next: now + self.interval,
-        };
+        self.attempt = Attempt::Idle { next: now + self.interval };
         self.interval = (self.interval * 2).min(MAX_INTERVAL);
     }
 
@@ -221,18 +196,13 @@ impl Probe {
             Attempt::Connecting { stream, until } => {
                 match getsockopt(&stream, sockopt::SocketError) {
                     Ok(0) => match &self.mode {
-                        Mode::Http {
-                            authority, path, ..
-                        } => {
+                        Mode::Http { authority, path, .. } => {
                             let req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
                             // A request this small fits an empty socket buffer.
                             match (&stream).write(req.as_bytes()) {
                                 Ok(n) if n == req.len() => {
-                                    self.attempt = Attempt::Reading {
-                                        stream,
-                                        until,
-                                        buf: Vec::new(),
-                                    }
+                                    self.attempt =
+                                        Attempt::Reading { stream, until, buf: Vec::new() }
                                 }
                                 _ => self.retry(now, "could not send the request"),
                             }
@@ -243,11 +213,7 @@ impl Probe {
                     Err(e) => self.retry(now, &e.to_string()),
                 }
             }
-            Attempt::Reading {
-                stream,
-                until,
-                mut buf,
-            } => {
+            Attempt::Reading { stream, until, mut buf } => {
                 let mut chunk = [0u8; 512];
                 match (&stream).read(&mut chunk) {
                     Ok(n) if n > 0 && buf.len() < 4096 => {
@@ -290,11 +256,7 @@ impl Probe {
                     c.stderr(Stdio::null());
                 }
                 match c.spawn() {
-                    Ok(child) => {
-                        self.attempt = Attempt::Running {
-                            pid: child.id() as i32,
-                        }
-                    }
+                    Ok(child) => self.attempt = Attempt::Running { pid: child.id() as i32 },
                     Err(e) => self.retry(now, &format!("cannot run /bin/sh: {e}")),
                 }
                 return;
@@ -327,10 +289,7 @@ mod tests {
     #[test]
     fn parses_modes() {
         assert_eq!("notify".parse(), Ok(Mode::Notify));
-        assert_eq!(
-            "delay:1500ms".parse(),
-            Ok(Mode::Delay(Duration::from_millis(1500)))
-        );
+        assert_eq!("delay:1500ms".parse(), Ok(Mode::Delay(Duration::from_millis(1500))));
         let loopback = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
         assert_eq!("tcp:127.0.0.1:80".parse(), Ok(Mode::Tcp(loopback(80))));
         assert_eq!("tcp:80".parse(), Ok(Mode::Tcp(loopback(80))));
@@ -343,15 +302,7 @@ mod tests {
             })
         );
         assert_eq!("exec:true".parse(), Ok(Mode::Exec("true".into())));
-        for bad in [
-            "",
-            "delay:soon",
-            "delay:9999y",
-            "tcp:x",
-            "http://x/",
-            "exec:",
-            "ready",
-        ] {
+        for bad in ["", "delay:soon", "delay:9999y", "tcp:x", "http://x/", "exec:", "ready"] {
             assert!(bad.parse::<Mode>().is_err(), "{bad}");
         }
     }

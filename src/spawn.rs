@@ -58,10 +58,7 @@ fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
 }
 
 fn os_error(what: &str, e: Errno) -> SpawnError {
-    SpawnError {
-        code: 1,
-        message: format!("{what}: {}", std::io::Error::from(e)),
-    }
+    SpawnError { code: 1, message: format!("{what}: {}", std::io::Error::from(e)) }
 }
 
 /// Duplicate `fd` to the lowest free fd >= `min`, close-on-exec.
@@ -145,13 +142,7 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
     // into Rust code, never allocates, never panics.
     match unsafe { unistd::fork() }.map_err(|e| os_error("fork", e))? {
         ForkResult::Child => unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                death_signal as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
+            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0);
             // The parent may have died before prctl took effect; then
             // nobody would ever deliver the death signal (prctl(2)).
             if libc::getppid() != parent.as_raw() {
@@ -211,11 +202,7 @@ pub fn exec_error(program: &Path, errno: Errno) -> SpawnError {
     };
     SpawnError {
         code,
-        message: format!(
-            "cannot execute {}: {}",
-            program.display(),
-            std::io::Error::from(errno)
-        ),
+        message: format!("cannot execute {}: {}", program.display(), std::io::Error::from(errno)),
     }
 }
 

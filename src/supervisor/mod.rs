@@ -114,10 +114,9 @@ impl Supervisor {
                     let pid = self.gens[i].pid.expect("current has a pid");
                     self.out.push(Action::Signal { pid, signal });
                 }
-                None => self.debug(format!(
-                    "no serving generation to forward {} to",
-                    signal.as_str()
-                )),
+                None => {
+                    self.debug(format!("no serving generation to forward {} to", signal.as_str()))
+                }
             },
             Event::Spawned { gen, pid } => self.on_spawned(now, gen, pid),
             Event::SpawnFailed { gen, code, message } => {
@@ -132,9 +131,8 @@ impl Supervisor {
             Event::Tick => self.on_tick(now),
         }
         if self.shutting_down && self.gens.is_empty() {
-            let code = self
-                .forced_code
-                .unwrap_or_else(|| self.last_status.map_or(0, Status::exit_code));
+            let code =
+                self.forced_code.unwrap_or_else(|| self.last_status.map_or(0, Status::exit_code));
             self.info(format!("exiting with status {code}"));
             self.out.push(Action::Exit { code });
         }
@@ -192,9 +190,7 @@ impl Supervisor {
         self.gens.push(Gen {
             id,
             pid: None,
-            role: Role::Candidate {
-                deadline: now + self.cfg.ready_timeout,
-            },
+            role: Role::Candidate { deadline: now + self.cfg.ready_timeout },
             spawned_at: now,
             stop: None,
         });
@@ -220,10 +216,7 @@ impl Supervisor {
         }
         if let Some(pid) = pid {
             self.out.push(Action::Signal { pid, signal: sig });
-            self.info(format!(
-                "generation {id} (pid {pid}) stopping with {}",
-                sig.as_str()
-            ));
+            self.info(format!("generation {id} (pid {pid}) stopping with {}", sig.as_str()));
         }
     }
 
@@ -375,10 +368,7 @@ impl Supervisor {
         }
         match (g.role, g.stop) {
             (_, Some(_)) | (Role::Old, _) => {
-                self.info(format!(
-                    "generation {} (pid {pid}) exited with {status}",
-                    g.id
-                ));
+                self.info(format!("generation {} (pid {pid}) exited with {status}", g.id));
             }
             (Role::Candidate { .. }, None) => {
                 self.candidate_failed(
@@ -393,11 +383,7 @@ impl Supervisor {
                 // A service that had been up for a minute, across any number
                 // of reloads, was healthy: the next restart, now or after a
                 // failed candidate, starts the backoff afresh.
-                if self
-                    .serving_since
-                    .take()
-                    .is_some_and(|t| now.duration_since(t) >= HEALTHY)
-                {
+                if self.serving_since.take().is_some_and(|t| now.duration_since(t) >= HEALTHY) {
                     self.backoff = BACKOFF_FIRST;
                 }
                 self.warn(format!(
@@ -440,10 +426,7 @@ impl Supervisor {
                         g.id,
                         human(self.cfg.stop_timeout)
                     );
-                    self.out.push(Action::Log {
-                        level: Level::Warn,
-                        msg,
-                    });
+                    self.out.push(Action::Log { level: Level::Warn, msg });
                 }
             }
         }

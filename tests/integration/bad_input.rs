@@ -50,14 +50,8 @@ fn a_port_in_use_exits_1_and_leaves_nothing_behind() {
     let (code, err) = run_to_end(command(&["-l", &unix, "-l", &addr, "--", &srv()]));
     assert_eq!(code, 1, "{err}");
     one_line(code, &err);
-    assert!(
-        err.contains(&format!("cannot bind {addr}: Address already in use")),
-        "{err}"
-    );
-    assert!(
-        !sock.exists(),
-        "the unix socket bound before the failure is removed"
-    );
+    assert!(err.contains(&format!("cannot bind {addr}: Address already in use")), "{err}");
+    assert!(!sock.exists(), "the unix socket bound before the failure is removed");
 }
 
 #[test]
@@ -69,10 +63,7 @@ fn a_missing_command_exits_127_before_binding() {
         let (code, err) = run_to_end(command(&["-l", &unix, "--", cmd]));
         assert_eq!(code, 127, "{err}");
         one_line(code, &err);
-        assert!(
-            err.contains("command not found") && err.contains(cmd),
-            "{err}"
-        );
+        assert!(err.contains("command not found") && err.contains(cmd), "{err}");
         assert!(!sock.exists());
     }
 }
@@ -82,12 +73,7 @@ fn a_command_that_is_not_executable_exits_126() {
     let dir = TempDir::new();
     let file = dir.path("server.txt");
     std::fs::write(&file, b"not a program").unwrap();
-    let (code, err) = run_to_end(command(&[
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        file.to_str().unwrap(),
-    ]));
+    let (code, err) = run_to_end(command(&["-l", "127.0.0.1:0", "--", file.to_str().unwrap()]));
     assert_eq!(code, 126, "{err}");
     one_line(code, &err);
     assert!(err.contains("cannot execute"), "{err}");
@@ -109,11 +95,8 @@ fn a_udp_port_in_use_is_detected() {
 fn a_wrong_listen_fds_from_systemd_is_one_line_not_an_abort() {
     // Regression: the fd named by LISTEN_FDS was closed, so graceexec took
     // its own signalfd for it, closed it and aborted.
-    let script = format!(
-        "exec 3>&-; LISTEN_PID=$$ LISTEN_FDS=1 exec {} -- {}",
-        bin().display(),
-        srv()
-    );
+    let script =
+        format!("exec 3>&-; LISTEN_PID=$$ LISTEN_FDS=1 exec {} -- {}", bin().display(), srv());
     let mut c = std::process::Command::new("/bin/sh");
     c.arg("-c").arg(script);
     let (code, err) = run_to_end(c);

@@ -13,18 +13,10 @@ fn child_gets_exactly_the_systemd_contract() {
     let (leak_r, leak_w) = nix::unistd::pipe().unwrap();
     let unix_arg = format!("unix:{}", sock.display());
     let server = server();
-    let mut c = command(&[
-        "-l",
-        "web=127.0.0.1:0",
-        "-l",
-        &unix_arg,
-        "--",
-        server.to_str().unwrap(),
-    ]);
+    let mut c =
+        command(&["-l", "web=127.0.0.1:0", "-l", &unix_arg, "--", server.to_str().unwrap()]);
     // Values graceexec itself received must not be passed on.
-    c.env("LISTEN_FDS", "9")
-        .env("LISTEN_PID", "1")
-        .env("LISTEN_FDNAMES", "bogus");
+    c.env("LISTEN_FDS", "9").env("LISTEN_PID", "1").env("LISTEN_FDNAMES", "bogus");
     c.env("NOTIFY_SOCKET", "/nonexistent/notify");
     let ge = Ge::spawn(c, &[]);
     drop(leak_r);
@@ -34,24 +26,13 @@ fn child_gets_exactly_the_systemd_contract() {
     assert!(leak_w.as_raw_fd() > 2);
 
     assert_eq!(info["pid"], pid.to_string());
-    assert_eq!(
-        info["listen_pid"],
-        pid.to_string(),
-        "LISTEN_PID is the child's own pid"
-    );
+    assert_eq!(info["listen_pid"], pid.to_string(), "LISTEN_PID is the child's own pid");
     assert_eq!(info["listen_fds"], "2");
     assert_eq!(info["listen_fdnames"], "web:unix-s.sock");
-    assert_eq!(
-        info["fds"], "0,1,2,3,4",
-        "the sockets at 3 and 4 and no other fd"
-    );
+    assert_eq!(info["fds"], "0,1,2,3,4", "the sockets at 3 and 4 and no other fd");
     assert_eq!(info["cloexec"], "");
     assert_eq!(info["gen"], "1");
-    assert!(
-        info["notify_socket"].ends_with("notify-1.sock"),
-        "{}",
-        info["notify_socket"]
-    );
+    assert!(info["notify_socket"].ends_with("notify-1.sock"), "{}", info["notify_socket"]);
     // Both sockets are listening.
     let body = get_unix(&sock, "/").unwrap();
     assert_eq!(pid_of(&body), pid);
@@ -91,21 +72,12 @@ fn adopts_sockets_from_systemd_activation_and_passes_names_on() {
     );
     let inner = outer.gen_pid(1);
     let addr = outer.tcp_addr();
-    wait_until("the inner server to answer", LONG, || {
-        get(addr, "/").is_ok()
-    });
+    wait_until("the inner server to answer", LONG, || get(addr, "/").is_ok());
     let info = info(addr);
     assert_eq!(info["listen_fdnames"], "api");
     assert_eq!(info["listen_fds"], "1");
     assert_eq!(info["listen_pid"], info["pid"]);
-    assert_ne!(
-        info["pid"],
-        inner.to_string(),
-        "served by the inner graceexec's child"
-    );
+    assert_ne!(info["pid"], inner.to_string(), "served by the inner graceexec's child");
     assert_eq!(info["fds"], "0,1,2,3");
-    outer.wait_log(&format!(
-        "graceexec[{inner}]: bound 127.0.0.1:{} as api",
-        addr.port()
-    ));
+    outer.wait_log(&format!("graceexec[{inner}]: bound 127.0.0.1:{} as api", addr.port()));
 }

@@ -31,11 +31,7 @@ pub fn server() -> PathBuf {
         dir.pop();
     }
     let path = dir.join("examples").join("server");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test`",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run the tests with `cargo test`", path.display());
     path
 }
 
@@ -44,10 +40,7 @@ pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool
     let end = Instant::now() + deadline;
     let mut pause = Duration::from_millis(1);
     while !cond() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
@@ -85,20 +78,14 @@ pub struct Ge {
 
 pub fn command(args: &[&str]) -> Command {
     let mut c = Command::new(bin());
-    c.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
 
 /// Run graceexec to completion: (exit code, stderr).
 pub fn run_to_end(mut c: Command) -> (i32, String) {
     let out = c.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 impl Ge {
@@ -118,14 +105,8 @@ impl Ge {
         let mut child = c.spawn().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         for stream in [
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -140,11 +121,7 @@ impl Ge {
                 }
             });
         }
-        Ge {
-            child,
-            log,
-            status: None,
-        }
+        Ge { child, log, status: None }
     }
 
     pub fn pid(&self) -> i32 {
@@ -163,10 +140,7 @@ impl Ge {
         let end = Instant::now() + deadline;
         while !self.log().contains(needle) {
             if Instant::now() >= end {
-                panic!(
-                    "timed out waiting for {needle:?} in the log:\n{}",
-                    self.log()
-                );
+                panic!("timed out waiting for {needle:?} in the log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -175,10 +149,7 @@ impl Ge {
     /// The pid in `generation K started as pid P`.
     pub fn gen_pid(&self, gen: u32) -> i32 {
         // This instance's line: a nested graceexec logs to the same stderr.
-        let needle = format!(
-            "graceexec[{}]: generation {gen} started as pid ",
-            self.pid()
-        );
+        let needle = format!("graceexec[{}]: generation {gen} started as pid ", self.pid());
         self.wait_log(&needle);
         let log = self.log();
         let rest = &log[log.find(&needle).unwrap() + needle.len()..];
@@ -213,15 +184,9 @@ impl Ge {
     /// Wait for graceexec to exit; its exit code.
     pub fn wait_exit(&mut self) -> i32 {
         wait_until("graceexec to exit", LONG, || self.try_status().is_some());
-        let code = self
-            .status
-            .unwrap()
-            .code()
-            .expect("graceexec was killed by a signal");
+        let code = self.status.unwrap().code().expect("graceexec was killed by a signal");
         // Let the reader threads take the last lines.
-        wait_until("the log to close", LONG, || {
-            Arc::strong_count(&self.log) == 1
-        });
+        wait_until("the log to close", LONG, || Arc::strong_count(&self.log) == 1);
         code
     }
 }
@@ -257,10 +222,7 @@ pub fn alive(pid: i32) -> bool {
 }
 
 fn exchange<S: Read + Write>(mut s: S, path: &str) -> std::io::Result<String> {
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     match resp.split_once("\r\n\r\n") {
@@ -344,13 +306,7 @@ impl Load {
                 })
             })
             .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            pids,
-            threads,
-        }
+        Load { stop, ok, failed, pids, threads }
     }
 
     pub fn served(&self) -> u64 {
@@ -370,10 +326,6 @@ impl Load {
         }
         let failed = self.failed.lock().unwrap().clone();
         let pids = self.pids.lock().unwrap().clone();
-        LoadResult {
-            ok: self.ok.load(Ordering::SeqCst),
-            failed,
-            pids,
-        }
+        LoadResult { ok: self.ok.load(Ordering::SeqCst), failed, pids }
     }
 }

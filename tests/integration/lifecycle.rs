@@ -11,9 +11,7 @@ fn a_crashed_server_is_restarted_with_backoff_while_the_socket_stays_open() {
     ge.wait_log("generation 1 ready");
     let first = ge.gen_pid(1);
     kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
-    ge.wait_log(&format!(
-        "generation 1 (pid {first}) exited unexpectedly with signal SIGKILL"
-    ));
+    ge.wait_log(&format!("generation 1 (pid {first}) exited unexpectedly with signal SIGKILL"));
     ge.wait_log("restarting in 100ms");
     ge.wait_log("generation 2 ready");
     let second = ge.gen_pid(2);
@@ -39,9 +37,7 @@ fn sigterm_drains_and_exits_with_the_childs_status() {
     let pid = ge.gen_pid(1);
     ge.signal(Signal::SIGTERM);
     assert_eq!(ge.wait_exit(), 7);
-    assert!(ge
-        .log()
-        .contains(&format!("server: pid {pid} drained, exiting")));
+    assert!(ge.log().contains(&format!("server: pid {pid} drained, exiting")));
     assert!(!alive(pid));
 }
 
@@ -51,35 +47,26 @@ fn sigint_stops_every_generation_including_draining_ones() {
     ge.wait_log("generation 1 ready");
     let addr = ge.tcp_addr();
     let slow = std::thread::spawn(move || get(addr, "/slow?ms=1000"));
-    wait_until("the slow request to be in flight", LONG, || {
-        info(addr)["in_flight"] == "2"
-    });
+    wait_until("the slow request to be in flight", LONG, || info(addr)["in_flight"] == "2");
     ge.signal(Signal::SIGHUP);
     ge.wait_log("generation 1 (pid");
     ge.signal(Signal::SIGINT);
     assert_eq!(ge.wait_exit(), 0);
-    assert!(
-        slow.join().unwrap().is_ok(),
-        "the draining request completed"
-    );
+    assert!(slow.join().unwrap().is_ok(), "the draining request completed");
     assert!(!alive(ge.gen_pid(1)) && !alive(ge.gen_pid(2)));
 }
 
 #[test]
 fn a_second_sigterm_kills_at_once() {
-    let mut ge = Ge::start(
-        &["-l", "127.0.0.1:0", "--stop-timeout", "1h"],
-        &[("EXAMPLE_IGNORE_TERM", "1")],
-    );
+    let mut ge =
+        Ge::start(&["-l", "127.0.0.1:0", "--stop-timeout", "1h"], &[("EXAMPLE_IGNORE_TERM", "1")]);
     ge.wait_log("generation 1 ready");
     let pid = ge.gen_pid(1);
     ge.signal(Signal::SIGTERM);
     ge.wait_log("stopping with SIGTERM");
     ge.signal(Signal::SIGTERM);
     assert_eq!(ge.wait_exit(), 128 + 9);
-    assert!(ge
-        .log()
-        .contains("second stop request: killing every generation now"));
+    assert!(ge.log().contains("second stop request: killing every generation now"));
     assert!(!alive(pid));
 }
 
@@ -89,8 +76,7 @@ fn a_first_generation_that_exits_fails_the_start() {
     assert_eq!(ge.wait_exit(), 1);
     assert!(ge.log().contains("generation 1 (pid"), "{}", ge.log());
     assert!(
-        ge.log()
-            .contains("exited with status 3 before it was ready; giving up"),
+        ge.log().contains("exited with status 3 before it was ready; giving up"),
         "{}",
         ge.log()
     );
@@ -99,21 +85,13 @@ fn a_first_generation_that_exits_fails_the_start() {
 #[test]
 fn a_first_generation_never_ready_fails_the_start() {
     let mut ge = Ge::start(
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "--ready",
-            "notify",
-            "--ready-timeout",
-            "300ms",
-        ],
+        &["-l", "127.0.0.1:0", "--ready", "notify", "--ready-timeout", "300ms"],
         &[("EXAMPLE_NEVER_READY_GEN", "1")],
     );
     let pid = ge.gen_pid(1);
     assert_eq!(ge.wait_exit(), 1);
     assert!(
-        ge.log()
-            .contains("generation 1 was not ready within 300ms; giving up"),
+        ge.log().contains("generation 1 was not ready within 300ms; giving up"),
         "{}",
         ge.log()
     );
@@ -126,9 +104,7 @@ fn other_signals_are_forwarded_to_the_serving_generation() {
     ge.wait_log("generation 1 ready");
     let addr = ge.tcp_addr();
     ge.signal(Signal::SIGUSR1);
-    wait_until("the server to count SIGUSR1", LONG, || {
-        info(addr)["usr1"] == "1"
-    });
+    wait_until("the server to count SIGUSR1", LONG, || info(addr)["usr1"] == "1");
 }
 
 #[test]
@@ -139,17 +115,11 @@ fn orphans_of_the_server_are_reaped() {
     let script = dir.path("srv.sh");
     std::fs::write(
         &script,
-        format!(
-            "#!/bin/sh\nsh -c 'sleep 0.2 &'\nexec {}\n",
-            server().display()
-        ),
+        format!("#!/bin/sh\nsh -c 'sleep 0.2 &'\nexec {}\n", server().display()),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let ge = Ge::spawn(
-        command(&["-l", "127.0.0.1:0", "-v", "--", script.to_str().unwrap()]),
-        &[],
-    );
+    let ge = Ge::spawn(command(&["-l", "127.0.0.1:0", "-v", "--", script.to_str().unwrap()]), &[]);
     ge.wait_log("generation 1 ready");
     ge.wait_log("reaped pid");
 }
@@ -158,12 +128,7 @@ fn orphans_of_the_server_are_reaped() {
 /// by whoever inherited it).
 fn running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -174,21 +139,11 @@ fn if_graceexec_is_killed_its_server_gets_the_stop_signal() {
     ge.wait_log("generation 1 ready");
     let pid = ge.gen_pid(1);
     let log = ge.log();
-    let notify_dir = log
-        .split("notify sockets in ")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    let notify_dir =
+        log.split("notify sockets in ").nth(1).unwrap().lines().next().unwrap().to_string();
     ge.signal(Signal::SIGKILL);
     wait_until("graceexec to die", LONG, || ge.try_status().is_some());
-    wait_until(
-        "the orphaned server to stop (PR_SET_PDEATHSIG)",
-        LONG,
-        || !running(pid),
-    );
+    wait_until("the orphaned server to stop (PR_SET_PDEATHSIG)", LONG, || !running(pid));
     ge.wait_log(&format!("server: pid {pid} drained, exiting"));
     // A SIGKILLed graceexec cannot remove its notify directory.
     std::fs::remove_dir_all(notify_dir).unwrap();

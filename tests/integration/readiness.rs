@@ -6,11 +6,7 @@ use crate::harness::*;
 
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The X in `generation K ready after X ms`.
@@ -24,10 +20,7 @@ fn ready_ms(ge: &Ge, gen: u32) -> u64 {
 
 #[test]
 fn without_ready_a_silent_server_is_ready_after_one_second_alive() {
-    let ge = Ge::start(
-        &["-l", "127.0.0.1:0"],
-        &[("EXAMPLE_NEVER_READY_GEN", "all")],
-    );
+    let ge = Ge::start(&["-l", "127.0.0.1:0"], &[("EXAMPLE_NEVER_READY_GEN", "all")]);
     assert!(ready_ms(&ge, 1) >= 1000);
 }
 
@@ -44,10 +37,7 @@ fn tcp_mode_waits_for_the_port_to_accept() {
     let target = format!("tcp:127.0.0.1:{port}");
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", &target], &[]);
     ge.wait_log("generation 1 status: serving");
-    assert!(
-        !ge.log().contains("generation 1 ready"),
-        "ready before anything listened on {port}"
-    );
+    assert!(!ge.log().contains("generation 1 ready"), "ready before anything listened on {port}");
     let _l = TcpListener::bind(("127.0.0.1", port)).unwrap();
     ge.wait_log("generation 1 ready");
 }
@@ -64,16 +54,9 @@ fn http_mode_needs_a_2xx_answer() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let bad = format!("http://127.0.0.1:{port}/missing");
-    let mut ge = Ge::start(
-        &["-l", &listen, "--ready", &bad, "--ready-timeout", "500ms"],
-        &[],
-    );
+    let mut ge = Ge::start(&["-l", &listen, "--ready", &bad, "--ready-timeout", "500ms"], &[]);
     assert_eq!(ge.wait_exit(), 1);
-    assert!(
-        ge.log().contains("generation 1 was not ready within 500ms"),
-        "{}",
-        ge.log()
-    );
+    assert!(ge.log().contains("generation 1 was not ready within 500ms"), "{}", ge.log());
 }
 
 #[test]
@@ -81,21 +64,15 @@ fn exec_mode_runs_the_probe_with_the_candidate_pid() {
     let dir = TempDir::new();
     let go = dir.path("go");
     let seen = dir.path("seen-pid");
-    let probe = format!(
-        "exec:echo $GRACEEXEC_PID > {} && test -e {}",
-        seen.display(),
-        go.display()
-    );
+    let probe =
+        format!("exec:echo $GRACEEXEC_PID > {} && test -e {}", seen.display(), go.display());
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", &probe], &[]);
     let pid = ge.gen_pid(1);
     wait_until("the probe to run", LONG, || seen.exists());
     assert!(!ge.log().contains("generation 1 ready"));
     std::fs::write(&go, b"").unwrap();
     ge.wait_log("generation 1 ready");
-    assert_eq!(
-        std::fs::read_to_string(&seen).unwrap().trim(),
-        pid.to_string()
-    );
+    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), pid.to_string());
 }
 
 #[test]
@@ -103,14 +80,7 @@ fn notify_mode_ignores_a_ready_1_from_an_older_generation_socket() {
     // Generation 2 never says READY=1; generation 1 says it on its own
     // socket, which must not count for generation 2.
     let ge = Ge::start(
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "--ready",
-            "notify",
-            "--ready-timeout",
-            "700ms",
-        ],
+        &["-l", "127.0.0.1:0", "--ready", "notify", "--ready-timeout", "700ms"],
         &[("EXAMPLE_NEVER_READY_GEN", "2")],
     );
     ge.wait_log("generation 1 ready");

@@ -12,11 +12,7 @@ fn twenty_reloads_under_sixteen_clients_drop_nothing() {
     let load = Load::start(ge.tcp_addr(), 16);
     load.wait_more(100);
     for gen in 2..=21 {
-        ge.signal(if gen % 2 == 0 {
-            Signal::SIGHUP
-        } else {
-            Signal::SIGUSR2
-        });
+        ge.signal(if gen % 2 == 0 { Signal::SIGHUP } else { Signal::SIGUSR2 });
         ge.wait_log(&format!("generation {gen} ready"));
         load.wait_more(50);
     }
@@ -28,25 +24,15 @@ fn twenty_reloads_under_sixteen_clients_drop_nothing() {
         result.ok,
         &result.failed[..result.failed.len().min(5)]
     );
-    assert!(
-        result.pids.len() >= 20,
-        "only {} server pids answered",
-        result.pids.len()
-    );
+    assert!(result.pids.len() >= 20, "only {} server pids answered", result.pids.len());
     for gen in 1..=20 {
-        ge.wait_log(&format!(
-            "generation {gen} (pid {}) exited with status 0",
-            ge.gen_pid(gen)
-        ));
+        ge.wait_log(&format!("generation {gen} (pid {}) exited with status 0", ge.gen_pid(gen)));
     }
 }
 
 #[test]
 fn a_candidate_that_exits_leaves_the_old_server_serving() {
-    let ge = Ge::start(
-        &["-l", "127.0.0.1:0", "--ready", "notify"],
-        &[("EXAMPLE_FAIL_GEN", "2")],
-    );
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[("EXAMPLE_FAIL_GEN", "2")]);
     ge.wait_log("generation 1 ready");
     let old = ge.gen_pid(1);
     let load = Load::start(ge.tcp_addr(), 4);
@@ -65,14 +51,7 @@ fn a_candidate_that_exits_leaves_the_old_server_serving() {
 #[test]
 fn a_candidate_never_ready_is_stopped_and_the_old_server_keeps_serving() {
     let ge = Ge::start(
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "--ready",
-            "notify",
-            "--ready-timeout",
-            "1s",
-        ],
+        &["-l", "127.0.0.1:0", "--ready", "notify", "--ready-timeout", "1s"],
         &[("EXAMPLE_NEVER_READY_GEN", "2")],
     );
     ge.wait_log("generation 1 ready");
@@ -81,9 +60,7 @@ fn a_candidate_never_ready_is_stopped_and_the_old_server_keeps_serving() {
     ge.signal(Signal::SIGHUP);
     let candidate = ge.gen_pid(2);
     ge.wait_log("reload failed: generation 2 was not ready within 1s; generation 1 keeps serving");
-    ge.wait_log(&format!(
-        "generation 2 (pid {candidate}) exited with status 0"
-    ));
+    ge.wait_log(&format!("generation 2 (pid {candidate}) exited with status 0"));
     assert!(!alive(candidate));
     load.wait_more(20);
     let result = load.finish();
@@ -96,10 +73,7 @@ fn a_missing_command_on_reload_fails_the_reload_only() {
     let dir = TempDir::new();
     let link = dir.path("srv");
     std::os::unix::fs::symlink(server(), &link).unwrap();
-    let ge = Ge::spawn(
-        command(&["-l", "127.0.0.1:0", "--", link.to_str().unwrap()]),
-        &[],
-    );
+    let ge = Ge::spawn(command(&["-l", "127.0.0.1:0", "--", link.to_str().unwrap()]), &[]);
     ge.wait_log("generation 1 ready");
     std::fs::remove_file(&link).unwrap();
     ge.signal(Signal::SIGHUP);
@@ -121,12 +95,8 @@ fn a_server_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
     let old = ge.gen_pid(1);
     ge.signal(Signal::SIGHUP);
     ge.wait_log("generation 2 ready");
-    ge.wait_log(&format!(
-        "generation 1 (pid {old}) killed after the stop timeout (300ms)"
-    ));
-    ge.wait_log(&format!(
-        "generation 1 (pid {old}) exited with signal SIGKILL"
-    ));
+    ge.wait_log(&format!("generation 1 (pid {old}) killed after the stop timeout (300ms)"));
+    ge.wait_log(&format!("generation 1 (pid {old}) exited with signal SIGKILL"));
     assert!(!alive(old));
     assert!(get(ge.tcp_addr(), "/").is_ok());
 }
@@ -137,10 +107,7 @@ fn a_reload_storm_starts_at_most_two_generations() {
     let hold = dir.path("release-gen-2");
     let ge = Ge::start(
         &["-l", "127.0.0.1:0", "--ready", "notify"],
-        &[
-            ("EXAMPLE_HOLD_GEN", "2"),
-            ("EXAMPLE_HOLD_FILE", hold.to_str().unwrap()),
-        ],
+        &[("EXAMPLE_HOLD_GEN", "2"), ("EXAMPLE_HOLD_FILE", hold.to_str().unwrap())],
     );
     ge.wait_log("generation 1 ready");
     ge.signal(Signal::SIGHUP);
@@ -167,14 +134,9 @@ fn in_flight_requests_finish_on_the_old_generation() {
     let old = ge.gen_pid(1);
     let slow = std::thread::spawn(move || get(addr, "/slow?ms=1500"));
     // /info counts itself: 2 means the slow request is held by generation 1.
-    wait_until("the slow request to be in flight", LONG, || {
-        info(addr)["in_flight"] == "2"
-    });
+    wait_until("the slow request to be in flight", LONG, || info(addr)["in_flight"] == "2");
     ge.signal(Signal::SIGHUP);
     ge.wait_log("generation 1 (pid");
-    let body = slow
-        .join()
-        .unwrap()
-        .expect("the in-flight request completes");
+    let body = slow.join().unwrap().expect("the in-flight request completes");
     assert_eq!(pid_of(&body), old);
 }

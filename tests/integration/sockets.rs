@@ -17,10 +17,7 @@ fn serves_a_unix_socket_and_removes_it_on_exit() {
     ge.wait_log("generation 1 ready");
     let pid = ge.gen_pid(1);
     assert_eq!(pid_of(&get_unix(&path, "/").unwrap()), pid);
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o660
-    );
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
     ge.signal(Signal::SIGHUP);
     ge.wait_log("generation 2 ready");
     assert_eq!(pid_of(&get_unix(&path, "/").unwrap()), ge.gen_pid(2));
@@ -45,10 +42,7 @@ fn replaces_a_stale_socket_file_but_not_a_live_one_or_a_regular_file() {
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("a running server answers on"), "{err}");
-    assert!(
-        get_unix(&path, "/").is_ok(),
-        "the running instance's socket is intact"
-    );
+    assert!(get_unix(&path, "/").is_ok(), "the running instance's socket is intact");
 
     let file = dir.path("plain");
     std::fs::write(&file, b"data").unwrap();
@@ -89,9 +83,7 @@ fn serves_udp_across_a_reload() {
         .parse()
         .unwrap();
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let ask = |client: &UdpSocket| {
         client.send_to(b"ping", udp).unwrap();
         let mut buf = [0u8; 128];
@@ -106,9 +98,7 @@ fn serves_udp_across_a_reload() {
     ge.signal(Signal::SIGHUP);
     ge.wait_log("generation 2 ready");
     ge.wait_log("generation 1 (pid");
-    wait_until("generation 2 to answer on udp", LONG, || {
-        ask(&client) == ge.gen_pid(2)
-    });
+    wait_until("generation 2 to answer on udp", LONG, || ask(&client) == ge.gen_pid(2));
 }
 
 #[test]

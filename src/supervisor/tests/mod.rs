@@ -58,20 +58,9 @@ impl H {
     pub(super) fn new(ready: ReadyPolicy, restart: bool) -> H {
         let (ready_timeout, stop_timeout) = (Duration::from_secs(30), Duration::from_secs(5));
         let stop_signal = SIGTERM;
-        let cfg = Config {
-            ready,
-            ready_timeout,
-            stop_timeout,
-            stop_signal,
-            restart,
-        };
+        let cfg = Config { ready, ready_timeout, stop_timeout, stop_signal, restart };
         let (sup, base) = (Supervisor::new(cfg), Instant::now());
-        let mut h = H {
-            sup,
-            base,
-            now: base,
-            logs: vec![],
-        };
+        let mut h = H { sup, base, now: base, logs: vec![] };
         assert_eq!(h.sup.start(h.now), vec![sp(1)]);
         h
     }

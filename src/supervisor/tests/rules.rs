@@ -58,13 +58,7 @@ fn ready_notify_accepts_only_notify() {
 #[test]
 fn ready_probe_accepts_only_probe() {
     let mut h = H::new(Probe, true);
-    assert_eq!(
-        h.spawned(1),
-        vec![Action::StartProbe {
-            gen: 1,
-            pid: pid(1)
-        }]
-    );
+    assert_eq!(h.spawned(1), vec![Action::StartProbe { gen: 1, pid: pid(1) }]);
     assert_eq!(h.deadline(), Some(30_000));
     assert_eq!(h.at(100).ready(1), vec![]);
     assert_eq!(h.forward(), vec![]);
@@ -81,11 +75,7 @@ fn ready_auto_accepts_notify_or_1s_after_spawned() {
     assert_eq!(h.forward(), vec![usr1(1)]);
     let mut h = H::new(Auto, true);
     h.at(500).spawned(1);
-    assert_eq!(
-        h.deadline(),
-        Some(1500),
-        "1 s after Spawned, not after Spawn"
-    );
+    assert_eq!(h.deadline(), Some(1500), "1 s after Spawned, not after Spawn");
     h.tick(1499);
     assert_eq!(h.forward(), vec![]);
     assert_eq!(h.tick(1500), vec![]);

@@ -43,10 +43,7 @@ fn booting_candidate_ready_timeout_stops_it_and_exits_1() {
     assert_eq!(h.deadline(), Some(30_000));
     assert_eq!(h.tick(29_999), vec![]);
     assert_eq!(sigs(h.tick(30_000)), vec![term(1)]);
-    assert_eq!(
-        h.at(31_000).exited(1, Killed(15)),
-        vec![rel(1), kg(1), ex(1)]
-    );
+    assert_eq!(h.at(31_000).exited(1, Killed(15)), vec![rel(1), kg(1), ex(1)]);
 }
 
 #[test]
@@ -273,11 +270,7 @@ fn stopping_candidate_fails_forgotten() {
 fn stopping_current_exits_forgotten() {
     let mut h = H::serving(true);
     assert_eq!(h.at(1000).shutdown(), vec![term(1)]);
-    assert_eq!(
-        h.exited(1, Code(0)),
-        vec![rel(1), kg(1), ex(0)],
-        "no restart"
-    );
+    assert_eq!(h.exited(1, Code(0)), vec![rel(1), kg(1), ex(0)], "no restart");
 }
 
 #[test]
@@ -294,11 +287,7 @@ fn stopping_restart_timer_cancelled() {
     h.at(3000).exited(2, Code(1)); // timer at 3.1 s; 1 still draining
     assert_eq!(h.at(3050).shutdown(), vec![]);
     assert_eq!(h.tick(3100), vec![]);
-    assert_eq!(
-        h.exited(1, Code(0)),
-        vec![rel(1), kg(1), ex(1)],
-        "crashed status"
-    );
+    assert_eq!(h.exited(1, Code(0)), vec![rel(1), kg(1), ex(1)], "crashed status");
 }
 
 #[test]
@@ -323,10 +312,7 @@ fn with_old() -> Vec<(&'static str, H)> {
     assert_eq!(stopping.at(3000).shutdown(), vec![term(2)]);
     let (serving, reloading) = (H::replaced(), H::reloading_with_old());
     let states = [serving, reloading, recovering, stopping];
-    ["Serving", "Reloading", "Recovering", "Stopping"]
-        .into_iter()
-        .zip(states)
-        .collect()
+    ["Serving", "Reloading", "Recovering", "Stopping"].into_iter().zip(states).collect()
 }
 
 #[test]
