@@ -148,3 +148,23 @@ fn if_graceexec_is_killed_its_server_gets_the_stop_signal() {
     // A SIGKILLed graceexec cannot remove its notify directory.
     std::fs::remove_dir_all(notify_dir).unwrap();
 }
+
+#[test]
+fn stop_signal_sets_what_old_generations_get() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--stop-signal", "INT"], &[]);
+    ge.wait_log("generation 1 ready");
+    let old = ge.gen_pid(1);
+    ge.signal(Signal::SIGHUP);
+    ge.wait_log(&format!("generation 1 (pid {old}) stopping with SIGINT"));
+    // The example server does not handle SIGINT, so it dies of it.
+    ge.wait_log(&format!("generation 1 (pid {old}) exited with signal SIGINT"));
+}
+
+#[test]
+fn quiet_keeps_only_warnings_and_errors() {
+    let mut ge = Ge::start(&["-l", "127.0.0.1:0", "-q"], &[("EXAMPLE_FAIL_GEN", "1")]);
+    assert_eq!(ge.wait_exit(), 1);
+    let log = ge.log();
+    assert!(!log.contains("bound ") && !log.contains("started as pid"), "{log}");
+    assert!(log.contains("exited with status 3 before it was ready; giving up"), "{log}");
+}
