@@ -35,15 +35,24 @@ pub fn server() -> PathBuf {
     path
 }
 
-/// Poll `cond` until it holds; panic with `what` at the deadline.
-pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+/// Poll `cond` with a short backoff until it holds (true) or `deadline`
+/// passes (false). The one place the tests sleep: a poll interval.
+pub fn poll_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     let mut pause = Duration::from_millis(1);
     while !cond() {
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(pause); // poll interval, bounded by the deadline
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
+    true
+}
+
+/// Poll `cond` until it holds; panic with `what` at the deadline.
+pub fn wait_until(what: &str, deadline: Duration, cond: impl FnMut() -> bool) {
+    assert!(poll_until(deadline, cond), "timed out after {deadline:?} waiting for {what}");
 }
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
@@ -137,12 +146,8 @@ impl Ge {
     }
 
     pub fn wait_log_for(&self, needle: &str, deadline: Duration) {
-        let end = Instant::now() + deadline;
-        while !self.log().contains(needle) {
-            if Instant::now() >= end {
-                panic!("timed out waiting for {needle:?} in the log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if !poll_until(deadline, || self.log().contains(needle)) {
+            panic!("timed out waiting for {needle:?} in the log:\n{}", self.log());
         }
     }
 
@@ -196,19 +201,14 @@ impl Drop for Ge {
         // A graceful stop first, so that nested instances clean up after
         // themselves; then a second stop request (SIGKILL to every
         // generation); then SIGKILL. Two signals sent back to back may merge.
-        let steps = [
-            (Some(Signal::SIGTERM), Duration::from_secs(10)),
-            (Some(Signal::SIGTERM), Duration::from_secs(5)),
-        ];
+        let steps =
+            [(Signal::SIGTERM, Duration::from_secs(10)), (Signal::SIGTERM, Duration::from_secs(5))];
         for (sig, grace) in steps {
             if self.try_status().is_some() {
                 return;
             }
             let _ = kill(Pid::from_raw(self.pid()), sig);
-            let end = Instant::now() + grace;
-            while self.try_status().is_none() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            poll_until(grace, || self.try_status().is_some());
         }
         if self.try_status().is_none() {
             let _ = self.child.kill();
