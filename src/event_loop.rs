@@ -90,7 +90,7 @@ pub struct Runtime {
 }
 
 struct GenIo {
-    pid: Option<i32>,
+    pid: i32,
     notify: NotifySocket,
     probe: Option<Probe>,
 }
@@ -194,7 +194,7 @@ impl Runtime {
         };
         match spawn::spawn(child) {
             Ok(pid) => {
-                gens.insert(gen, GenIo { pid: Some(pid.as_raw()), notify, probe: None });
+                gens.insert(gen, GenIo { pid: pid.as_raw(), notify, probe: None });
                 Event::Spawned { gen, pid: pid.as_raw() }
             }
             Err(e) => failed(e),
@@ -310,23 +310,23 @@ fn reap(gens: &mut BTreeMap<GenId, GenIo>, queue: &mut VecDeque<Event>) {
             Ok(WaitStatus::StillAlive) | Err(_) => return,
             Ok(_) => continue,
         };
-        let now = Instant::now();
-        let mut known = false;
-        for (gen, io) in gens.iter_mut() {
-            if io.pid == Some(pid) {
-                known = true;
-                io.pid = None;
-            } else if let Some(p) = io.probe.as_mut().filter(|p| p.running_pid() == Some(pid)) {
-                known = true;
-                if p.exec_finished(now, status == Status::Code(0)) {
-                    io.probe = None;
-                    queue.push_back(Event::Ready { gen: *gen, by: ReadySource::Probe });
+        // Only a generation's exit concerns the supervisor; an exec probe's
+        // decides readiness; anything else is an orphan we adopted.
+        if gens.values().any(|io| io.pid == pid) {
+            queue.push_back(Event::Exited { pid, status });
+            continue;
+        }
+        let probe = gens.iter_mut().find_map(|(gen, io)| {
+            io.probe.as_mut().filter(|p| p.running_pid() == Some(pid)).map(|p| (*gen, p))
+        });
+        match probe {
+            Some((gen, p)) => {
+                if p.exec_finished(Instant::now(), status == Status::Code(0)) {
+                    gens.get_mut(&gen).unwrap().probe = None;
+                    queue.push_back(Event::Ready { gen, by: ReadySource::Probe });
                 }
             }
+            None => log::debug(&format!("reaped pid {pid} ({status})")),
         }
-        if !known {
-            log::debug(&format!("reaped pid {pid} ({status})"));
-        }
-        queue.push_back(Event::Exited { pid, status });
     }
 }

@@ -27,7 +27,7 @@ pub fn set_verbosity(quiet: bool, verbose: bool) {
     MAX.store(level as u8, Ordering::Relaxed);
 }
 
-pub fn enabled(level: Level) -> bool {
+fn enabled(level: Level) -> bool {
     level as u8 <= MAX.load(Ordering::Relaxed)
 }
 

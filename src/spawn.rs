@@ -78,13 +78,9 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
     let first_free = 3 + n;
 
     let program = cstring(child.program.as_os_str().as_bytes())?;
-    let mut argv: Vec<CString> = vec![program.clone()];
-    if let Some(name) = child.args.first() {
-        argv[0] = cstring(name.as_bytes())?;
-    }
-    for a in child.args.iter().skip(1) {
-        argv.push(cstring(a.as_bytes())?);
-    }
+    // argv[0] is COMMAND as the user wrote it, as a shell would pass it.
+    let argv: Vec<CString> =
+        child.args.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
     let mut env: Vec<CString> = Vec::with_capacity(child.env.len() + 1);
     for (k, v) in &child.env {
         let mut kv = k.as_bytes().to_vec();
@@ -195,7 +191,7 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
 }
 
 /// Map an execve errno to the shells' exit codes and a message.
-pub fn exec_error(program: &Path, errno: Errno) -> SpawnError {
+fn exec_error(program: &Path, errno: Errno) -> SpawnError {
     let code = match errno {
         Errno::ENOENT | Errno::ENOTDIR => 127,
         _ => 126,

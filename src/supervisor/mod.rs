@@ -72,11 +72,7 @@ pub struct Supervisor {
     out: Vec<Action>,
 }
 
-fn ms(d: Duration) -> u128 {
-    d.as_millis()
-}
-
-pub fn human(d: Duration) -> humantime::FormattedDuration {
+fn human(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(d)
 }
 
@@ -303,7 +299,7 @@ impl Supervisor {
         self.serving_since.get_or_insert(now);
         self.ever_ready = true;
         self.restart_at = None;
-        self.info(format!("generation {id} ready after {} ms", ms(took)));
+        self.info(format!("generation {id} ready after {} ms", took.as_millis()));
         if self.cfg.ready == ReadyPolicy::Probe {
             self.out.push(Action::StopProbe { gen: id });
         }

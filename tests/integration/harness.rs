@@ -142,11 +142,7 @@ impl Ge {
     }
 
     pub fn wait_log(&self, needle: &str) {
-        self.wait_log_for(needle, LONG)
-    }
-
-    pub fn wait_log_for(&self, needle: &str, deadline: Duration) {
-        if !poll_until(deadline, || self.log().contains(needle)) {
+        if !poll_until(LONG, || self.log().contains(needle)) {
             panic!("timed out waiting for {needle:?} in the log:\n{}", self.log());
         }
     }
