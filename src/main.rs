@@ -2,13 +2,17 @@
 //! with zero dropped connections. See README.md.
 
 mod cli;
+mod control;
 mod event_loop;
 mod listen;
 mod log;
 mod notify;
+mod output;
 mod readiness;
 mod spawn;
 mod supervisor;
+mod user;
+mod watch;
 
 use readiness::Mode;
 use supervisor::{Config, Supervisor};
