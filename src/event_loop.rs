@@ -158,6 +158,8 @@ impl Runtime {
                 gens.remove(&gen);
             }
             Action::Log { level, msg } => log::log(level, &msg),
+            Action::RunCheck { .. } | Action::CancelCheck => {}
+            Action::Report { .. } | Action::Systemd { .. } => {}
             Action::Exit { code } => return Some(code),
         }
         None
@@ -286,7 +288,7 @@ impl Runtime {
             if RELOAD.contains(&sig) {
                 log::debug(&format!("received {}", sig.as_str()));
                 if !stopping {
-                    queue.push_back(Event::Reload);
+                    queue.push_back(Event::Reload { waiter: None });
                 }
             } else if SHUTDOWN.contains(&sig) {
                 log::info(&format!("received {}", sig.as_str()));

@@ -100,6 +100,7 @@ fn run() -> i32 {
         stop_timeout: cli.stop_timeout,
         stop_signal: cli.stop_signal,
         restart: cli.restart == cli::Restart::Always,
+        check: false,
     };
     let runtime = event_loop::Runtime {
         sup: Supervisor::new(cfg),

@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use crate::log::Level;
 
+mod reload;
 mod types;
+pub use reload::{GenView, View};
 pub use types::*;
 
 pub type GenId = u32;
@@ -53,6 +55,11 @@ struct Gen {
     spawned_at: Instant,
     /// Set when the stop signal went out: (SIGKILL deadline, killed yet).
     stop: Option<(Instant, bool)>,
+    /// Started by a reload (not the first start, not a restart).
+    reload: bool,
+    /// Control clients waiting for this candidate's outcome.
+    waiters: Vec<Waiter>,
+    ready_after: Option<Duration>,
 }
 
 pub struct Supervisor {
@@ -60,6 +67,13 @@ pub struct Supervisor {
     gens: Vec<Gen>,
     next_id: GenId,
     follow_up: bool,
+    /// Waiters of requests merged into the follow-up: their reload is one
+    /// that starts after they asked, never the one already under way.
+    follow_up_waiters: Vec<Waiter>,
+    /// Waiters of the reload whose `--check` is running.
+    checking: Option<Vec<Waiter>>,
+    last_reload: Option<(Outcome, Instant)>,
+    restarts: u32,
     restart_at: Option<Instant>,
     backoff: Duration,
     ever_ready: bool,
@@ -83,6 +97,10 @@ impl Supervisor {
             gens: Vec::new(),
             next_id: 1,
             follow_up: false,
+            follow_up_waiters: Vec::new(),
+            checking: None,
+            last_reload: None,
+            restarts: 0,
             restart_at: None,
             backoff: BACKOFF_FIRST,
             ever_ready: false,
@@ -97,13 +115,14 @@ impl Supervisor {
 
     /// Spawn the first generation.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
-        self.start_candidate(now);
+        self.start_candidate(now, Vec::new(), false);
         std::mem::take(&mut self.out)
     }
 
     pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         match event {
-            Event::Reload => self.on_reload(now),
+            Event::Reload { waiter } => self.on_reload(now, waiter),
+            Event::CheckDone { ok, why } => self.on_check_done(now, ok, why),
             Event::Shutdown => self.on_shutdown(now),
             Event::Forward(signal) => match self.find(|g| g.role == Role::Current) {
                 Some(i) => {
@@ -117,9 +136,9 @@ impl Supervisor {
             Event::Spawned { gen, pid } => self.on_spawned(now, gen, pid),
             Event::SpawnFailed { gen, code, message } => {
                 if let Some(i) = self.find(|g| g.id == gen) {
-                    self.gens.remove(i);
+                    let g = self.gens.remove(i);
                     self.out.push(Action::Release { gen });
-                    self.candidate_failed(now, gen, message, Some(code));
+                    self.candidate_failed(now, gen, (g.reload, g.waiters), message, Some(code));
                 }
             }
             Event::Ready { gen, by } => self.on_ready(now, gen, by),
@@ -180,7 +199,7 @@ impl Supervisor {
         self.find(|g| matches!(g.role, Role::Candidate { .. }))
     }
 
-    fn start_candidate(&mut self, now: Instant) {
+    fn start_candidate(&mut self, now: Instant, waiters: Vec<Waiter>, reload: bool) {
         let id = self.next_id;
         self.next_id += 1;
         self.gens.push(Gen {
@@ -189,6 +208,9 @@ impl Supervisor {
             role: Role::Candidate { deadline: now + self.cfg.ready_timeout },
             spawned_at: now,
             stop: None,
+            reload,
+            waiters,
+            ready_after: None,
         });
         self.out.push(Action::Spawn { gen: id });
     }
@@ -216,20 +238,6 @@ impl Supervisor {
         }
     }
 
-    fn on_reload(&mut self, now: Instant) {
-        if self.shutting_down {
-            self.info("reload ignored: shutting down".into());
-        } else if let Some(i) = self.candidate() {
-            self.follow_up = true;
-            let id = self.gens[i].id;
-            self.info(format!("reload requested while generation {id} is starting; merged into one follow-up reload"));
-        } else {
-            self.info("reload requested".into());
-            self.restart_at = None;
-            self.start_candidate(now);
-        }
-    }
-
     fn on_shutdown(&mut self, now: Instant) {
         if self.shutting_down {
             self.warn("second stop request: killing every generation now".into());
@@ -249,6 +257,9 @@ impl Supervisor {
         self.shutting_down = true;
         self.follow_up = false;
         self.restart_at = None;
+        self.fail_all_waiters();
+        self.out
+            .push(Action::Systemd { state: Some(SdState::Stopping), status: "stopping".into() });
         self.final_gen = self
             .find(|g| g.role == Role::Current)
             .or_else(|| self.candidate())
@@ -296,7 +307,11 @@ impl Supervisor {
         let g = &mut self.gens[i];
         g.role = Role::Current;
         let (id, took) = (g.id, now - g.spawned_at);
+        g.ready_after = Some(took);
+        let (pid, reload) = (g.pid.expect("a ready generation has a pid"), g.reload);
+        let waiters = std::mem::take(&mut g.waiters);
         self.serving_since.get_or_insert(now);
+        let first = !self.ever_ready;
         self.ever_ready = true;
         self.restart_at = None;
         self.info(format!("generation {id} ready after {} ms", took.as_millis()));
@@ -309,17 +324,35 @@ impl Supervisor {
                 self.stop(now, j);
             }
         }
+        if reload {
+            self.finish_reload(now, waiters, Outcome::Ready { gen: id, pid, took });
+        } else {
+            let state = first.then_some(SdState::Ready);
+            let status = format!("serving: generation {id} (pid {pid})");
+            self.out.push(Action::Systemd { state, status });
+        }
         if self.follow_up {
-            self.follow_up = false;
-            self.info("starting the follow-up reload".into());
-            self.start_candidate(now);
+            self.start_follow_up(now);
         }
     }
 
     /// The candidate `id` failed; if it still runs, it is at index `i`.
-    fn candidate_failed(&mut self, now: Instant, id: GenId, why: String, code: Option<i32>) {
+    /// `asked`: whether it was started by a reload, and who waits for it.
+    fn candidate_failed(
+        &mut self,
+        now: Instant,
+        id: GenId,
+        asked: (bool, Vec<Waiter>),
+        why: String,
+        code: Option<i32>,
+    ) {
         if let Some(i) = self.find(|g| g.id == id) {
             self.stop(now, i);
+        }
+        if asked.0 {
+            let serving = self.find(|g| g.role == Role::Current).map(|c| self.gens[c].id);
+            let why = format!("generation {id} {why}");
+            self.finish_reload(now, asked.1, Outcome::Failed { gen: Some(id), why, serving });
         }
         if self.shutting_down {
             return;
@@ -334,11 +367,11 @@ impl Supervisor {
                 "reload failed: generation {id} {why}; generation {cur} keeps serving"
             ));
             if self.follow_up {
-                self.follow_up = false;
-                self.info("starting the follow-up reload".into());
-                self.start_candidate(now);
+                self.start_follow_up(now);
             }
         } else {
+            // The follow-up's waiters stay: the restart below is a start
+            // after they asked, and they get its outcome.
             self.follow_up = false;
             self.warn(format!("generation {id} {why}"));
             self.schedule_restart(now);
@@ -370,6 +403,7 @@ impl Supervisor {
                 self.candidate_failed(
                     now,
                     g.id,
+                    (g.reload, g.waiters),
                     format!("(pid {pid}) exited with {status} before it was ready"),
                     None,
                 );
@@ -386,6 +420,8 @@ impl Supervisor {
                     "generation {} (pid {pid}) exited unexpectedly with {status}",
                     g.id
                 ));
+                let line = format!("generation {} exited unexpectedly with {status}", g.id);
+                self.out.push(Action::Systemd { state: None, status: line });
                 if !self.cfg.restart {
                     self.forced_code = Some(status.exit_code());
                     self.begin_shutdown(now);
@@ -406,7 +442,8 @@ impl Supervisor {
                 let id = g.id;
                 if now >= deadline {
                     let why = format!("was not ready within {}", human(self.cfg.ready_timeout));
-                    self.candidate_failed(now, id, why, None);
+                    let asked = (g.reload, std::mem::take(&mut self.gens[i].waiters));
+                    self.candidate_failed(now, id, asked, why, None);
                 } else if self.auto_ready_at(g).is_some_and(|t| now >= t) {
                     self.promote(now, i);
                 }
@@ -428,7 +465,13 @@ impl Supervisor {
         }
         if self.restart_at.is_some_and(|t| now >= t) {
             self.restart_at = None;
-            self.start_candidate(now);
+            self.restarts += 1;
+            // Requests that came while there was nothing to reload get the
+            // outcome of this start, which began after they asked.
+            self.follow_up = false;
+            let waiters = std::mem::take(&mut self.follow_up_waiters);
+            let reload = !waiters.is_empty();
+            self.start_candidate(now, waiters, reload);
         }
     }
 }

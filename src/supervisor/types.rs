@@ -61,11 +61,49 @@ pub struct Config {
     pub stop_timeout: Duration,
     pub stop_signal: Signal,
     pub restart: bool,
+    /// A `--check` command runs before each reload.
+    pub check: bool,
+}
+
+/// Whoever asked for a reload and waits for its outcome (a control
+/// connection). Signals ask without waiting.
+pub type Waiter = u64;
+
+/// How a reload ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ready {
+        gen: GenId,
+        pid: i32,
+        took: Duration,
+    },
+    /// `gen` is None when nothing was started (a failed check, a shutdown);
+    /// `serving` is the generation that keeps serving, if any.
+    Failed {
+        gen: Option<GenId>,
+        why: String,
+        serving: Option<GenId>,
+    },
+}
+
+/// What graceexec tells its own service manager (sd_notify(3)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SdState {
+    Ready,
+    Reloading,
+    Stopping,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Reload,
+    Reload {
+        waiter: Option<Waiter>,
+    },
+    /// The `--check` command finished; `why` says how when it failed.
+    CheckDone {
+        ok: bool,
+        why: String,
+    },
     Shutdown,
     Forward(Signal),
     Spawned {
@@ -116,6 +154,22 @@ pub enum Action {
     Log {
         level: Level,
         msg: String,
+    },
+    /// Run the `--check` command; generation `gen` starts if it passes.
+    RunCheck {
+        gen: GenId,
+    },
+    /// Abandon a running check (shutdown).
+    CancelCheck,
+    /// Tell `waiters` how their reload ended.
+    Report {
+        waiters: Vec<Waiter>,
+        outcome: Outcome,
+    },
+    /// sd_notify: a state change (if any) and a STATUS= line.
+    Systemd {
+        state: Option<SdState>,
+        status: String,
     },
     Exit {
         code: i32,

@@ -5,6 +5,7 @@
 
 use super::*;
 
+mod reload;
 mod rules;
 mod table;
 use nix::sys::signal::Signal::{self, SIGTERM, SIGUSR1};
@@ -51,6 +52,8 @@ pub(super) struct H {
     base: Instant,
     now: Instant,
     logs: Vec<Action>,
+    /// Report and Systemd actions of the last event.
+    reports: Vec<Action>,
 }
 
 impl H {
@@ -58,9 +61,9 @@ impl H {
     pub(super) fn new(ready: ReadyPolicy, restart: bool) -> H {
         let (ready_timeout, stop_timeout) = (Duration::from_secs(30), Duration::from_secs(5));
         let stop_signal = SIGTERM;
-        let cfg = Config { ready, ready_timeout, stop_timeout, stop_signal, restart };
+        let cfg = Config { ready, ready_timeout, stop_timeout, stop_signal, restart, check: false };
         let (sup, base) = (Supervisor::new(cfg), Instant::now());
-        let mut h = H { sup, base, now: base, logs: vec![] };
+        let mut h = H { sup, base, now: base, logs: vec![], reports: vec![] };
         assert_eq!(h.sup.start(h.now), vec![sp(1)]);
         h
     }
@@ -122,8 +125,12 @@ impl H {
     }
     pub(super) fn ev(&mut self, e: Event) -> Vec<Action> {
         let out = self.sup.handle(self.now, e).into_iter();
-        let (logs, acts) = out.partition(|a| matches!(a, Action::Log { .. }));
+        let (logs, acts): (Vec<_>, Vec<_>) = out.partition(|a| matches!(a, Action::Log { .. }));
         self.logs = logs;
+        let (reports, acts) = acts
+            .into_iter()
+            .partition(|a| matches!(a, Action::Report { .. } | Action::Systemd { .. }));
+        self.reports = reports;
         acts
     }
     /// The messages the last event logged at `level`.
@@ -140,8 +147,12 @@ impl H {
     pub(super) fn tick(&mut self, ms: u64) -> Vec<Action> {
         self.at(ms).ev(Event::Tick)
     }
+    /// A reload asked by control client `w`, who waits for the outcome.
+    pub(super) fn ask(&mut self, w: Waiter) -> Vec<Action> {
+        self.ev(Event::Reload { waiter: Some(w) })
+    }
     pub(super) fn reload(&mut self) -> Vec<Action> {
-        self.ev(Event::Reload)
+        self.ev(Event::Reload { waiter: None })
     }
     pub(super) fn shutdown(&mut self) -> Vec<Action> {
         self.ev(Event::Shutdown)
