@@ -192,6 +192,8 @@ impl Runtime {
             args: &self.command,
             env,
             sockets: &sockets,
+            stdout: None,
+            stderr: None,
             parent_death_signal: self.stop_signal,
         };
         match spawn::spawn(child) {

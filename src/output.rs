@@ -1,1 +1,421 @@
-//! (in progress)
+//! A generation's stdout and stderr, read through pipes.
+//!
+//! graceexec reads its children's stderr so that it can report the last
+//! lines a failed candidate wrote, and with `--log-prefix` their stdout too,
+//! so that every line can start with `[gen K pid P] `. Everything read is
+//! passed on, unchanged apart from the prefix, to graceexec's own stream of
+//! the same name.
+//!
+//! A partial line is held until its newline arrives: each write to our
+//! stdout/stderr is then a run of whole lines, so the lines of two
+//! generations running side by side during a reload never mix mid-line.
+//! Only a line longer than `MAX_HELD` (memory is bounded) and the last
+//! partial line at EOF are written out without their end.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use anyhow::Context;
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd;
+
+/// Stderr lines kept for the failure report.
+pub const TAIL_LINES: usize = 20;
+/// Longest partial line held back waiting for its newline.
+const MAX_HELD: usize = 64 * 1024;
+/// Most bytes read from one stream per `read_available`, so that a chatty
+/// child cannot keep graceexec's event loop from its other work.
+const READ_BUDGET: usize = 256 * 1024;
+/// Bytes kept of each tail line: a report, not a copy of the output.
+const TAIL_LINE_BYTES: usize = 500;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The write ends, handed to `spawn::Child` and dropped by the caller right
+/// after the spawn: the read ends see EOF only once no copy is left outside
+/// the generation.
+pub struct ChildEnds {
+    pub stdout: Option<OwnedFd>,
+    pub stderr: OwnedFd,
+}
+
+/// Where the lines go: graceexec's own streams, or a recorder in the tests.
+type Sink = fn(Stream, &[u8]);
+
+/// The read side of one generation's output.
+pub struct Captured {
+    stdout: Option<Reader>,
+    stderr: Reader,
+    prefix: bool,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    sink: Sink,
+}
+
+struct Reader {
+    /// None once EOF (or a read error) was seen.
+    fd: Option<OwnedFd>,
+    stream: Stream,
+    lines: Lines,
+}
+
+/// Make the pipes for one generation. stderr is always captured; stdout
+/// only when `capture_stdout` (with `--log-prefix`; otherwise the child
+/// writes straight to graceexec's stdout and keeps, say, its isatty).
+/// `prefix` turns on the `[gen K pid P] ` prefix, set by `set_label`.
+pub fn pipes(capture_stdout: bool, prefix: bool) -> anyhow::Result<(ChildEnds, Captured)> {
+    let (err_read, err_write) = pipe()?;
+    let (stdout, out_reader) = if capture_stdout {
+        let (r, w) = pipe()?;
+        (Some(w), Some(Reader { fd: Some(r), stream: Stream::Stdout, lines: Lines::new(false) }))
+    } else {
+        (None, None)
+    };
+    let captured = Captured {
+        stdout: out_reader,
+        stderr: Reader { fd: Some(err_read), stream: Stream::Stderr, lines: Lines::new(true) },
+        prefix,
+        buf: vec![0; 64 * 1024],
+        out: Vec::new(),
+        sink: write_own,
+    };
+    Ok((ChildEnds { stdout, stderr: err_write }, captured))
+}
+
+/// A close-on-exec pipe whose read end (only) does not block. The child's
+/// end stays blocking, as a terminal or a file would be.
+fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = unistd::pipe2(OFlag::O_CLOEXEC).context("pipe for a generation's output")?;
+    fcntl(&r, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).context("O_NONBLOCK on an output pipe")?;
+    Ok((r, w))
+}
+
+/// Write errors are ignored: graceexec must keep supervising even when its
+/// own output has gone (SIGPIPE is ignored by the Rust runtime).
+fn write_own(stream: Stream, bytes: &[u8]) {
+    match stream {
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(bytes);
+            // Stdout is line-buffered; a forced-out partial line must not
+            // wait there for the next one.
+            let _ = out.flush();
+        }
+        Stream::Stderr => {
+            let _ = std::io::stderr().lock().write_all(bytes);
+        }
+    }
+}
+
+impl Captured {
+    /// Call once the pid is known, before the first `read_available`: the
+    /// prefix becomes `[gen {gen} pid {pid}] ` (when prefixing is on).
+    pub fn set_label(&mut self, gen: u32, pid: i32) {
+        if self.prefix {
+            let label = format!("[gen {gen} pid {pid}] ").into_bytes();
+            if let Some(r) = &mut self.stdout {
+                r.lines.prefix.clone_from(&label);
+            }
+            self.stderr.lines.prefix = label;
+        }
+    }
+
+    /// The read ends still open, to poll for POLLIN (stdout first). A
+    /// closed pipe polls as POLLHUP: read on any revents. Empty once both
+    /// reached EOF.
+    pub fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.readers().filter_map(|r| r.fd.as_ref().map(AsFd::as_fd)).collect()
+    }
+
+    /// Read what is available now and pass the complete lines on. Returns
+    /// true once every captured stream reached EOF; any partial last line
+    /// has been written out then.
+    pub fn read_available(&mut self) -> bool {
+        let Captured { stdout, stderr, buf, out, sink, .. } = self;
+        for reader in stdout.iter_mut().chain([stderr]) {
+            reader.read_some(buf, out, *sink);
+        }
+        self.is_closed()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.readers().all(|r| r.fd.is_none())
+    }
+
+    fn readers(&self) -> impl Iterator<Item = &Reader> {
+        self.stdout.iter().chain([&self.stderr])
+    }
+
+    /// The last stderr lines, oldest first, without their line ends, lossy
+    /// UTF-8, each cut to about `TAIL_LINE_BYTES`.
+    pub fn tail(&self) -> Vec<String> {
+        self.stderr.lines.tail.as_ref().map(Tail::lines).unwrap_or_default()
+    }
+}
+
+impl Reader {
+    fn read_some(&mut self, buf: &mut [u8], out: &mut Vec<u8>, sink: Sink) {
+        let Some(fd) = &self.fd else { return };
+        out.clear();
+        let mut total = 0;
+        let eof = loop {
+            match unistd::read(fd, buf) {
+                Ok(0) => break true,
+                Ok(k) => {
+                    self.lines.feed(&buf[..k], out);
+                    total += k;
+                    if total >= READ_BUDGET {
+                        // The pipe is still readable: the next poll wakes us.
+                        break false;
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break false,
+                // Any other error would come back at every wake-up; treat
+                // it as the end of the stream rather than spin on it.
+                Err(_) => break true,
+            }
+        };
+        if eof {
+            self.lines.finish(out);
+            self.fd = None;
+        }
+        // One write for the whole round: whole lines, fewer syscalls.
+        if !out.is_empty() {
+            sink(self.stream, out);
+        }
+    }
+}
+
+/// The pure line logic: bytes in, what to write out, and the tail.
+#[derive(Default)]
+struct Lines {
+    /// Empty when not prefixing (or before the label is known).
+    prefix: Vec<u8>,
+    /// The partial line waiting for its newline.
+    held: Vec<u8>,
+    /// The last segment written was the start of a line without its end.
+    continuing: bool,
+    tail: Option<Tail>,
+}
+
+impl Lines {
+    fn new(keep_tail: bool) -> Lines {
+        Lines { tail: keep_tail.then(Tail::default), ..Lines::default() }
+    }
+
+    /// Append to `out` every line that `data` completes.
+    fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+        while let Some(i) = data.iter().position(|&b| b == b'\n') {
+            let (line, rest) = data.split_at(i + 1);
+            if self.held.is_empty() {
+                self.emit(line, out);
+            } else {
+                let mut held = std::mem::take(&mut self.held);
+                held.extend_from_slice(line);
+                self.emit(&held, out);
+                held.clear();
+                // Keep the allocation for the next partial line.
+                self.held = held;
+            }
+            self.continuing = false;
+            data = rest;
+        }
+        self.held.extend_from_slice(data);
+        if self.held.len() > MAX_HELD {
+            self.write_held(out);
+        }
+    }
+
+    /// At EOF: append the partial last line, if any.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.held.is_empty() {
+            self.write_held(out);
+        }
+    }
+
+    fn write_held(&mut self, out: &mut Vec<u8>) {
+        let mut held = std::mem::take(&mut self.held);
+        self.emit(&held, out);
+        // Unprefixed, the bytes pass through exactly. Prefixed, the next
+        // prefix must start a line of its own.
+        if !self.prefix.is_empty() {
+            out.push(b'\n');
+        }
+        held.clear();
+        self.held = held;
+        self.continuing = true;
+    }
+
+    fn emit(&mut self, segment: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(segment);
+        // The rest of a long line written in pieces adds nothing to the
+        // tail: its start there is already cut to TAIL_LINE_BYTES.
+        if !self.continuing {
+            if let Some(tail) = &mut self.tail {
+                tail.push(segment);
+            }
+        }
+    }
+}
+
+/// The last `TAIL_LINES` lines, each kept as at most `TAIL_LINE_BYTES`.
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<Vec<u8>>,
+}
+
+impl Tail {
+    fn push(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut cut = line.len().min(TAIL_LINE_BYTES);
+        // Do not split a UTF-8 sequence: back off over continuation bytes.
+        while cut < line.len() && cut > TAIL_LINE_BYTES - 3 && line[cut] & 0xC0 == 0x80 {
+            cut -= 1;
+        }
+        if self.lines.len() == TAIL_LINES {
+            self.lines.pop_front();
+        }
+        let mut entry = line[..cut].to_vec();
+        if cut < line.len() {
+            entry.extend_from_slice("…".as_bytes());
+        }
+        self.lines.push_back(entry);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn lines(prefix: &str) -> Lines {
+        let mut l = Lines::new(true);
+        l.prefix = prefix.as_bytes().to_vec();
+        l
+    }
+
+    /// What `l` writes for `data`, then for EOF if `eof`.
+    fn run(l: &mut Lines, data: &[u8], eof: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        l.feed(data, &mut out);
+        if eof {
+            l.finish(&mut out);
+        }
+        out
+    }
+
+    fn tail(l: &Lines) -> Vec<String> {
+        l.tail.as_ref().unwrap().lines()
+    }
+
+    #[test]
+    fn complete_lines_pass_through_exactly() {
+        let mut l = lines("");
+        assert_eq!(run(&mut l, b"one\ntwo\r\n\n", false), b"one\ntwo\r\n\n");
+        assert_eq!(tail(&l), ["one", "two", ""]);
+    }
+
+    #[test]
+    fn a_line_split_across_reads_is_written_whole() {
+        let mut l = lines("[gen 1 pid 7] ");
+        assert_eq!(run(&mut l, b"hel", false), b"");
+        assert_eq!(run(&mut l, b"lo\nwor", false), b"[gen 1 pid 7] hello\n");
+        assert_eq!(run(&mut l, b"ld\nx\n", false), b"[gen 1 pid 7] world\n[gen 1 pid 7] x\n");
+        assert_eq!(tail(&l), ["hello", "world", "x"]);
+    }
+
+    #[test]
+    fn a_long_partial_line_is_written_at_once() {
+        let mut l = lines("");
+        assert_eq!(run(&mut l, &vec![b'a'; MAX_HELD], false), b"");
+        let out = run(&mut l, b"ab", false);
+        assert!(out.len() == MAX_HELD + 2 && !out.ends_with(b"\n"));
+        assert_eq!(run(&mut l, b"end\nnext\n", false), b"end\nnext\n");
+        // The tail has the line's start once, not each piece.
+        assert_eq!(tail(&l), [format!("{}…", "a".repeat(TAIL_LINE_BYTES)), "next".into()]);
+
+        // Prefixed, each piece is a line of its own.
+        let mut l = lines("P ");
+        let out = run(&mut l, &vec![b'a'; MAX_HELD + 1], false);
+        assert!(out.starts_with(b"P aaa") && out.ends_with(b"a\n"));
+        assert_eq!(run(&mut l, b"bc\n", false), b"P bc\n");
+    }
+
+    #[test]
+    fn eof_writes_the_partial_line() {
+        let mut l = lines("");
+        assert_eq!(run(&mut l, b"a\nno end", true), b"a\nno end");
+        assert_eq!(run(&mut l, b"", true), b"");
+        assert_eq!(tail(&l), ["a", "no end"]);
+        assert_eq!(run(&mut lines("P "), b"no end", true), b"P no end\n");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines_lossy_and_cut() {
+        let mut l = lines("");
+        run(&mut l, b"bad \xff byte\n", false);
+        // 499 ASCII bytes, then a 2-byte char across the cut.
+        let mut long = vec![b'x'; TAIL_LINE_BYTES - 1];
+        long.extend_from_slice("éé\n".as_bytes());
+        run(&mut l, &long, false);
+        let t = tail(&l);
+        assert_eq!(t[0], "bad \u{fffd} byte");
+        assert_eq!(t[1], format!("{}…", "x".repeat(TAIL_LINE_BYTES - 1)));
+        for i in 0..50 {
+            run(&mut l, format!("line {i}\n").as_bytes(), false);
+        }
+        let t = tail(&l);
+        assert_eq!(
+            (t.len(), t[0].as_str(), t[TAIL_LINES - 1].as_str()),
+            (TAIL_LINES, "line 30", "line 49")
+        );
+    }
+
+    thread_local! {
+        static WRITTEN: RefCell<[Vec<u8>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+    }
+
+    fn record(stream: Stream, bytes: &[u8]) {
+        WRITTEN.with(|w| w.borrow_mut()[stream as usize].extend_from_slice(bytes));
+    }
+
+    #[test]
+    fn reads_a_real_pipe_to_eof() {
+        let (ends, mut cap) = pipes(true, true).unwrap();
+        cap.sink = record;
+        cap.set_label(3, 42);
+        assert_eq!(cap.poll_fds().len(), 2);
+        unistd::write(&ends.stderr, b"first\nboom: failed\nlast").unwrap();
+        unistd::write(ends.stdout.as_ref().unwrap(), b"hello\n").unwrap();
+        assert!(!cap.read_available(), "the write ends are still open");
+        drop(ends);
+        let mut rounds = 0;
+        while !cap.read_available() {
+            rounds += 1;
+            assert!(rounds < 100, "no EOF");
+        }
+        assert!(cap.is_closed() && cap.poll_fds().is_empty());
+        assert_eq!(cap.tail(), ["first", "boom: failed", "last"]);
+        let [out, err] = WRITTEN.take();
+        assert_eq!(out, b"[gen 3 pid 42] hello\n");
+        assert_eq!(
+            err,
+            b"[gen 3 pid 42] first\n[gen 3 pid 42] boom: failed\n[gen 3 pid 42] last\n"
+        );
+    }
+}

@@ -11,6 +11,9 @@
 //! only known after the fork, so the env holds a fixed-size slot for it that
 //! the child fills in place with digits, without allocating.
 //!
+//! fd 0 is always inherited. fds 1 and 2 are inherited too, unless the
+//! caller passes fds for them (the pipes output.rs reads).
+//!
 //! The Linux-only process plumbing is here too: signalfd, PR_SET_PDEATHSIG,
 //! PR_SET_CHILD_SUBREAPER and close_range. (Abstract unix addresses, parsed
 //! in listen.rs, are the one other Linux-only feature.)
@@ -46,6 +49,10 @@ pub struct Child<'a> {
     /// Environment without LISTEN_PID; that is added here.
     pub env: Vec<(OsString, OsString)>,
     pub sockets: &'a [BorrowedFd<'a>],
+    /// Becomes the child's fd 1; None keeps graceexec's own.
+    pub stdout: Option<BorrowedFd<'a>>,
+    /// Becomes the child's fd 2; None keeps graceexec's own.
+    pub stderr: Option<BorrowedFd<'a>>,
     /// Sent to the child if graceexec dies (PR_SET_PDEATHSIG).
     pub parent_death_signal: Signal,
 }
@@ -109,6 +116,15 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
         sources.push(dup_at_least(s.as_raw_fd(), first_free).map_err(|e| os_error("dup", e))?);
     }
     let source_fds: Vec<RawFd> = sources.iter().map(|f| f.as_raw_fd()).collect();
+    // Same for the stdout/stderr sources: a pipe end may itself be fd 1, 2
+    // or 3 when graceexec was started with some of its fds closed.
+    let dup_stdio = |fd: Option<BorrowedFd<'_>>| {
+        fd.map(|f| dup_at_least(f.as_raw_fd(), first_free).map_err(|e| os_error("dup", e)))
+            .transpose()
+    };
+    let stdio = [dup_stdio(child.stdout)?, dup_stdio(child.stderr)?];
+    // Raw copies for the child, -1 meaning "inherit"; index i goes to fd i+1.
+    let stdio_fds: [RawFd; 2] = [0, 1].map(|i| stdio[i].as_ref().map_or(-1, |f| f.as_raw_fd()));
     let (err_read, err_write) = unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| os_error("pipe", e))?;
     let moved = dup_at_least(err_write.as_raw_fd(), first_free).map_err(|e| os_error("dup", e))?;
     // The original write end must go now: the parent's read sees EOF only
@@ -153,6 +169,12 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
                 }
             }
             libc::sigprocmask(libc::SIG_SETMASK, &empty_mask, std::ptr::null_mut());
+            for (i, src) in stdio_fds.iter().enumerate() {
+                // As for the sockets: src >= 3 + n > target.
+                if *src >= 0 && libc::dup2(*src, 1 + i as c_int) < 0 {
+                    child_fail(err_fd);
+                }
+            }
             for (i, src) in source_fds.iter().enumerate() {
                 // dup2 never copies FD_CLOEXEC, and src != target here.
                 if libc::dup2(*src, 3 + i as c_int) < 0 {
@@ -167,6 +189,7 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
         ForkResult::Parent { child: pid } => {
             drop(err_write);
             drop(sources);
+            drop(stdio);
             // Also set it here: the parent may signal the group before the
             // child has run. EACCES after the exec is expected and harmless.
             let _ = unistd::setpgid(pid, pid);
