@@ -1,13 +1,74 @@
 //! Command-line interface. Usage errors are one line and exit 2.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 
+use crate::control::client::Target;
+use crate::control::paths::parse_name;
 use crate::listen::Spec;
 use crate::readiness::Mode;
+use crate::user::Identity;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Compat {
+    /// Also set SERVER_STARTER_PORT and SERVER_STARTER_GENERATION.
+    ServerStarter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Reload a running instance and wait for the outcome (exit 0: the new
+    /// generation is ready; 1: the reload failed and the old one keeps
+    /// serving; 3: no such instance; 4: no answer within --timeout).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+        /// How long to wait for the outcome.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Only ask for the reload; do not wait for its outcome.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show an instance: its sockets, generations and last reload.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// One JSON object, as the control protocol sends it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop an instance gracefully; returns once it has exited.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// How long to wait for it to exit.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// List the running instances of this user.
+    List {
+        /// A JSON array of their status objects.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Restart {
@@ -22,11 +83,62 @@ pub enum Restart {
 ///
 /// graceexec binds the sockets once and runs COMMAND with them in the
 /// systemd socket-activation convention (fds from 3, LISTEN_FDS, LISTEN_PID,
-/// LISTEN_FDNAMES, NOTIFY_SOCKET). On SIGHUP or SIGUSR2 it starts a
-/// replacement, waits until it is ready, and only then stops the old one.
+/// LISTEN_FDNAMES, NOTIFY_SOCKET). On SIGHUP, SIGUSR2 or `graceexec reload`
+/// it starts a replacement, waits until it is ready, and only then stops
+/// the old one.
 #[derive(Debug, Parser)]
-#[command(name = "graceexec", version, max_term_width = 100)]
+#[command(
+    name = "graceexec",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    override_usage = "graceexec [OPTIONS] -- COMMAND [ARGS]...\n       graceexec reload|status|stop|list [OPTIONS]"
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+
+    /// Name of this instance, for `graceexec reload --name` and friends.
+    /// Default: the file name of COMMAND.
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub name: Option<String>,
+
+    /// Where to put the control socket. Default:
+    /// $XDG_RUNTIME_DIR/graceexec/NAME.sock, /run/graceexec/NAME.sock for
+    /// root, else a private directory under /tmp.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// Write graceexec's pid here (atomically); removed at exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Put "[gen K pid P] " before each line the server writes to stdout
+    /// and stderr.
+    #[arg(long)]
+    pub log_prefix: bool,
+
+    /// Bind the sockets, then run graceexec and every generation as USER
+    /// (with its groups). Needs root.
+    #[arg(long, value_name = "USER[:GROUP]", value_parser = crate::user::parse)]
+    pub user: Option<Identity>,
+
+    /// Also export another tool's variables, so servers written for it run
+    /// unchanged.
+    #[arg(long, value_enum, value_name = "TOOL")]
+    pub compat: Option<Compat>,
+
+    /// Shell command run before each reload (a config test, say); if it
+    /// fails, the reload fails with its output and nothing is started.
+    #[arg(long, value_name = "COMMAND")]
+    pub check: Option<String>,
+
+    /// Reload when this file changes (e.g. a new binary moved into place);
+    /// repeatable. Changes are debounced.
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+
     /// Socket to bind and pass on; repeatable. ADDR: PORT, :PORT, HOST:PORT,
     /// [V6]:PORT, tcp://HOST:PORT, udp://HOST:PORT, unix:/PATH, unix:@NAME.
     /// NAME= sets its LISTEN_FDNAMES name (default from the address, e.g.
@@ -122,6 +234,21 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         Some(sig) => Ok(sig),
         None => Err(format!("'{s}' is not a signal name or number")),
     }
+}
+
+/// The completion script for `shell`, generated from the same definitions
+/// as the parser (the committed copies under completions/ are tested
+/// against it).
+pub fn completions(shell: Shell) -> String {
+    use clap::CommandFactory;
+    let target = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(target, &mut Cli::command(), "graceexec", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Parse the command line. On a usage error, print one line and exit 2.

@@ -246,6 +246,24 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
     Ok(Listener { name, fd, shown: shown.to_string(), created: None })
 }
 
+/// SERVER_STARTER_PORT as Server::Starter sets it: `ADDR=FD` pairs joined
+/// by ';', where ADDR is the port alone for a wildcard address (what
+/// `start_server --port=8080` produces), HOST:PORT otherwise, or a unix
+/// socket's path; FD counts from 3 in the order of the sockets.
+pub fn server_starter_port(listeners: &[Listener]) -> String {
+    let mut parts = Vec::with_capacity(listeners.len());
+    for (i, l) in listeners.iter().enumerate() {
+        let fd = 3 + i;
+        let addr = match local_inet(&l.fd) {
+            Some(a) if a.ip().is_unspecified() => a.port().to_string(),
+            Some(a) => a.to_string(),
+            None => l.shown.strip_prefix("unix:").unwrap_or(&l.shown).to_string(),
+        };
+        parts.push(format!("{addr}={fd}"));
+    }
+    parts.join(";")
+}
+
 fn local_inet(fd: &OwnedFd) -> Option<SocketAddr> {
     let ss: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
     if let Some(v4) = ss.as_sockaddr_in() {

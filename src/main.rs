@@ -1,6 +1,7 @@
 //! graceexec: hold listening sockets and replace the server behind them
 //! with zero dropped connections. See README.md.
 
+mod check;
 mod cli;
 mod control;
 mod event_loop;
@@ -8,12 +9,15 @@ mod listen;
 mod log;
 mod notify;
 mod output;
+mod pidfile;
 mod readiness;
 mod spawn;
 mod supervisor;
 mod user;
 mod watch;
 
+use cli::{Cli, Sub};
+use control::client;
 use readiness::Mode;
 use supervisor::{Config, Supervisor};
 
@@ -26,34 +30,77 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Everything that owns resources lives in here, so that it is dropped
-/// (unix socket files and the notify directory removed) before the exit.
 fn run() -> i32 {
     let cli = cli::parse();
     log::set_verbosity(cli.quiet, cli.verbose);
+    match &cli.sub {
+        None => serve(cli),
+        Some(Sub::Reload { target, timeout, no_wait }) => {
+            client::reload(target, *timeout, !no_wait)
+        }
+        Some(Sub::Status { target, json }) => client::status(target, *json),
+        Some(Sub::Stop { target, timeout }) => client::stop(target, *timeout),
+        Some(Sub::List { json }) => client::list(*json),
+        Some(Sub::Completions { shell }) => {
+            print!("{}", cli::completions(*shell));
+            0
+        }
+    }
+}
 
+/// Log `e` and return `code`: the one way start-up fails.
+fn fail(code: i32, e: impl std::fmt::Display) -> i32 {
+    log::error(&e.to_string());
+    code
+}
+
+/// The run form. Everything that owns resources lives in here, so that it
+/// is dropped (socket files, the notify directory and the pid file
+/// removed) before the exit.
+fn serve(cli: Cli) -> i32 {
+    let name =
+        match cli.name.clone().map_or_else(|| control::paths::default_name(&cli.command[0]), Ok) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("graceexec: {e}; see 'graceexec --help'");
+                return EXIT_USAGE;
+            }
+        };
     let mask = match event_loop::block_signals() {
         Ok(m) => m,
-        Err(e) => {
-            log::error(&format!("cannot block signals: {e}"));
-            return EXIT_STARTUP;
-        }
+        Err(e) => return fail(EXIT_STARTUP, format!("cannot block signals: {e}")),
     };
     // A missing command is reported before anything is bound.
     if let Err(e) = event_loop::resolve(&cli.command[0]) {
-        log::error(&e.message);
-        return e.code;
+        return fail(e.code, e.message);
     }
+    let control_path = match &cli.control {
+        Some(p) => p.clone(),
+        None => {
+            let dir = control::paths::default_dir();
+            if let Err(e) = control::paths::ensure_dir(&dir) {
+                return fail(EXIT_STARTUP, format!("{e:#}"));
+            }
+            control::paths::socket_path(&dir, &name)
+        }
+    };
+    // Before the listeners: a second instance is refused before it could
+    // fail on a port the first one holds, with the message that matters.
+    let control = match control::server::Server::bind(&control_path, &name) {
+        Ok((server, note)) => {
+            if let Some(n) = note {
+                log::info(&n);
+            }
+            server
+        }
+        Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
+    };
     let listeners = if cli.listen.is_empty() {
         match listen::from_systemd() {
             Ok(Some(l)) => l,
-            Ok(None) => {
-                log::error("nothing to listen on: give --listen ADDR, or start graceexec by systemd socket activation");
-                return EXIT_USAGE;
-            }
+            Ok(None) => return fail(EXIT_USAGE, "nothing to listen on: give --listen ADDR, or start graceexec by systemd socket activation"),
             Err(e) => {
-                log::error(&format!("cannot adopt the sockets systemd passed: {e:#}"));
-                return EXIT_STARTUP;
+                return fail(EXIT_STARTUP, format!("cannot adopt the sockets systemd passed: {e:#}"))
             }
         }
     } else {
@@ -61,10 +108,7 @@ fn run() -> i32 {
         for spec in &cli.listen {
             match listen::bind_spec(spec, cli.backlog, cli.unix_mode) {
                 Ok(l) => bound.push(l),
-                Err(e) => {
-                    log::error(&format!("{e:#}"));
-                    return EXIT_STARTUP;
-                }
+                Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
             }
         }
         bound
@@ -73,10 +117,7 @@ fn run() -> i32 {
     // the fds LISTEN_FDS names.
     let signals = match spawn::signalfd(&mask) {
         Ok(s) => s,
-        Err(e) => {
-            log::error(&format!("cannot set up signal handling: {e}"));
-            return EXIT_STARTUP;
-        }
+        Err(e) => return fail(EXIT_STARTUP, format!("cannot set up signal handling: {e}")),
     };
     for l in &listeners {
         log::info(&format!("bound {} as {}", l.shown, l.name));
@@ -85,14 +126,38 @@ fn run() -> i32 {
     if let Err(e) = spawn::become_subreaper() {
         log::debug(&format!("cannot become a subreaper: {e}"));
     }
+    let sd = match notify::SdNotify::from_env() {
+        Ok(sd) => sd,
+        Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
+    };
     let notify_dir = match notify::NotifyDir::create() {
         Ok(d) => d,
-        Err(e) => {
-            log::error(&format!("{e:#}"));
-            return EXIT_STARTUP;
-        }
+        Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
     };
     log::debug(&format!("notify sockets in {}", notify_dir.path().display()));
+    let watch = match cli.watch.is_empty() {
+        true => None,
+        false => match watch::Watch::new(&cli.watch) {
+            Ok(w) => Some(w),
+            Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
+        },
+    };
+    let _pid_file = match cli.pid_file.as_deref().map(pidfile::PidFile::write).transpose() {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
+    };
+    let mut extra_env = Vec::new();
+    if let Some(id) = &cli.user {
+        // Reloads never bind again, so nothing after this needs root.
+        let handed = control.chown(id.uid, id.gid).and_then(|()| notify_dir.chown(id.uid, id.gid));
+        if let Err(e) = handed.and_then(|()| user::drop_to(id)) {
+            return fail(EXIT_STARTUP, format!("{e:#}"));
+        }
+        log::info(&format!("running as {} (uid {}, gid {})", id.name, id.uid, id.gid));
+        extra_env = user::env(id);
+    }
+    let server_starter = (cli.compat == Some(cli::Compat::ServerStarter))
+        .then(|| listen::server_starter_port(&listeners));
 
     let cfg = Config {
         ready: Mode::policy(cli.ready.as_ref()),
@@ -100,17 +165,25 @@ fn run() -> i32 {
         stop_timeout: cli.stop_timeout,
         stop_signal: cli.stop_signal,
         restart: cli.restart == cli::Restart::Always,
-        check: false,
+        check: cli.check.is_some(),
     };
-    let runtime = event_loop::Runtime {
+    event_loop::run(event_loop::Setup {
         sup: Supervisor::new(cfg),
         signals,
         listeners,
         command: cli.command,
         ready: cli.ready,
+        ready_timeout: cli.ready_timeout,
         stop_signal: cli.stop_signal,
         notify_dir,
         verbose: cli.verbose,
-    };
-    runtime.run()
+        name,
+        control,
+        sd,
+        log_prefix: cli.log_prefix,
+        extra_env,
+        server_starter,
+        check: cli.check,
+        watch,
+    })
 }

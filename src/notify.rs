@@ -1,4 +1,5 @@
-//! The receive side of sd_notify(3): one datagram socket per generation.
+//! sd_notify(3), both sides: one receiving datagram socket per generation,
+//! and, when graceexec itself runs under systemd, the sending side.
 //!
 //! A socket per generation means a READY=1 can never be credited to the
 //! wrong one: a draining server, or a worker it forked, may still hold an
@@ -55,6 +56,13 @@ impl NotifyDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Hand the directory to the user graceexec drops to (`--user`), so it
+    /// can still create the next generations' sockets and remove it at exit.
+    pub fn chown(&self, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> Result<()> {
+        nix::unistd::chown(&self.path, Some(uid), Some(gid))
+            .with_context(|| format!("cannot chown {}", self.path.display()))
     }
 
     pub fn socket(&self, gen: u32) -> Result<NotifySocket> {
@@ -115,6 +123,54 @@ impl NotifySocket {
             out.push(parse(&buf[..n]));
         }
         out
+    }
+}
+
+/// graceexec's own service manager, from the NOTIFY_SOCKET graceexec was
+/// started with (Type=notify or Type=notify-reload).
+pub struct SdNotify {
+    sock: UnixDatagram,
+    addr: std::os::unix::net::SocketAddr,
+    shown: String,
+}
+
+impl SdNotify {
+    /// None when NOTIFY_SOCKET is unset. A path, or "@name" for an
+    /// abstract socket (sd_notify(3)). The variable is not passed on: each
+    /// generation gets graceexec's own socket instead.
+    pub fn from_env() -> Result<Option<SdNotify>> {
+        use std::os::linux::net::SocketAddrExt;
+        let Some(v) = std::env::var_os("NOTIFY_SOCKET").filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let shown = v.to_string_lossy().into_owned();
+        let addr = match shown.strip_prefix('@') {
+            Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()),
+            None => std::os::unix::net::SocketAddr::from_pathname(&v),
+        }
+        .with_context(|| format!("NOTIFY_SOCKET={shown} is not a usable socket address"))?;
+        let sock = UnixDatagram::unbound().context("cannot create a socket for NOTIFY_SOCKET")?;
+        Ok(Some(SdNotify { sock, addr, shown }))
+    }
+
+    /// Send one message of newline-separated assignments. A failure is
+    /// logged by the caller and never fatal: the service keeps serving.
+    pub fn send(&self, msg: &str) -> std::io::Result<()> {
+        self.sock.send_to_addr(msg.as_bytes(), &self.addr).map(|_| ())
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as `MONOTONIC_USEC=` wants it with
+/// `RELOADING=1` (systemd.service(5), Type=notify-reload).
+pub fn monotonic_usec() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    match clock_gettime(ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000,
+        Err(_) => 0,
     }
 }
 

@@ -30,7 +30,6 @@ use crate::log::Level;
 
 mod reload;
 mod types;
-pub use reload::{GenView, View};
 pub use types::*;
 
 pub type GenId = u32;
