@@ -124,7 +124,7 @@ pub fn drop_to(id: &Identity) -> Result<()> {
     if !id.uid.is_root()
         && (unistd::setuid(Uid::from_raw(0)).is_ok() || unistd::seteuid(Uid::from_raw(0)).is_ok())
     {
-        bail!("--user: graceexec could become root again after switching to {name}; refusing to go on");
+        bail!("--user: graceexec could still become root after switching to {name}; stopping");
     }
     if unistd::getgid() != id.gid || unistd::getegid() != id.gid {
         bail!("--user: the group id did not change to {}; refusing to go on", id.gid);

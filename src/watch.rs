@@ -87,9 +87,9 @@ impl Watch {
     /// parent directory, which must exist.
     pub fn new(paths: &[PathBuf]) -> Result<Watch> {
         let inotify = Inotify::init().map_err(|e| match e.raw_os_error() {
-            Some(libc::EMFILE) => anyhow!(
-                "--watch: too many inotify instances; raise the sysctl fs.inotify.max_user_instances"
-            ),
+            Some(libc::EMFILE) => {
+                anyhow!("--watch: too many inotify instances; raise fs.inotify.max_user_instances")
+            }
             _ => anyhow!("--watch: cannot start inotify: {e}"),
         })?;
         let mut w = Watch { inotify, dirs: HashMap::new(), due: None };
@@ -112,7 +112,11 @@ impl Watch {
                 match e.raw_os_error().unwrap_or(0) {
                     libc::ENOENT => anyhow!("--watch {shown}: directory {d} does not exist"),
                     libc::ENOTDIR => anyhow!("--watch {shown}: {d} is not a directory"),
-                    libc::ENOSPC => anyhow!("--watch {shown}: out of inotify watches; raise fs.inotify.max_user_watches"),
+                    libc::ENOSPC => {
+                        anyhow!(
+                            "--watch {shown}: no inotify watch left (fs.inotify.max_user_watches)"
+                        )
+                    }
                     _ => anyhow!("--watch {shown}: cannot watch directory {d}: {e}"),
                 }
             })?;
