@@ -1,6 +1,7 @@
 //! graceexec: hold listening sockets and replace the server behind them
 //! with zero dropped connections. See README.md.
 
+mod check;
 mod cli;
 mod control;
 mod event_loop;
