@@ -5,26 +5,20 @@
 //! generation is started. Like an exec probe, the check is a child whose
 //! exit reaches the event loop's waitpid(-1); nothing here waits for it.
 //!
-//! It is started with posix_spawn rather than std::process::Command: the
-//! child must not inherit graceexec's signal mask (every handled signal is
-//! blocked for the signalfd, and a blocked mask survives execve(2)), and
-//! Command leaves the mask as it is. posix_spawn resets it with
-//! POSIX_SPAWN_SETSIGMASK, safely, with no code of ours in the child.
-
-#![allow(dead_code)]
+//! It is started by `spawn::shell`, which gives it a clean signal mask.
 
 use std::collections::VecDeque;
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
-use nix::sys::signal::{killpg, SigSet, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{pipe2, Pid};
+
+use crate::spawn;
 
 const MAX_LINES: usize = 20;
 const MAX_BYTES: usize = 8192;
@@ -48,51 +42,26 @@ pub struct CheckOutcome {
     pub output: Vec<String>,
 }
 
-fn cstring(bytes: &[u8]) -> Result<CString> {
-    CString::new(bytes).context("--check: the command or environment contains a NUL byte")
-}
-
 impl Check {
     /// Start `/bin/sh -c cmd` in its own process group, stdin /dev/null,
     /// stdout and stderr into one pipe (so they interleave in order).
     /// `env` is the environment the generations get; GRACEEXEC_GENERATION
     /// is set to `next_gen`, the generation the reload would start.
     pub fn start(cmd: &str, next_gen: u32, env: &[(OsString, OsString)]) -> Result<Check> {
-        let argv = [cstring(b"sh")?, cstring(b"-c")?, cstring(cmd.as_bytes())?];
-        let mut envp = Vec::with_capacity(env.len() + 1);
-        for (k, v) in env.iter().filter(|(k, _)| k != "GRACEEXEC_GENERATION") {
-            envp.push(cstring(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
-        }
-        envp.push(cstring(format!("GRACEEXEC_GENERATION={next_gen}").as_bytes())?);
+        let mut envp: Vec<(OsString, OsString)> =
+            env.iter().filter(|(k, _)| k != "GRACEEXEC_GENERATION").cloned().collect();
+        envp.push(("GRACEEXEC_GENERATION".into(), next_gen.to_string().into()));
 
         let failed = |what: &str| format!("--check: cannot {what}");
         // Both ends close-on-exec: the child gets the write end only through
-        // the dup2 below, which clears the flag on the copy. Only the read
-        // end is nonblocking: a check whose write gets EAGAIN would fail.
+        // the dup2 in spawn::shell, which clears the flag on the copy. Only
+        // the read end is nonblocking: a check whose write got EAGAIN would
+        // fail.
         let (read, write) = pipe2(OFlag::O_CLOEXEC).with_context(|| failed("create a pipe"))?;
         fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).with_context(|| failed("set up"))?;
-        let null = File::open("/dev/null").with_context(|| failed("open /dev/null"))?;
-
-        let mut actions = PosixSpawnFileActions::init().with_context(|| failed("set up"))?;
-        actions.add_dup2(null.as_raw_fd(), 0).with_context(|| failed("set up"))?;
-        actions.add_dup2(write.as_raw_fd(), 1).with_context(|| failed("set up"))?;
-        actions.add_dup2(write.as_raw_fd(), 2).with_context(|| failed("set up"))?;
-        let mut attr = PosixSpawnAttr::init().with_context(|| failed("set up"))?;
-        // Its own process group, so that an abandoned check is killed with
-        // whatever it started. An empty signal mask, and every signal at its
-        // default action: Rust ignores SIGPIPE, and an ignored signal stays
-        // ignored across execve(2).
-        attr.set_flags(
-            PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-        )
-        .with_context(|| failed("set up"))?;
-        attr.set_pgroup(Pid::from_raw(0)).with_context(|| failed("set up"))?;
-        attr.set_sigmask(&SigSet::empty()).with_context(|| failed("set up"))?;
-        attr.set_sigdefault(&SigSet::all()).with_context(|| failed("set up"))?;
-        let pid = posix_spawn(c"/bin/sh", &actions, &attr, &argv, &envp)
-            .with_context(|| failed("run /bin/sh"))?;
+        let to = spawn::Out::To(write.as_fd());
+        let pid =
+            spawn::shell(cmd, &envp, to, to).map_err(|e| anyhow::anyhow!("--check: {e:#}"))?;
         // Our copy of the write end must go, or the read end never sees EOF.
         drop(write);
         Ok(Check {

@@ -130,11 +130,6 @@ fn serve(cli: Cli) -> i32 {
         Ok(sd) => sd,
         Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
     };
-    let notify_dir = match notify::NotifyDir::create() {
-        Ok(d) => d,
-        Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
-    };
-    log::debug(&format!("notify sockets in {}", notify_dir.path().display()));
     let watch = match cli.watch.is_empty() {
         true => None,
         false => match watch::Watch::new(&cli.watch) {
@@ -148,14 +143,26 @@ fn serve(cli: Cli) -> i32 {
     };
     let mut extra_env = Vec::new();
     if let Some(id) = &cli.user {
-        // Reloads never bind again, so nothing after this needs root.
-        let handed = control.chown(id.uid, id.gid).and_then(|()| notify_dir.chown(id.uid, id.gid));
-        if let Err(e) = handed.and_then(|()| user::drop_to(id)) {
+        // Reloads never bind again, so nothing after this needs root. The
+        // control socket is handed over so that graceexec can still be
+        // reached as USER; the notify directory is created after the drop.
+        if let Err(e) = control.chown(id.uid, id.gid).and_then(|()| user::drop_to(id)) {
             return fail(EXIT_STARTUP, format!("{e:#}"));
         }
-        log::info(&format!("running as {} (uid {}, gid {})", id.name, id.uid, id.gid));
+        log::info(&format!(
+            "running as {}:{} (uid {}, gid {})",
+            id.name, id.group_name, id.uid, id.gid
+        ));
         extra_env = user::env(id);
+        // root's runtime directory is not USER's: the children and the
+        // notify directory must not try to use it.
+        std::env::remove_var("XDG_RUNTIME_DIR");
     }
+    let notify_dir = match notify::NotifyDir::create() {
+        Ok(d) => d,
+        Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
+    };
+    log::debug(&format!("notify sockets in {}", notify_dir.path().display()));
     let server_starter = (cli.compat == Some(cli::Compat::ServerStarter))
         .then(|| listen::server_starter_port(&listeners));
 

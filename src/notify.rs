@@ -58,13 +58,6 @@ impl NotifyDir {
         &self.path
     }
 
-    /// Hand the directory to the user graceexec drops to (`--user`), so it
-    /// can still create the next generations' sockets and remove it at exit.
-    pub fn chown(&self, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> Result<()> {
-        nix::unistd::chown(&self.path, Some(uid), Some(gid))
-            .with_context(|| format!("cannot chown {}", self.path.display()))
-    }
-
     pub fn socket(&self, gen: u32) -> Result<NotifySocket> {
         let path = self.path.join(format!("notify-{gen}.sock"));
         let _ = std::fs::remove_file(&path);

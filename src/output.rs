@@ -12,8 +12,6 @@
 //! Only a line longer than `MAX_HELD` (memory is bounded) and the last
 //! partial line at EOF are written out without their end.
 
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -5,11 +5,10 @@
 //! processes whose exit arrives with SIGCHLD like any other. Attempts start
 //! a few milliseconds apart and back off to a few hundred.
 
+use std::ffi::OsString;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use nix::sys::socket::{
 };
 use nix::unistd::Pid;
 
+use crate::spawn;
 use crate::supervisor::ReadyPolicy;
 
 const FIRST_INTERVAL: Duration = Duration::from_millis(5);
@@ -244,20 +244,15 @@ impl Probe {
         let addr = match &self.mode {
             Mode::Tcp(a) | Mode::Http { addr: a, .. } => *a,
             Mode::Exec(cmd) => {
-                let mut c = Command::new("/bin/sh");
-                c.arg("-c")
-                    .arg(cmd)
-                    .env("GRACEEXEC_PID", self.pid.to_string())
-                    .env("GRACEEXEC_GENERATION", self.gen.to_string())
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .process_group(0);
-                if !self.verbose {
-                    c.stderr(Stdio::null());
-                }
-                match c.spawn() {
-                    Ok(child) => self.attempt = Attempt::Running { pid: child.id() as i32 },
-                    Err(e) => self.retry(now, &format!("cannot run /bin/sh: {e}")),
+                let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+                    .filter(|(k, _)| k != "GRACEEXEC_PID" && k != "GRACEEXEC_GENERATION")
+                    .collect();
+                env.push(("GRACEEXEC_PID".into(), self.pid.to_string().into()));
+                env.push(("GRACEEXEC_GENERATION".into(), self.gen.to_string().into()));
+                let err = if self.verbose { spawn::Out::Inherit } else { spawn::Out::Null };
+                match spawn::shell(cmd, &env, spawn::Out::Null, err) {
+                    Ok(pid) => self.attempt = Attempt::Running { pid: pid.as_raw() },
+                    Err(e) => self.retry(now, &format!("{e:#}")),
                 }
                 return;
             }

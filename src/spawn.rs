@@ -320,3 +320,52 @@ pub fn signalfd(mask: &SigSet) -> nix::Result<SignalFd> {
 pub fn become_subreaper() -> nix::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)
 }
+
+/// Where a helper command's stdout or stderr goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Out<'a> {
+    Null,
+    Inherit,
+    To(BorrowedFd<'a>),
+}
+
+/// Start `/bin/sh -c cmd` (a `--check` or an `exec:` probe) in its own
+/// process group, stdin /dev/null, with `env`. Its exit reaches the event
+/// loop's waitpid(-1); nothing here waits for it.
+///
+/// posix_spawn rather than std::process::Command: every signal graceexec
+/// handles is blocked for the signalfd, a blocked mask survives execve(2),
+/// and Command leaves the mask as it is (dash clears it at start-up, bash
+/// does not). POSIX_SPAWN_SETSIGMASK and SETSIGDEF give the child an empty
+/// mask and default dispositions (Rust ignores SIGPIPE, and an ignored
+/// signal stays ignored across exec), with no code of ours in the child.
+pub fn shell(cmd: &str, env: &[(OsString, OsString)], out: Out, err: Out) -> anyhow::Result<Pid> {
+    use anyhow::Context;
+    use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    let c = |b: &[u8]| CString::new(b).context("the command or environment contains a NUL byte");
+    let argv = [c(b"sh")?, c(b"-c")?, c(cmd.as_bytes())?];
+    let mut envp = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        envp.push(c(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
+    }
+    let null = std::fs::File::options().read(true).write(true).open("/dev/null")?;
+    let mut actions = PosixSpawnFileActions::init()?;
+    actions.add_dup2(null.as_raw_fd(), 0)?;
+    for (target, o) in [(1, out), (2, err)] {
+        match o {
+            Out::Null => actions.add_dup2(null.as_raw_fd(), target)?,
+            Out::Inherit => {}
+            Out::To(fd) => actions.add_dup2(fd.as_raw_fd(), target)?,
+        }
+    }
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    attr.set_pgroup(Pid::from_raw(0))?;
+    attr.set_sigmask(&SigSet::empty())?;
+    attr.set_sigdefault(&SigSet::all())?;
+    posix_spawn(c"/bin/sh", &actions, &attr, &argv, &envp).context("cannot run /bin/sh")
+}

@@ -5,8 +5,6 @@
 //! per-child step. Nothing privileged is kept: the listening sockets stay
 //! open across the drop, which is all the server needs from root.
 
-#![allow(dead_code)]
-
 use std::ffi::{CString, OsString};
 use std::path::PathBuf;
 
@@ -77,10 +75,6 @@ pub fn parse(spec: &str) -> Result<Identity, String> {
         shell,
         group_name: group.name,
     })
-}
-
-pub fn is_root() -> bool {
-    unistd::geteuid().is_root()
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -17,8 +17,6 @@
 //! - IN_IGNORED (directory removed or unmounted) and IN_MOVE_SELF (renamed:
 //!   the watch would follow it away) end that watch; reported, not armed.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};

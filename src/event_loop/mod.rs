@@ -274,7 +274,7 @@ impl Runtime {
     fn run_check(&mut self, gen: GenId) {
         let cmd = self.s.check.clone().unwrap_or_default();
         log::info(&format!("running the check `{cmd}` before generation {gen}"));
-        match Check::start(&cmd, gen) {
+        match Check::start(&cmd, gen, &self.base_env) {
             Ok(check) => {
                 let deadline = Instant::now() + self.s.ready_timeout;
                 self.check = Some(RunningCheck { check, deadline });
