@@ -82,7 +82,10 @@ fn main() {
         info_head: format!(
             "pid={pid}\ngen={gen}\nlisten_pid={listen_pid}\nlisten_fds={listen_fds}\n\
              listen_fdnames={fdnames}\nnotify_socket={notify_socket}\n\
-             fds={fds}\ncloexec={cloexec}\n"
+             fds={fds}\ncloexec={cloexec}\nserver_starter_port={}\n\
+             server_starter_generation={}\n",
+            var("SERVER_STARTER_PORT"),
+            var("SERVER_STARTER_GENERATION"),
         ),
         term_ignored,
     }));

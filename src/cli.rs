@@ -320,6 +320,29 @@ mod tests {
         assert!(line.contains("<COMMAND>"), "{line}");
     }
 
+    /// The committed man page matches the parser. Regenerate with
+    /// scripts/generate.sh.
+    #[test]
+    fn man_page_is_up_to_date() {
+        use clap::CommandFactory;
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut out).unwrap();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/graceexec.1");
+        if std::env::var_os("GRACEEXEC_REGENERATE").is_some() {
+            std::fs::write(&path, &out).unwrap();
+        }
+        let committed = std::fs::read(&path).unwrap_or_default();
+        assert!(committed == out, "doc/graceexec.1 is out of date: run scripts/generate.sh");
+    }
+
+    #[test]
+    fn subcommands_and_the_run_form_do_not_mix() {
+        assert!(Cli::try_parse_from(["graceexec", "reload", "--name", "api"]).is_ok());
+        assert!(Cli::try_parse_from(["graceexec", "-l", "80", "reload"]).is_err());
+        let cli = Cli::try_parse_from(["graceexec", "-l", "80", "--", "reload"]).unwrap();
+        assert!(cli.sub.is_none() && cli.command == vec![OsString::from("reload")]);
+    }
+
     #[test]
     fn command_after_double_dash() {
         let cli = Cli::try_parse_from(["graceexec", "-l", "8080", "--", "srv", "--flag"]).unwrap();

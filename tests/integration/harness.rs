@@ -85,10 +85,31 @@ pub struct Ge {
     status: Option<ExitStatus>,
 }
 
+thread_local! {
+    /// Each test runs on its own thread and gets its own XDG_RUNTIME_DIR,
+    /// so instances of parallel tests never see each other's control
+    /// sockets, while the instances and clients of one test do.
+    static RUNTIME_DIR: TempDir = TempDir::new();
+}
+
+/// This test's XDG_RUNTIME_DIR.
+pub fn runtime_dir() -> PathBuf {
+    RUNTIME_DIR.with(|d| d.0.clone())
+}
+
 pub fn command(args: &[&str]) -> Command {
     let mut c = Command::new(bin());
     c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.env("XDG_RUNTIME_DIR", runtime_dir());
     c
+}
+
+/// Run a client command (`reload`, `status`, ...): (exit code, stdout,
+/// stderr).
+pub fn ctl(args: &[&str]) -> (i32, String, String) {
+    let out = command(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
 
 /// Run graceexec to completion: (exit code, stderr).

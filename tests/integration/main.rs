@@ -3,7 +3,9 @@
 
 mod bad_input;
 mod contract;
+mod control;
 mod harness;
+mod hooks;
 mod lifecycle;
 mod readiness;
 mod reload;

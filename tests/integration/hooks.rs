@@ -1,0 +1,194 @@
+//! systemd's side of sd_notify, --check, --watch, --compat, --user, and the
+//! generated completions.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// A test-owned NOTIFY_SOCKET, as systemd would give graceexec.
+struct FakeSystemd {
+    _dir: TempDir,
+    sock: UnixDatagram,
+    path: String,
+}
+
+impl FakeSystemd {
+    fn new() -> FakeSystemd {
+        let dir = TempDir::new();
+        let path = dir.path("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(LONG)).unwrap();
+        FakeSystemd { _dir: dir, sock, path: path.to_str().unwrap().to_string() }
+    }
+    fn next(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.sock.recv(&mut buf).expect("a notify message within the deadline");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    /// The next message's first line (the state, or STATUS=).
+    fn next_state(&self) -> String {
+        self.next().lines().next().unwrap_or_default().to_string()
+    }
+}
+
+#[test]
+fn systemd_hears_ready_reloading_ready_and_stopping_in_order() {
+    let sd = FakeSystemd::new();
+    let mut ge = Ge::start(
+        &["-l", "127.0.0.1:0", "--ready", "notify"],
+        &[("NOTIFY_SOCKET", &sd.path), ("EXAMPLE_FAIL_GEN", "3")],
+    );
+    let m = sd.next();
+    assert!(m.starts_with("READY=1\nSTATUS=serving: generation 1 (pid "), "{m}");
+
+    assert_eq!(ctl(&["reload"]).0, 0);
+    let m = sd.next();
+    let usec = m.lines().find_map(|l| l.strip_prefix("MONOTONIC_USEC=")).unwrap_or("");
+    assert!(m.starts_with("RELOADING=1\n") && usec.parse::<u64>().is_ok(), "{m}");
+    assert_eq!(sd.next_state(), "READY=1");
+
+    // A failed reload also ends with READY=1: the old generation serves.
+    assert_eq!(ctl(&["reload"]).0, 1);
+    assert_eq!(sd.next_state(), "RELOADING=1");
+    let m = sd.next();
+    assert!(m.starts_with("READY=1\nSTATUS=serving: generation 2"), "{m}");
+    assert!(m.contains("reload failed"), "{m}");
+
+    ge.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sd.next_state(), "STOPPING=1");
+    ge.wait_exit();
+}
+
+#[test]
+fn check_failure_fails_the_reload_and_starts_nothing() {
+    let dir = TempDir::new();
+    let ok = dir.path("config-ok");
+    let check = format!("echo config broken >&2; test -e {}", ok.display());
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--check", &check], &[]);
+    ge.wait_log("generation 1 ready");
+    let (code, _, err) = ctl(&["reload"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("exited with status 1"), "{err}");
+    assert!(err.contains("  | config broken"), "{err}");
+    assert!(!ge.log().contains("generation 2 started"), "{}", ge.log());
+
+    std::fs::write(&ok, "").unwrap();
+    let (code, out, err) = ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("generation 2"), "{out}");
+}
+
+#[test]
+fn watch_reloads_when_the_file_is_replaced() {
+    let dir = TempDir::new();
+    let watched = dir.path("release");
+    std::fs::write(&watched, "v1").unwrap();
+    let w = watched.to_str().unwrap();
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--watch", w], &[]);
+    ge.wait_log("generation 1 ready");
+    std::fs::write(&watched, "v2").unwrap();
+    ge.wait_log("generation 2 ready");
+    // Replaced by a rename, as a deploy that copies then moves does.
+    let tmp = dir.path("release.new");
+    std::fs::write(&tmp, "v3").unwrap();
+    std::fs::rename(&tmp, &watched).unwrap();
+    ge.wait_log("generation 3 ready");
+    // An unrelated file in the same directory changes nothing.
+    std::fs::write(dir.path("other"), "x").unwrap();
+    assert_eq!(ctl(&["reload"]).0, 0, "generation 4 comes from this request");
+    assert!(ge.log().contains("generation 4 ready") && !ge.log().contains("generation 5"));
+}
+
+#[test]
+fn server_starter_port_names_each_address_and_fd() {
+    let dir = TempDir::new();
+    let sock = dir.path("s.sock");
+    let unix = format!("unix:{}", sock.display());
+    let ge = Ge::start(
+        &["-l", "127.0.0.1:0", "-l", &unix, "--compat", "server-starter", "--ready", "notify"],
+        &[],
+    );
+    ge.wait_log("generation 1 ready");
+    let i = info(ge.tcp_addr());
+    let expected = format!("{}=3;{}=4", ge.tcp_addr(), sock.display());
+    assert_eq!(i["server_starter_port"], expected);
+    assert_eq!(i["server_starter_generation"], "1");
+}
+
+/// Server::Starter's own parser reads what graceexec exports, when the
+/// Debian package is there (.ci/run installs it).
+#[test]
+fn server_starter_perl_module_reads_the_ports() {
+    let has_module = std::process::Command::new("perl")
+        .args(["-MServer::Starter", "-e1"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_module {
+        eprintln!("skipped: perl's Server::Starter is not installed");
+        return;
+    }
+    let script = "use Server::Starter qw(server_ports); my $p = server_ports(); \
+                  print STDERR map({ \"perl saw $_ => $p->{$_}\\n\" } sort keys %$p); sleep 60";
+    let mut c = command(&["-l", "127.0.0.1:0", "--compat", "server-starter", "--", "perl"]);
+    c.args(["-e", script]);
+    let ge = Ge::spawn(c, &[]);
+    ge.wait_log("perl saw ");
+    ge.wait_log(&format!("perl saw {} => 3", ge.tcp_addr()));
+}
+
+#[test]
+fn user_drops_graceexec_and_every_generation() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: --user needs root");
+        return;
+    }
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--user", "nobody"], &[]);
+    ge.wait_log("generation 1 ready");
+    let uid_of = |pid: i32| {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = s.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+        line.split_whitespace().nth(1).unwrap().parse::<u32>().unwrap()
+    };
+    assert_eq!(uid_of(ge.pid()), 65534, "graceexec itself dropped");
+    assert_eq!(uid_of(ge.gen_pid(1)), 65534);
+    // Reloads work after the drop: no bind is needed.
+    assert_eq!(ctl(&["reload"]).0, 0);
+    assert_eq!(uid_of(ge.gen_pid(2)), 65534);
+    assert!(get(ge.tcp_addr(), "/").is_ok());
+}
+
+#[test]
+fn user_that_does_not_exist_is_a_usage_error() {
+    let (code, err) = run_to_end(command(&["-l", "0", "--user", "no-such-user-x", "--", "true"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no such user"), "{err}");
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn completions_are_up_to_date() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (shell, file) in
+        [("bash", "graceexec.bash"), ("zsh", "_graceexec"), ("fish", "graceexec.fish")]
+    {
+        let out = command(&["completions", shell]).output().unwrap();
+        assert!(out.status.success());
+        let committed = std::fs::read(root.join("completions").join(file)).unwrap_or_default();
+        assert!(
+            committed == out.stdout,
+            "completions/{file} is out of date: run scripts/generate.sh and commit the result"
+        );
+    }
+}
+
+#[test]
+fn reload_by_signal_still_works_with_a_control_socket() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
+    ge.wait_log("generation 1 ready");
+    ge.signal(nix::sys::signal::Signal::SIGHUP);
+    ge.wait_log("generation 2 ready");
+    wait_until("status to show the reload", Duration::from_secs(10), || {
+        ctl(&["status", "--json"]).1.contains("\"generation\":2")
+    });
+}
