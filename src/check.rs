@@ -191,7 +191,7 @@ mod tests {
         // for its signalfd; here only the test thread does). This catches a
         // regression only where /bin/sh is bash, which keeps the mask it is
         // given: dash clears its mask itself.
-        let mut mask = SigSet::empty();
+        let mut mask = nix::sys::signal::SigSet::empty();
         mask.add(Signal::SIGHUP);
         mask.thread_block().unwrap();
         let (mut check, _) = run("seq 1 5000; exec grep SigBlk /proc/self/status");

@@ -247,7 +247,7 @@ fn systemd_crash_and_recovery_are_status_lines_only() {
 
 #[test]
 fn view_shows_states_ages_and_restarts() {
-    let mut h = H::reloading_with_old();
+    let h = H::reloading_with_old();
     let v = h.sup.view(h.base + Duration::from_millis(4000));
     assert_eq!(v.state, "reloading");
     let rows: Vec<_> = v.gens.iter().map(|g| (g.id, g.state, g.age.as_millis())).collect();
