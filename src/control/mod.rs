@@ -1,1 +1,5 @@
-//! (in progress)
+//! The control channel (in progress).
+
+#![allow(dead_code)]
+
+pub mod paths;
