@@ -43,7 +43,7 @@ fn run() -> i32 {
         Some(Sub::List { json }) => client::list(*json),
         Some(Sub::Completions { shell }) => {
             print!("{}", cli::completions(*shell));
-            0
+            client::EXIT_OK
         }
     }
 }
@@ -95,6 +95,7 @@ fn serve(cli: Cli) -> i32 {
         }
         Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
     };
+    log::debug(&format!("control socket at {}", control.path().display()));
     let listeners = if cli.listen.is_empty() {
         match listen::from_systemd() {
             Ok(Some(l)) => l,

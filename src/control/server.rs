@@ -1,43 +1,405 @@
-use super::Request;
+//! The instance side of the control channel, driven by the event loop's
+//! poll(2): no threads, and nothing here ever blocks.
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::fcntl::AT_FDCWD;
 use nix::poll::PollFlags;
-use nix::unistd::{Gid, Uid};
-use std::os::fd::BorrowedFd;
-use std::path::Path;
-use std::time::Instant;
+use nix::sys::socket::{getsockopt, send, sockopt, MsgFlags};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{fchownat, geteuid, Gid, Uid};
+use serde_json::Value;
+
+use super::{error_reply, parse_request, paths, Request};
+
+/// A client has this long to send its request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longer request lines are refused, so a client cannot grow our memory.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Open connections at most; waiting `stop` and `reload` clients count.
+pub const MAX_CONNS: usize = 64;
+/// After accept(2) fails for lack of fds, the listener rests this long
+/// instead of waking poll again at once.
+const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
 pub type ConnId = u64;
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Key {
     Listener,
     Conn(ConnId),
 }
-pub struct Server {}
+
+struct Conn {
+    stream: UnixStream,
+    /// Bytes of the request so far; `None` once it has been handed out and
+    /// the connection only waits for replies.
+    buf: Option<Vec<u8>>,
+    deadline: Instant,
+}
+
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    /// dev and ino of the socket file we created, for Drop.
+    created: (u64, u64),
+    conns: BTreeMap<ConnId, Conn>,
+    next_id: ConnId,
+    accept_paused_until: Option<Instant>,
+}
+
 impl Server {
-    pub fn bind(_path: &Path, _name: &str) -> anyhow::Result<(Server, Option<String>)> {
-        todo!()
+    /// Bind the control socket at `path`. The note, if any, is for the log.
+    pub fn bind(path: &Path, name: &str) -> Result<(Server, Option<String>)> {
+        paths::check_len(path)?;
+        let note = clear_stale(path, name)?;
+        // Mode 0600 from the first instant: the umask applies to bind(2)'s
+        // file, and graceexec is still single-threaded here.
+        let old = umask(Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        umask(old);
+        // std binds with SOCK_CLOEXEC, and accept4 gives the connections
+        // SOCK_CLOEXEC too: no generation inherits them, so a client sees
+        // EOF exactly when graceexec itself is gone.
+        let listener = match bound {
+            Ok(l) => l,
+            // Another instance of the same name bound it since clear_stale.
+            Err(e) if e.kind() == ErrorKind::AddrInUse => bail!(
+                "an instance named {name} is already running (control socket {}); \
+                 stop it or pick another --name",
+                path.display()
+            ),
+            Err(e) => bail!("cannot bind {}: {e}", path.display()),
+        };
+        let m = std::fs::symlink_metadata(path)
+            .with_context(|| format!("cannot check {}", path.display()))?;
+        let server = Server {
+            listener,
+            path: path.to_path_buf(),
+            created: (m.dev(), m.ino()),
+            conns: BTreeMap::new(),
+            next_id: 1,
+            accept_paused_until: None,
+        };
+        server
+            .listener
+            .set_nonblocking(true)
+            .context("cannot make the control socket nonblocking")?;
+        Ok((server, note))
     }
+
     pub fn path(&self) -> &Path {
-        todo!()
+        &self.path
     }
-    pub fn chown(&self, _uid: Uid, _gid: Gid) -> anyhow::Result<()> {
-        todo!()
+
+    /// Give the socket file to the user graceexec drops to (--user), who
+    /// must still be able to connect. Its directory must let them in too.
+    pub fn chown(&self, uid: Uid, gid: Gid) -> Result<()> {
+        fchownat(
+            AT_FDCWD,
+            &self.path,
+            Some(uid),
+            Some(gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| anyhow!("cannot chown {} to {uid}:{gid}: {e}", self.path.display()))
     }
+
+    /// What to poll: the listener for new clients, clients still sending
+    /// for POLLIN, and clients that wait for replies with no events at
+    /// all. POLLHUP is always reported, so a waiting client that goes away
+    /// is noticed; asking for POLLIN there would spin on one that only
+    /// shut down its writing half after the request.
     pub fn poll_fds(&self) -> Vec<(Key, BorrowedFd<'_>, PollFlags)> {
-        todo!()
+        let mut out = Vec::with_capacity(self.conns.len() + 1);
+        if self.accept_paused_until.is_none() {
+            out.push((Key::Listener, self.listener.as_fd(), PollFlags::POLLIN));
+        }
+        for (id, c) in &self.conns {
+            let ev = if c.buf.is_some() { PollFlags::POLLIN } else { PollFlags::empty() };
+            out.push((Key::Conn(*id), c.stream.as_fd(), ev));
+        }
+        out
     }
+
+    /// When `service` must run even if poll reports nothing.
     pub fn wake_at(&self) -> Option<Instant> {
-        todo!()
+        let reading = self.conns.values().filter(|c| c.buf.is_some()).map(|c| c.deadline);
+        reading.chain(self.accept_paused_until).min()
     }
+
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.conns.contains_key(&id)
+    }
+
+    /// Handle what poll reported (and any deadline passed by `now`).
+    /// Returns the requests received and lines for the log.
     pub fn service(
         &mut self,
-        _ready: &[Key],
-        _now: Instant,
+        ready: &[Key],
+        now: Instant,
     ) -> (Vec<(ConnId, Request)>, Vec<String>) {
-        todo!()
+        let mut requests = Vec::new();
+        let mut warnings = Vec::new();
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+        }
+        if ready.contains(&Key::Listener) && self.accept_paused_until.is_none() {
+            for id in self.accept(now, &mut warnings) {
+                // The request is often there already; save a trip through poll.
+                self.read(id, &mut requests);
+            }
+        }
+        for key in ready {
+            if let Key::Conn(id) = *key {
+                self.read(id, &mut requests);
+            }
+        }
+        let late: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.buf.is_some() && c.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            let msg = format!("no request within {}s; closing", READ_TIMEOUT.as_secs());
+            self.reply(id, &error_reply(&msg), true);
+        }
+        (requests, warnings)
     }
-    pub fn reply(&mut self, _id: ConnId, _reply: &serde_json::Value, _close: bool) {
-        todo!()
+
+    /// Send one reply line. A reply is a few KiB and the socket buffer is
+    /// larger, so a write that would block means a client that does not
+    /// read: it is dropped rather than allowed to stall graceexec.
+    pub fn reply(&mut self, id: ConnId, reply: &Value, close: bool) {
+        let Some(c) = self.conns.get(&id) else { return };
+        let mut line = reply.to_string();
+        line.push('\n');
+        if !write_now(&c.stream, line.as_bytes()) || close {
+            self.close(id);
+        }
     }
-    pub fn is_open(&self, _id: ConnId) -> bool {
-        todo!()
+
+    /// Accept until EAGAIN; returns the connections admitted.
+    fn accept(&mut self, now: Instant, warnings: &mut Vec<String>) -> Vec<ConnId> {
+        let mut admitted = Vec::new();
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(nix::libc::ECONNABORTED) => continue,
+                Err(e) => {
+                    // EMFILE and the like leave the listener readable:
+                    // rest instead of spinning in poll.
+                    warnings.push(format!("cannot accept a control connection: {e}"));
+                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    break;
+                }
+            };
+            if let Err(e) = stream.set_nonblocking(true) {
+                warnings.push(format!("cannot use a control connection: {e}"));
+                continue;
+            }
+            // Checked now rather than at bind: graceexec may have dropped
+            // to another user (--user) since.
+            let me = geteuid().as_raw();
+            match getsockopt(&stream, sockopt::PeerCredentials) {
+                Ok(cred) if cred.uid() == me || cred.uid() == 0 => {}
+                Ok(cred) => {
+                    let msg = format!(
+                        "permission denied: this instance serves only uid {me} and root, \
+                         not uid {}",
+                        cred.uid()
+                    );
+                    refuse(&stream, &msg);
+                    warnings.push(format!(
+                        "refused a control connection from uid {} (pid {})",
+                        cred.uid(),
+                        cred.pid()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    warnings.push(format!("cannot check a control client's credentials: {e}"));
+                    continue;
+                }
+            }
+            if self.conns.len() >= MAX_CONNS {
+                refuse(&stream, &format!("too many connections ({MAX_CONNS} open); try again"));
+                warnings.push(format!("refused a control connection: {MAX_CONNS} already open"));
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let deadline = now + READ_TIMEOUT;
+            self.conns.insert(id, Conn { stream, buf: Some(Vec::new()), deadline });
+            admitted.push(id);
+        }
+        admitted
+    }
+
+    /// Read what a connection has sent. A complete request is handed out;
+    /// a bad one is answered here and closed. On a connection that only
+    /// waits for replies, EOF or an error means the client left.
+    fn read(&mut self, id: ConnId, requests: &mut Vec<(ConnId, Request)>) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let (eof, failed) = fill(c);
+        let line = match c.buf.as_mut() {
+            _ if failed => None,
+            None => {
+                if !eof {
+                    return;
+                }
+                None
+            }
+            Some(buf) => match buf.iter().position(|b| *b == b'\n') {
+                Some(end) if end <= MAX_REQUEST => Some(buf[..end].to_vec()),
+                Some(_) => return self.too_long(id),
+                None if buf.len() > MAX_REQUEST => return self.too_long(id),
+                // A client may end its request with EOF instead of a
+                // newline (printf ... | nc -U); take what came as the line.
+                None if eof && !buf.is_empty() => Some(std::mem::take(buf)),
+                None if eof => None,
+                None => return,
+            },
+        };
+        let Some(line) = line else {
+            self.close(id);
+            return;
+        };
+        match parse_request(&line) {
+            Ok(request) => {
+                c.buf = None;
+                requests.push((id, request));
+            }
+            Err(msg) => self.reply(id, &error_reply(&msg), true),
+        }
+    }
+
+    fn too_long(&mut self, id: ConnId) {
+        let msg = format!("the request is longer than {} KiB", MAX_REQUEST / 1024);
+        self.reply(id, &error_reply(&msg), true);
+    }
+
+    fn close(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.remove(&id) {
+            drain(&c.stream);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Remove the file only if it is still the socket we bound: a newer
+        // instance may have replaced it.
+        if let Ok(Some(m)) = paths::meta(&self.path) {
+            if (m.dev(), m.ino()) == self.created {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Read what is there without blocking; returns (EOF seen, error).
+/// Bounded, so a client that keeps sending cannot hold the loop.
+fn fill(c: &mut Conn) -> (bool, bool) {
+    let mut chunk = [0u8; 4096];
+    for _ in 0..MAX_REQUEST / chunk.len() + 2 {
+        match (&c.stream).read(&mut chunk) {
+            Ok(0) => return (true, false),
+            Ok(n) => {
+                // Bytes after the request are not ours to act on.
+                if let Some(buf) = c.buf.as_mut() {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.contains(&b'\n') || buf.len() > MAX_REQUEST {
+                        break;
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return (false, true),
+        }
+    }
+    (false, false)
+}
+
+/// Write all of `bytes` without blocking; false if that was not possible.
+/// MSG_NOSIGNAL: a client that has gone must not raise SIGPIPE.
+fn write_now(stream: &UnixStream, bytes: &[u8]) -> bool {
+    let mut done = 0;
+    while done < bytes.len() {
+        match send(
+            stream.as_raw_fd(),
+            &bytes[done..],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) => done += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn refuse(stream: &UnixStream, msg: &str) {
+    let mut line = error_reply(msg).to_string();
+    line.push('\n');
+    write_now(stream, line.as_bytes());
+    drain(stream);
+}
+
+/// Read and discard what the client sent before closing: closing a unix
+/// socket with unread data makes the client's next read fail with
+/// ECONNRESET instead of a clean EOF after our reply.
+fn drain(stream: &UnixStream) {
+    let mut chunk = [0u8; 4096];
+    let mut budget = MAX_REQUEST;
+    while budget > 0 {
+        match (&*stream).read(&mut chunk) {
+            Ok(n) if n > 0 => budget = budget.saturating_sub(n),
+            _ => break,
+        }
+    }
+}
+
+/// A leftover socket file is replaced only if nothing answers on it.
+/// Returns a note for the log when one was replaced.
+fn clear_stale(path: &Path, name: &str) -> Result<Option<String>> {
+    let Some(meta) = paths::meta(path)? else { return Ok(None) };
+    let shown = path.display();
+    if !meta.file_type().is_socket() {
+        bail!("{shown} exists and is not a socket; remove it or pass another --control");
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    match super::connect(path, deadline) {
+        Ok(stream) => {
+            let pid = super::ask(stream, Request::Status, deadline)
+                .ok()
+                .and_then(|v| v.get("pid").and_then(Value::as_u64))
+                .map(|p| format!("pid {p}, "))
+                .unwrap_or_default();
+            bail!(
+                "an instance named {name} is already running ({pid}control socket {shown}); \
+                 stop it or pick another --name"
+            )
+        }
+        Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => {
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove the stale control socket {shown}"))?;
+            Ok(Some(format!("replaced a stale control socket at {shown}")))
+        }
+        Err(e) if e.raw_os_error() == Some(nix::libc::EACCES) => {
+            bail!("{shown} belongs to another user; pick another --name or --control")
+        }
+        Err(e) => bail!("cannot check {shown}: {e}"),
     }
 }

@@ -178,7 +178,8 @@ impl Runtime {
             Action::CancelCheck => self.check = None,
             Action::Report { waiters, outcome } => {
                 let reply = self.report_reply(&outcome);
-                for w in waiters {
+                // A client that gave up (its --timeout) is simply gone.
+                for w in waiters.into_iter().filter(|w| self.s.control.is_open(*w)) {
                     self.s.control.reply(w, &reply, true);
                 }
             }
