@@ -179,8 +179,10 @@ impl Runtime {
             Action::Report { waiters, outcome } => {
                 let reply = self.report_reply(&outcome);
                 // A client that gave up (its --timeout) is simply gone.
-                for w in waiters.into_iter().filter(|w| self.s.control.is_open(*w)) {
-                    self.s.control.reply(w, &reply, true);
+                for w in waiters {
+                    if self.s.control.is_open(w) {
+                        self.s.control.reply(w, &reply, true);
+                    }
                 }
             }
             Action::Systemd { state, status } => self.tell_systemd(state, &status),
