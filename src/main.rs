@@ -74,6 +74,19 @@ fn serve(cli: Cli) -> i32 {
     if let Err(e) = event_loop::resolve(&cli.command[0]) {
         return fail(e.code, e.message);
     }
+    // systemd's sockets are adopted before graceexec opens anything, so no
+    // fd of ours can take a number LISTEN_FDS names.
+    let adopted = if cli.listen.is_empty() {
+        match listen::from_systemd() {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => return fail(EXIT_USAGE, "nothing to listen on: give --listen ADDR, or start graceexec by systemd socket activation"),
+            Err(e) => {
+                return fail(EXIT_STARTUP, format!("cannot adopt the sockets systemd passed: {e:#}"))
+            }
+        }
+    } else {
+        None
+    };
     let control_path = match &cli.control {
         Some(p) => p.clone(),
         None => {
@@ -84,8 +97,6 @@ fn serve(cli: Cli) -> i32 {
             control::paths::socket_path(&dir, &name)
         }
     };
-    // Before the listeners: a second instance is refused before it could
-    // fail on a port the first one holds, with the message that matters.
     let control = match control::server::Server::bind(&control_path, &name) {
         Ok((server, note)) => {
             if let Some(n) = note {
@@ -96,23 +107,21 @@ fn serve(cli: Cli) -> i32 {
         Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
     };
     log::debug(&format!("control socket at {}", control.path().display()));
-    let listeners = if cli.listen.is_empty() {
-        match listen::from_systemd() {
-            Ok(Some(l)) => l,
-            Ok(None) => return fail(EXIT_USAGE, "nothing to listen on: give --listen ADDR, or start graceexec by systemd socket activation"),
-            Err(e) => {
-                return fail(EXIT_STARTUP, format!("cannot adopt the sockets systemd passed: {e:#}"))
+    // Bound after the control socket: a second instance is refused before
+    // it could fail on a port the first one holds, with the message that
+    // matters.
+    let listeners = match adopted {
+        Some(l) => l,
+        None => {
+            let mut bound = Vec::with_capacity(cli.listen.len());
+            for spec in &cli.listen {
+                match listen::bind_spec(spec, cli.backlog, cli.unix_mode) {
+                    Ok(l) => bound.push(l),
+                    Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
+                }
             }
+            bound
         }
-    } else {
-        let mut bound = Vec::with_capacity(cli.listen.len());
-        for spec in &cli.listen {
-            match listen::bind_spec(spec, cli.backlog, cli.unix_mode) {
-                Ok(l) => bound.push(l),
-                Err(e) => return fail(EXIT_STARTUP, format!("{e:#}")),
-            }
-        }
-        bound
     };
     // Created after adopting systemd's sockets, so it cannot take one of
     // the fds LISTEN_FDS names.

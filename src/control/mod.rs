@@ -44,7 +44,6 @@
 //! SO_PEERCRED); anyone else gets `permission denied`. A connection must
 //! send its request within 5 seconds; a request line is at most 64 KiB.
 
-
 pub mod client;
 pub mod paths;
 pub mod server;
@@ -173,7 +172,13 @@ impl Session {
         line.push('\n');
         let left = remaining(deadline).ok_or(Fail::Timeout)?;
         stream.set_write_timeout(Some(left)).map_err(Fail::Io)?;
-        (&stream).write_all(line.as_bytes()).map_err(io_fail)?;
+        match (&stream).write_all(line.as_bytes()) {
+            // An instance that refuses us (another uid, too many
+            // connections) answers and closes at once, maybe before our
+            // request is out: its reply is still waiting to be read.
+            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {}
+            other => other.map_err(io_fail)?,
+        }
         Ok(Session { reader: BufReader::new(stream), deadline })
     }
 

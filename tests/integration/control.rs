@@ -84,22 +84,18 @@ fn merged_request_gets_the_follow_up_outcome() {
     let hold = dir.path("hold");
     let hold_s = hold.to_str().unwrap();
     let ge = serving(&[], &[("EXAMPLE_HOLD_GEN", "2"), ("EXAMPLE_HOLD_FILE", hold_s)]);
-    let first = std::thread::spawn(|| ctl(&["reload"]));
-    ge.gen_pid(2);
     let rt = runtime_dir();
-    let second = std::thread::spawn(move || {
-        let mut c = command(&["reload"]);
-        c.env("XDG_RUNTIME_DIR", rt);
-        let out = c.output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-    });
+    let rt2 = rt.clone();
+    let first = std::thread::spawn(move || ctl_in(&rt, &["reload"]));
+    ge.gen_pid(2);
+    let second = std::thread::spawn(move || ctl_in(&rt2, &["reload"]));
     ge.wait_log("merged into one follow-up reload");
     std::fs::write(&hold, "").unwrap();
     let (code, out, err) = first.join().unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("generation 2 (pid "), "{out}");
-    let (code, out) = second.join().unwrap();
-    assert_eq!(code, Some(0));
+    let (code, out, err) = second.join().unwrap();
+    assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("generation 3 (pid {})", ge.gen_pid(3))), "{out}");
 }
 
@@ -181,14 +177,8 @@ fn a_second_instance_with_the_same_name_is_refused() {
     let ge = serving(&["--name", "twin"], &[]);
     let dir = TempDir::new();
     let unix = format!("unix:{}", dir.path("second.sock").display());
-    let (code, err) = run_to_end(command(&[
-        "--name",
-        "twin",
-        "-l",
-        &unix,
-        "--",
-        server().to_str().unwrap(),
-    ]));
+    let (code, err) =
+        run_to_end(command(&["--name", "twin", "-l", &unix, "--", server().to_str().unwrap()]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("already running (pid {}", ge.pid())), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");

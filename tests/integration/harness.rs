@@ -107,7 +107,14 @@ pub fn command(args: &[&str]) -> Command {
 /// Run a client command (`reload`, `status`, ...): (exit code, stdout,
 /// stderr).
 pub fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = command(args).output().unwrap();
+    ctl_in(&runtime_dir(), args)
+}
+
+/// `ctl` from another thread, with the test's runtime directory.
+pub fn ctl_in(runtime_dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut c = command(args);
+    c.env("XDG_RUNTIME_DIR", runtime_dir);
+    let out = c.output().unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }

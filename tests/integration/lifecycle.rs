@@ -143,8 +143,9 @@ fn if_graceexec_is_killed_its_server_gets_the_stop_signal() {
         log.split("notify sockets in ").nth(1).unwrap().lines().next().unwrap().to_string();
     ge.signal(Signal::SIGKILL);
     wait_until("graceexec to die", LONG, || ge.try_status().is_some());
+    // The server's stderr was graceexec's pipe, so its last words are lost;
+    // that it stops at all is what PR_SET_PDEATHSIG is for.
     wait_until("the orphaned server to stop (PR_SET_PDEATHSIG)", LONG, || !running(pid));
-    ge.wait_log(&format!("server: pid {pid} drained, exiting"));
     // A SIGKILLed graceexec cannot remove its notify directory.
     std::fs::remove_dir_all(notify_dir).unwrap();
 }

@@ -38,7 +38,10 @@ fn replaces_a_stale_socket_file_but_not_a_live_one_or_a_regular_file() {
     assert!(get_unix(&path, "/").is_ok());
 
     // A second instance on the same, live, path is refused.
-    let (code, err) = run_to_end(command(&["-l", &arg, "--", server().to_str().unwrap()]));
+    let srv = server();
+    let srv = srv.to_str().unwrap();
+    let second = ["--name", "second", "-l", &arg, "--", srv];
+    let (code, err) = run_to_end(command(&second));
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("a running server answers on"), "{err}");
@@ -47,7 +50,8 @@ fn replaces_a_stale_socket_file_but_not_a_live_one_or_a_regular_file() {
     let file = dir.path("plain");
     std::fs::write(&file, b"data").unwrap();
     let arg = format!("unix:{}", file.display());
-    let (code, err) = run_to_end(command(&["-l", &arg, "--", server().to_str().unwrap()]));
+    let third = ["--name", "third", "-l", &arg, "--", srv];
+    let (code, err) = run_to_end(command(&third));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("exists and is not a socket"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"data");

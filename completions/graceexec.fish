@@ -1,0 +1,75 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_graceexec_global_optspecs
+    string join \n name= control= pid-file= log-prefix user= compat= check= watch= l/listen= backlog= unix-mode= ready= ready-timeout= stop-signal= stop-timeout= restart= q/quiet v/verbose h/help V/version
+end
+
+function __fish_graceexec_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_graceexec_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_graceexec_using_subcommand
+    set -l cmd (__fish_graceexec_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c graceexec -n "__fish_graceexec_needs_command" -l name -d 'Name of this instance, for `graceexec reload --name` and friends. Default: the file name of COMMAND' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l control -d 'Where to put the control socket. Default: $XDG_RUNTIME_DIR/graceexec/NAME.sock, /run/graceexec/NAME.sock for root, else a private directory under /tmp' -r -F
+complete -c graceexec -n "__fish_graceexec_needs_command" -l pid-file -d 'Write graceexec\'s pid here (atomically); removed at exit' -r -F
+complete -c graceexec -n "__fish_graceexec_needs_command" -l user -d 'Bind the sockets, then run graceexec and every generation as USER (with its groups). Needs root' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l compat -d 'Also export another tool\'s variables, so servers written for it run unchanged' -r -f -a "server-starter\t'Also set SERVER_STARTER_PORT and SERVER_STARTER_GENERATION'"
+complete -c graceexec -n "__fish_graceexec_needs_command" -l check -d 'Shell command run before each reload (a config test, say); if it fails, the reload fails with its output and nothing is started' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l watch -d 'Reload when this file changes (e.g. a new binary moved into place); repeatable. Changes are debounced' -r -F
+complete -c graceexec -n "__fish_graceexec_needs_command" -s l -l listen -d 'Socket to bind and pass on; repeatable. ADDR: PORT, :PORT, HOST:PORT, [V6]:PORT, tcp://HOST:PORT, udp://HOST:PORT, unix:/PATH, unix:@NAME. NAME= sets its LISTEN_FDNAMES name (default from the address, e.g. tcp-8080). Without --listen, sockets passed by systemd are adopted' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l backlog -d 'Listen backlog of TCP and unix stream sockets' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l unix-mode -d 'Permissions of unix socket files, in octal (e.g. 660)' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l ready -d 'When a new generation counts as ready: notify, delay:DURATION, tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND. Default: READY=1 or 1s alive, whichever comes first' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l ready-timeout -d 'A generation not ready by then has failed' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l stop-signal -d 'Signal that asks a generation to drain and exit' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l stop-timeout -d 'Time a stopping generation has before its process group gets SIGKILL' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l restart -d 'What to do when the serving generation dies on its own' -r -f -a "always\t'Start a new generation, with backoff, when the current one dies'
+never\t'Exit with the child\'s status when the current generation dies'"
+complete -c graceexec -n "__fish_graceexec_needs_command" -l log-prefix -d 'Put "[gen K pid P] " before each line the server writes to stdout and stderr'
+complete -c graceexec -n "__fish_graceexec_needs_command" -s q -l quiet -d 'Only warnings and errors'
+complete -c graceexec -n "__fish_graceexec_needs_command" -s v -l verbose -d 'Also debug lines (notify messages, probe attempts, reaped orphans)'
+complete -c graceexec -n "__fish_graceexec_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c graceexec -n "__fish_graceexec_needs_command" -s V -l version -d 'Print version'
+complete -c graceexec -n "__fish_graceexec_needs_command" -a "reload" -d 'Reload a running instance and wait for the outcome (exit 0: the new generation is ready; 1: the reload failed and the old one keeps serving; 3: no such instance; 4: no answer within --timeout)'
+complete -c graceexec -n "__fish_graceexec_needs_command" -a "status" -d 'Show an instance: its sockets, generations and last reload'
+complete -c graceexec -n "__fish_graceexec_needs_command" -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
+complete -c graceexec -n "__fish_graceexec_needs_command" -a "list" -d 'List the running instances of this user'
+complete -c graceexec -n "__fish_graceexec_needs_command" -a "completions" -d 'Print a shell completion script'
+complete -c graceexec -n "__fish_graceexec_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -l name -d 'Name of the instance (default: the only one running)' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -l control -d 'Path of its control socket, instead of --name' -r -F
+complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -l timeout -d 'How long to wait for the outcome' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -l no-wait -d 'Only ask for the reload; do not wait for its outcome'
+complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -s h -l help -d 'Print help'
+complete -c graceexec -n "__fish_graceexec_using_subcommand status" -l name -d 'Name of the instance (default: the only one running)' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand status" -l control -d 'Path of its control socket, instead of --name' -r -F
+complete -c graceexec -n "__fish_graceexec_using_subcommand status" -l json -d 'One JSON object, as the control protocol sends it'
+complete -c graceexec -n "__fish_graceexec_using_subcommand status" -s h -l help -d 'Print help'
+complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -l name -d 'Name of the instance (default: the only one running)' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -l control -d 'Path of its control socket, instead of --name' -r -F
+complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -l timeout -d 'How long to wait for it to exit' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -s h -l help -d 'Print help'
+complete -c graceexec -n "__fish_graceexec_using_subcommand list" -l json -d 'A JSON array of their status objects'
+complete -c graceexec -n "__fish_graceexec_using_subcommand list" -s h -l help -d 'Print help'
+complete -c graceexec -n "__fish_graceexec_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "reload" -d 'Reload a running instance and wait for the outcome (exit 0: the new generation is ready; 1: the reload failed and the old one keeps serving; 3: no such instance; 4: no answer within --timeout)'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "status" -d 'Show an instance: its sockets, generations and last reload'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "list" -d 'List the running instances of this user'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
