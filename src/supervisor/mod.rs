@@ -14,6 +14,19 @@
 //! | Recovering (no current) | candidate? merge : spawn now | it becomes current → Serving | stop it; restart timer with backoff | — | forget | SIGKILL its group | spawn candidate | stop all → Stopping |
 //! | Stopping | ignore | ignore | forget | forget | forget; none left → exit | SIGKILL its group | — | SIGKILL all groups |
 //!
+//! Reloads are transactions (reload.rs). A `Reload` may carry a waiter (a
+//! control client); it is told the outcome of the candidate that reload
+//! starts. A request merged into the follow-up waits for the follow-up, a
+//! reload that starts after it was made; a follow-up dropped in Recovering
+//! hands its waiters to the restart. Shutdown fails every waiter, and a
+//! `Reload` while Stopping fails at once. With `--check`, a reload in
+//! Serving or Recovering first emits `RunCheck`: while it runs, reloads
+//! merge into the follow-up; `CheckDone` ok starts the candidate, a failure
+//! is the reload's outcome (current keeps serving; follow-up? spawn). The
+//! first start and crash restarts are not checked. Every reload start emits
+//! `Systemd(Reloading)` and every reload end `Systemd(Ready)`; the first
+//! generation ready emits `Systemd(Ready)`, a shutdown `Systemd(Stopping)`.
+//!
 //! ¹ exits before it is ready, cannot be exec'd, or is not ready within
 //! `--ready-timeout`. Any exited leader's group also gets SIGKILL, so no
 //! straggler of a finished generation keeps the sockets. Restart backoff:

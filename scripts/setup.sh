@@ -1,0 +1,13 @@
+#!/bin/sh
+# What the tests use beyond the Rust toolchain, installed when missing:
+# Perl's Server::Starter (Debian's libserver-starter-perl), whose own
+# server_ports() checks what `--compat server-starter` exports.
+set -eu
+if ! perl -MServer::Starter -e1 2>/dev/null; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libserver-starter-perl >/dev/null
+    else
+        echo "setup: Server::Starter is missing (apt-get install libserver-starter-perl); its interop test will be skipped" >&2
+    fi
+fi
