@@ -8,7 +8,6 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -19,6 +18,8 @@ use nix::sys::socket::{
     SockFlag, SockType, SockaddrStorage, UnixAddr,
 };
 use nix::sys::stat::{umask, Mode};
+
+use crate::sockfile::{clear_stale, Existing, SocketFile};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Addr {
@@ -43,21 +44,7 @@ pub struct Listener {
     pub fd: OwnedFd,
     /// The address actually bound, as logged (port 0 resolved).
     pub shown: String,
-    created: Option<(PathBuf, u64, u64)>,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        // Remove the file only if it is still the socket we bound: a newer
-        // instance may have replaced it.
-        if let Some((path, dev, ino)) = &self.created {
-            if let Ok(m) = std::fs::symlink_metadata(path) {
-                if m.dev() == *dev && m.ino() == *ino {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-        }
-    }
+    _created: Option<SocketFile>,
 }
 
 /// systemd's rule for LISTEN_FDNAMES entries (sd_listen_fds_with_names(3)):
@@ -216,7 +203,12 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
             (fd, spec.addr.clone())
         }
         Addr::Unix(path) => {
-            clear_stale(path).with_context(|| format!("cannot bind {}", spec.addr))?;
+            let hint = "remove it or choose another path";
+            let existing =
+                clear_stale(path, hint).with_context(|| format!("cannot bind {}", spec.addr))?;
+            if let Existing::Live(_) = existing {
+                bail!("cannot bind {}: a running server answers on it; stop it or choose another path", spec.addr);
+            }
             let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
                 .map_err(fail)?;
             let ua = UnixAddr::new(path.as_path()).map_err(fail)?;
@@ -228,22 +220,23 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
                 umask(old);
             }
             r.map_err(fail)?;
-            let m = std::fs::symlink_metadata(path)
-                .with_context(|| format!("cannot bind {}", spec.addr))?;
             // From here on, dropping the listener removes the file, so a
             // failed listen() leaves nothing behind.
             let l = Listener {
                 name: spec.name.clone().unwrap_or_else(|| default_name(&spec.addr)),
                 fd,
                 shown: spec.addr.to_string(),
-                created: Some((path.clone(), m.dev(), m.ino())),
+                _created: Some(
+                    SocketFile::bound(path)
+                        .with_context(|| format!("cannot bind {}", spec.addr))?,
+                ),
             };
             listen(&l.fd, Backlog::new(backlog).map_err(fail)?).map_err(fail)?;
             return Ok(l);
         }
     };
     let name = spec.name.clone().unwrap_or_else(|| default_name(&shown));
-    Ok(Listener { name, fd, shown: shown.to_string(), created: None })
+    Ok(Listener { name, fd, shown: shown.to_string(), _created: None })
 }
 
 /// SERVER_STARTER_PORT as Server::Starter sets it: `ADDR=FD` pairs joined
@@ -272,26 +265,6 @@ fn local_inet(fd: &OwnedFd) -> Option<SocketAddr> {
     ss.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
-/// A leftover socket file is replaced only if nothing answers on it.
-fn clear_stale(path: &std::path::Path) -> Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    if !meta.file_type().is_socket() {
-        bail!("{} exists and is not a socket; remove it or choose another path", path.display());
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => {
-            bail!("a running server answers on {}; stop it or choose another path", path.display())
-        }
-        Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale socket {}", path.display())),
-        Err(e) => Err(anyhow!("cannot check {}: {e}", path.display())),
-    }
-}
-
 /// Sockets passed to graceexec itself by systemd socket activation
 /// (sd_listen_fds(3)): only when LISTEN_PID names this process.
 pub fn from_systemd() -> Result<Option<Vec<Listener>>> {
@@ -317,7 +290,7 @@ pub fn from_systemd() -> Result<Option<Vec<Listener>>> {
     for (i, name) in names.into_iter().enumerate() {
         let fd = crate::spawn::adopt_inherited(3 + i as i32)?;
         let shown = describe(&fd);
-        out.push(Listener { name, fd, shown, created: None });
+        out.push(Listener { name, fd, shown, _created: None });
     }
     Ok(Some(out))
 }

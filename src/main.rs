@@ -11,6 +11,7 @@ mod notify;
 mod output;
 mod pidfile;
 mod readiness;
+mod sockfile;
 mod spawn;
 mod supervisor;
 mod user;

@@ -49,14 +49,10 @@ pub mod paths;
 pub mod server;
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{
-    connect as sys_connect, socket, AddressFamily, SockFlag, SockType, UnixAddr,
-};
 use serde_json::{json, Value};
 
 /// The protocol version this build speaks.
@@ -132,18 +128,11 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
 // The exchange of lines on a socket, for the client and for the server's
 // check whether an instance is already running.
 
-/// Connect with a deadline: a connect(2) to a unix socket whose backlog is
-/// full blocks, bounded by SO_SNDTIMEO.
 fn connect(path: &Path, deadline: Instant) -> std::io::Result<UnixStream> {
     paths::check_len(path)
         .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e.to_string()))?;
     let left = remaining(deadline).ok_or(ErrorKind::TimedOut)?;
-    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    let stream = UnixStream::from(fd);
-    stream.set_write_timeout(Some(left))?;
-    let addr = UnixAddr::new(path)?;
-    sys_connect(stream.as_raw_fd(), &addr)?;
-    Ok(stream)
+    crate::sockfile::connect_unix(path, left)
 }
 
 /// Time left before `deadline`, or None when it has passed.

@@ -5,7 +5,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use nix::unistd::{geteuid, Uid};
 
 /// sun_path is 108 bytes including the NUL (unix(7)).
@@ -130,15 +130,6 @@ pub fn instances(dir: &Path) -> Vec<(String, PathBuf)> {
         .collect();
     out.sort();
     out
-}
-
-/// Lets `bind`'s errors carry the path without repeating it everywhere.
-pub(super) fn meta(path: &Path) -> Result<Option<std::fs::Metadata>> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot check {}", path.display())),
-    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,6 +17,7 @@ use nix::unistd::{fchownat, geteuid, Gid, Uid};
 use serde_json::Value;
 
 use super::{error_reply, parse_request, paths, Request};
+use crate::sockfile::{self, Existing, SocketFile};
 
 /// A client has this long to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,9 +47,8 @@ struct Conn {
 
 pub struct Server {
     listener: UnixListener,
-    path: PathBuf,
-    /// dev and ino of the socket file we created, for Drop.
-    created: (u64, u64),
+    /// Removed when the server is dropped.
+    file: SocketFile,
     conns: BTreeMap<ConnId, Conn>,
     next_id: ConnId,
     accept_paused_until: Option<Instant>,
@@ -78,12 +77,9 @@ impl Server {
             ),
             Err(e) => bail!("cannot bind {}: {e}", path.display()),
         };
-        let m = std::fs::symlink_metadata(path)
-            .with_context(|| format!("cannot check {}", path.display()))?;
         let server = Server {
             listener,
-            path: path.to_path_buf(),
-            created: (m.dev(), m.ino()),
+            file: SocketFile::bound(path)?,
             conns: BTreeMap::new(),
             next_id: 1,
             accept_paused_until: None,
@@ -96,7 +92,7 @@ impl Server {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Give the socket file to the user graceexec drops to (--user), who
@@ -104,12 +100,12 @@ impl Server {
     pub fn chown(&self, uid: Uid, gid: Gid) -> Result<()> {
         fchownat(
             AT_FDCWD,
-            &self.path,
+            self.path(),
             Some(uid),
             Some(gid),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| anyhow!("cannot chown {} to {uid}:{gid}: {e}", self.path.display()))
+        .map_err(|e| anyhow!("cannot chown {} to {uid}:{gid}: {e}", self.path().display()))
     }
 
     /// What to poll: the listener for new clients, clients still sending
@@ -296,18 +292,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Remove the file only if it is still the socket we bound: a newer
-        // instance may have replaced it.
-        if let Ok(Some(m)) = paths::meta(&self.path) {
-            if (m.dev(), m.ino()) == self.created {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
-}
-
 /// Read what is there without blocking; returns (EOF seen, error).
 /// Bounded, so a client that keeps sending cannot hold the loop.
 fn fill(c: &mut Conn) -> (bool, bool) {
@@ -371,17 +355,15 @@ fn drain(stream: &UnixStream) {
     }
 }
 
-/// A leftover socket file is replaced only if nothing answers on it.
-/// Returns a note for the log when one was replaced.
+/// A control socket left by a killed instance is replaced; a live one
+/// means an instance of this name runs. Returns a note for the log.
 fn clear_stale(path: &Path, name: &str) -> Result<Option<String>> {
-    let Some(meta) = paths::meta(path)? else { return Ok(None) };
     let shown = path.display();
-    if !meta.file_type().is_socket() {
-        bail!("{shown} exists and is not a socket; remove it or pass another --control");
-    }
-    let deadline = Instant::now() + Duration::from_secs(1);
-    match super::connect(path, deadline) {
-        Ok(stream) => {
+    match sockfile::clear_stale(path, "remove it or pass another --control")? {
+        Existing::Nothing => Ok(None),
+        Existing::Replaced => Ok(Some(format!("replaced a stale control socket at {shown}"))),
+        Existing::Live(stream) => {
+            let deadline = Instant::now() + Duration::from_secs(1);
             let pid = super::ask(stream, Request::Status, deadline)
                 .ok()
                 .and_then(|v| v.get("pid").and_then(Value::as_u64))
@@ -392,14 +374,5 @@ fn clear_stale(path: &Path, name: &str) -> Result<Option<String>> {
                  stop it or pick another --name"
             )
         }
-        Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => {
-            std::fs::remove_file(path)
-                .with_context(|| format!("cannot remove the stale control socket {shown}"))?;
-            Ok(Some(format!("replaced a stale control socket at {shown}")))
-        }
-        Err(e) if e.raw_os_error() == Some(nix::libc::EACCES) => {
-            bail!("{shown} belongs to another user; pick another --name or --control")
-        }
-        Err(e) => bail!("cannot check {shown}: {e}"),
     }
 }
