@@ -7,30 +7,22 @@
 //!
 //! It is started by `spawn::shell`, which gives it a clean signal mask.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use anyhow::{Context, Result};
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use anyhow::Result;
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::{pipe2, Pid};
+use nix::unistd::Pid;
 
+use crate::output::{self, Captured};
 use crate::spawn;
-
-const MAX_LINES: usize = 20;
-const MAX_BYTES: usize = 8192;
 
 pub struct Check {
     cmd: String,
     pid: Pid,
-    /// stdout and stderr of the check, until end of file.
-    out: Option<File>,
-    /// The last MAX_BYTES of output; `cut` once older bytes were dropped.
-    tail: VecDeque<u8>,
-    cut: bool,
+    /// Its stdout and stderr, one pipe, passed on to graceexec's stderr
+    /// like a generation's, with the last lines kept.
+    out: Captured,
     running: bool,
 }
 
@@ -51,92 +43,35 @@ impl Check {
         let mut envp: Vec<(OsString, OsString)> =
             env.iter().filter(|(k, _)| k != "GRACEEXEC_GENERATION").cloned().collect();
         envp.push(("GRACEEXEC_GENERATION".into(), next_gen.to_string().into()));
-
-        let failed = |what: &str| format!("--check: cannot {what}");
-        // Both ends close-on-exec: the child gets the write end only through
-        // the dup2 in spawn::shell, which clears the flag on the copy. Only
-        // the read end is nonblocking: a check whose write got EAGAIN would
-        // fail.
-        let (read, write) = pipe2(OFlag::O_CLOEXEC).with_context(|| failed("create a pipe"))?;
-        fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).with_context(|| failed("set up"))?;
-        let to = spawn::Out::To(write.as_fd());
+        let (ends, out) = output::pipes(false, false)?;
+        let to = spawn::Out::To(ends.stderr.as_fd());
         let pid =
             spawn::shell(cmd, &envp, to, to).map_err(|e| anyhow::anyhow!("--check: {e:#}"))?;
-        // Our copy of the write end must go, or the read end never sees EOF.
-        drop(write);
-        Ok(Check {
-            cmd: cmd.to_string(),
-            pid,
-            out: Some(File::from(read)),
-            tail: VecDeque::new(),
-            cut: false,
-            running: true,
-        })
+        // `ends` goes here: our copy of the write end must not keep the
+        // read end from seeing EOF.
+        Ok(Check { cmd: cmd.to_string(), pid, out, running: true })
     }
 
     pub fn pid(&self) -> i32 {
         self.pid.as_raw()
     }
 
-    /// The output pipe while it is open, to poll for POLLIN.
+    /// The output pipe while it is open, to poll.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.out.as_ref().map(|f| f.as_fd())
+        self.out.poll_fds().into_iter().next()
     }
 
-    /// Read what is there without blocking; the pipe is closed at EOF.
+    /// Pass on what is there without blocking.
     pub fn read_available(&mut self) {
-        self.pump();
-    }
-
-    /// Read at most 64 KiB, so that a check flooding its output cannot hold
-    /// the event loop (poll reports the rest). True if more may be there.
-    fn pump(&mut self) -> bool {
-        let Some(out) = self.out.as_mut() else { return false };
-        let mut chunk = [0u8; 4096];
-        for _ in 0..16 {
-            match out.read(&mut chunk) {
-                Ok(0) => {
-                    self.out = None;
-                    return false;
-                }
-                Ok(n) => {
-                    self.tail.extend(&chunk[..n]);
-                    if self.tail.len() > MAX_BYTES {
-                        self.tail.drain(..self.tail.len() - MAX_BYTES);
-                        self.cut = true;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.out = None;
-                    return false;
-                }
-            }
-        }
-        true
+        self.out.read_available();
     }
 
     /// Call once the event loop's waitpid(-1) has reaped `pid()`. Takes what
-    /// output is left (without waiting for processes the check left behind
-    /// that still hold the pipe) and closes the pipe.
+    /// output is there, without waiting for processes the check left
+    /// behind that may still hold the pipe.
     pub fn finished(&mut self, exit_ok: bool, status_text: &str) -> CheckOutcome {
         self.running = false;
-        // Bounded too (4 MiB): a process the check left behind could keep
-        // writing into the pipe for ever.
-        for _ in 0..64 {
-            if !self.pump() {
-                break;
-            }
-        }
-        self.out = None;
-        let text = String::from_utf8_lossy(self.tail.make_contiguous()).into_owned();
-        let mut lines: Vec<&str> = text.lines().collect();
-        if self.cut && !lines.is_empty() {
-            lines.remove(0); // the first line lost its beginning
-        }
-        let start = lines.len().saturating_sub(MAX_LINES);
-        let output = lines[start..].iter().map(|l| l.trim_end_matches('\r').to_string()).collect();
+        self.out.read_available();
         let cmd = &self.cmd;
         let summary = if exit_ok {
             format!("the check `{cmd}` passed")
@@ -145,7 +80,7 @@ impl Check {
         } else {
             format!("the check `{cmd}` exited with {status_text}")
         };
-        CheckOutcome { ok: exit_ok, summary, output }
+        CheckOutcome { ok: exit_ok, summary, output: self.out.tail() }
     }
 }
 
@@ -167,6 +102,7 @@ mod tests {
     fn run(cmd: &str) -> (Check, WaitStatus) {
         let mut check =
             Check::start(cmd, 7, &[("GRACEEXEC_GENERATION".into(), "1".into())]).unwrap();
+        check.out.silence();
         // Nothing reaps for us in a unit test; the event loop does in graceexec.
         let status = waitpid(Pid::from_raw(check.pid()), None).unwrap();
         check.read_available();
@@ -182,6 +118,7 @@ mod tests {
         assert!(!out.ok);
         assert_eq!(out.summary, format!("the check `{cmd}` exited with status 3"));
         assert_eq!(out.output, ["hi", "err", "gen=7"]);
+        check.read_available();
         assert!(check.fd().is_none(), "pipe closed");
     }
 
@@ -201,7 +138,7 @@ mod tests {
             out.summary,
             "the check `seq 1 5000; exec grep SigBlk /proc/self/status` passed"
         );
-        assert_eq!(out.output.len(), MAX_LINES);
+        assert_eq!(out.output.len(), output::TAIL_LINES);
         assert_eq!(out.output[0], "4982");
         assert_eq!(out.output[19], "SigBlk:\t0000000000000000");
     }

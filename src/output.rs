@@ -126,6 +126,12 @@ impl Captured {
         }
     }
 
+    /// Keep the tail, pass nothing on (unit tests elsewhere).
+    #[cfg(test)]
+    pub fn silence(&mut self) {
+        self.sink = |_, _| {};
+    }
+
     /// The read ends still open, to poll for POLLIN (stdout first). A
     /// closed pipe polls as POLLHUP: read on any revents. Empty once both
     /// reached EOF.

@@ -267,12 +267,8 @@ impl Runtime {
             }
             if self.check.as_ref().is_some_and(|c| c.check.pid() == pid) {
                 let mut c = self.check.take().expect("present").check;
+                // Its output has gone to graceexec's stderr as it came.
                 let outcome = c.finished(status == Status::Code(0), &status.to_string());
-                for line in &outcome.output {
-                    if !outcome.ok {
-                        log::warn(&format!("check: {line}"));
-                    }
-                }
                 self.check_output = outcome.output;
                 self.queue.push_back(Event::CheckDone { ok: outcome.ok, why: outcome.summary });
                 continue;
