@@ -66,6 +66,11 @@ impl Check {
         self.out.read_available();
     }
 
+    /// The last lines it wrote so far.
+    pub fn tail(&self) -> Vec<String> {
+        self.out.tail()
+    }
+
     /// Call once the event loop's waitpid(-1) has reaped `pid()`. Takes what
     /// output is there, without waiting for processes the check left
     /// behind that may still hold the pipe.
@@ -80,7 +85,7 @@ impl Check {
         } else {
             format!("the check `{cmd}` exited with {status_text}")
         };
-        CheckOutcome { ok: exit_ok, summary, output: self.out.tail() }
+        CheckOutcome { ok: exit_ok, summary, output: self.tail() }
     }
 }
 

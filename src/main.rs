@@ -191,7 +191,6 @@ fn serve(cli: Cli) -> i32 {
         listeners,
         command: cli.command,
         ready: cli.ready,
-        ready_timeout: cli.ready_timeout,
         stop_signal: cli.stop_signal,
         notify_dir,
         verbose: cli.verbose,

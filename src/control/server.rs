@@ -131,6 +131,7 @@ impl Server {
         reading.chain(self.accept_paused_until).min()
     }
 
+    #[cfg(test)]
     pub fn is_open(&self, id: ConnId) -> bool {
         self.conns.contains_key(&id)
     }

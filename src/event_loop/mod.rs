@@ -15,7 +15,7 @@ mod wait;
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
@@ -56,7 +56,6 @@ pub struct Setup {
     pub listeners: Vec<Listener>,
     pub command: Vec<OsString>,
     pub ready: Option<Mode>,
-    pub ready_timeout: Duration,
     pub stop_signal: Signal,
     pub notify_dir: NotifyDir,
     pub verbose: bool,
@@ -80,11 +79,6 @@ struct GenIo {
     status: Option<String>,
 }
 
-struct RunningCheck {
-    check: Check,
-    deadline: Instant,
-}
-
 struct Runtime {
     s: Setup,
     started: Instant,
@@ -95,7 +89,7 @@ struct Runtime {
     outputs: BTreeMap<GenId, Captured>,
     tails: VecDeque<(GenId, Vec<String>)>,
     queue: VecDeque<Event>,
-    check: Option<RunningCheck>,
+    check: Option<Check>,
     /// The output of the last failed check, for the reload's reply.
     check_output: Vec<String>,
     /// Control connections waiting for graceexec to exit.
@@ -175,14 +169,20 @@ impl Runtime {
             }
             Action::Log { level, msg } => log::log(level, &msg),
             Action::RunCheck { gen } => self.run_check(gen),
-            Action::CancelCheck => self.check = None,
+            // Dropping the check kills its process group; what it wrote so
+            // far goes into the reply of a check that timed out.
+            Action::CancelCheck => {
+                if let Some(mut c) = self.check.take() {
+                    c.read_available();
+                    self.check_output = c.tail();
+                }
+            }
             Action::Report { waiters, outcome } => {
                 let reply = self.report_reply(&outcome);
-                // A client that gave up (its --timeout) is simply gone.
+                // A client that gave up (its --timeout) is gone, and a
+                // reply to it goes nowhere.
                 for w in waiters {
-                    if self.s.control.is_open(w) {
-                        self.s.control.reply(w, &reply, true);
-                    }
+                    self.s.control.reply(w, &reply, true);
                 }
             }
             Action::Systemd { state, status } => self.tell_systemd(state, &status),
@@ -278,10 +278,7 @@ impl Runtime {
         let cmd = self.s.check.clone().unwrap_or_default();
         log::info(&format!("running the check `{cmd}` before generation {gen}"));
         match Check::start(&cmd, gen, &self.base_env) {
-            Ok(check) => {
-                let deadline = Instant::now() + self.s.ready_timeout;
-                self.check = Some(RunningCheck { check, deadline });
-            }
+            Ok(check) => self.check = Some(check),
             Err(e) => {
                 self.check_output.clear();
                 let why = format!("cannot run the check `{cmd}`: {e:#}");

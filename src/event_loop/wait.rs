@@ -93,7 +93,6 @@ impl Runtime {
         }
         deadline = earliest(deadline, self.s.control.wake_at());
         deadline = earliest(deadline, self.s.watch.as_ref().and_then(|w| w.wake_at()));
-        deadline = earliest(deadline, self.check.as_ref().map(|c| c.deadline));
         let timeout = match deadline {
             None => PollTimeout::NONE,
             Some(t) => {
@@ -127,7 +126,7 @@ impl Runtime {
             sources.push(Source::Watch);
             fds.push(PollFd::new(w.fd(), PollFlags::POLLIN));
         }
-        if let Some(fd) = self.check.as_ref().and_then(|c| c.check.fd()) {
+        if let Some(fd) = self.check.as_ref().and_then(|c| c.fd()) {
             sources.push(Source::Check);
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
@@ -161,7 +160,7 @@ impl Runtime {
                 }
                 Source::Check => {
                     if let Some(c) = self.check.as_mut() {
-                        c.check.read_available();
+                        c.read_available();
                     }
                 }
             }
@@ -190,15 +189,6 @@ impl Runtime {
         if self.s.watch.as_mut().is_some_and(|w| w.take_due(now)) {
             log::info("a watched file changed: reloading");
             self.queue.push_back(Event::Reload { waiter: None });
-        }
-        if self.check.as_ref().is_some_and(|c| now >= c.deadline) {
-            // Dropping the check kills its process group.
-            self.check = None;
-            self.check_output.clear();
-            let cmd = self.s.check.clone().unwrap_or_default();
-            let t = humantime::format_duration(self.s.ready_timeout);
-            let why = format!("the check `{cmd}` did not finish within {t}");
-            self.queue.push_back(Event::CheckDone { ok: false, why });
         }
     }
 
@@ -265,8 +255,8 @@ impl Runtime {
                 self.queue.push_back(Event::Exited { pid, status });
                 continue;
             }
-            if self.check.as_ref().is_some_and(|c| c.check.pid() == pid) {
-                let mut c = self.check.take().expect("present").check;
+            if self.check.as_ref().is_some_and(|c| c.pid() == pid) {
+                let mut c = self.check.take().expect("present");
                 // Its output has gone to graceexec's stderr as it came.
                 let outcome = c.finished(status == Status::Code(0), &status.to_string());
                 self.check_output = outcome.output;

@@ -22,7 +22,8 @@
 //! `Reload` while Stopping fails at once. With `--check`, a reload in
 //! Serving or Recovering first emits `RunCheck`: while it runs, reloads
 //! merge into the follow-up; `CheckDone` ok starts the candidate, a failure
-//! is the reload's outcome (current keeps serving; follow-up? spawn). The
+//! is the reload's outcome (current keeps serving; follow-up? spawn), and
+//! so is a check not done within `--ready-timeout` (`CancelCheck`). The
 //! first start and crash restarts are not checked. Every reload start emits
 //! `Systemd(Reloading)` and every reload end `Systemd(Ready)`; the first
 //! generation ready emits `Systemd(Ready)`, a shutdown `Systemd(Stopping)`.
@@ -82,8 +83,9 @@ pub struct Supervisor {
     /// Waiters of requests merged into the follow-up: their reload is one
     /// that starts after they asked, never the one already under way.
     follow_up_waiters: Vec<Waiter>,
-    /// Waiters of the reload whose `--check` is running.
-    checking: Option<Vec<Waiter>>,
+    /// Waiters of the reload whose `--check` is running, and when it is
+    /// given up (`--ready-timeout`).
+    checking: Option<(Vec<Waiter>, Instant)>,
     last_reload: Option<(Outcome, Instant)>,
     restarts: u32,
     restart_at: Option<Instant>,
@@ -169,6 +171,7 @@ impl Supervisor {
     /// The earliest instant at which `Tick` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut times: Vec<Instant> = self.restart_at.into_iter().collect();
+        times.extend(self.checking.as_ref().map(|(_, deadline)| *deadline));
         for g in &self.gens {
             match (g.role, g.stop, g.pid) {
                 (_, Some((kill_at, false)), Some(_)) => times.push(kill_at),
@@ -448,6 +451,11 @@ impl Supervisor {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        if self.checking.as_ref().is_some_and(|(_, deadline)| now >= *deadline) {
+            self.out.push(Action::CancelCheck);
+            let why = format!("the check did not finish within {}", human(self.cfg.ready_timeout));
+            self.on_check_done(now, false, why);
+        }
         if let Some(i) = self.candidate() {
             let g = &self.gens[i];
             if let (Role::Candidate { deadline }, Some(_)) = (g.role, g.pid) {

@@ -57,7 +57,7 @@ impl Supervisor {
         let status = format!("reloading: starting generation {gen}");
         self.out.push(Action::Systemd { state: Some(SdState::Reloading), status });
         if self.cfg.check {
-            self.checking = Some(waiters);
+            self.checking = Some((waiters, now + self.cfg.ready_timeout));
             self.out.push(Action::RunCheck { gen });
         } else {
             self.start_candidate(now, waiters, true);
@@ -72,7 +72,7 @@ impl Supervisor {
     }
 
     pub(super) fn on_check_done(&mut self, now: Instant, ok: bool, why: String) {
-        let Some(waiters) = self.checking.take() else {
+        let Some((waiters, _)) = self.checking.take() else {
             return;
         };
         if self.shutting_down {
@@ -131,7 +131,7 @@ impl Supervisor {
     /// Shutdown: nobody's reload will happen now.
     pub(super) fn fail_all_waiters(&mut self) {
         let mut waiters = std::mem::take(&mut self.follow_up_waiters);
-        if let Some(w) = self.checking.take() {
+        if let Some((w, _)) = self.checking.take() {
             waiters.extend(w);
             self.out.push(Action::CancelCheck);
         }

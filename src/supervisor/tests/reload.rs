@@ -180,6 +180,18 @@ fn check_runs_before_the_candidate_and_gates_it() {
 }
 
 #[test]
+fn a_check_that_hangs_fails_the_reload_at_the_ready_timeout() {
+    let mut h = checked();
+    assert_eq!(h.at(1000).ask(1), vec![Action::RunCheck { gen: 2 }]);
+    assert_eq!(h.deadline(), Some(31_000));
+    assert_eq!(h.tick(30_999), vec![]);
+    assert_eq!(h.tick(31_000), vec![Action::CancelCheck]);
+    let why = "the check did not finish within 30s".to_string();
+    assert_eq!(failure(&h), (vec![1], None, why, Some(1)));
+    assert_eq!(h.deadline(), None);
+}
+
+#[test]
 fn shutdown_cancels_a_running_check() {
     let mut h = checked();
     h.ask(1);
