@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""What graceexec itself adds to a reload, and what it costs while idle.
+
+Run through scripts/overhead.sh, which builds the release binaries. It runs
+graceexec with --ready notify over examples/timing.rs, a server that sends
+READY=1 as soon as it starts and logs CLOCK_MONOTONIC timestamps, then:
+
+1. sends SIGHUP RELOADS times, one after the other, and reads
+   - request -> exec: from SIGHUP sent to the candidate's main();
+   - READY=1 -> stop: from the candidate's READY=1 to the old generation
+     receiving its SIGTERM;
+2. times the `graceexec reload` client's round trip ROUND_TRIPS times;
+3. reads graceexec's RSS, then its CPU ticks and context switches over
+   IDLE_SECONDS of idling (the aim is zero wake-ups).
+
+time.monotonic_ns() reads the same CLOCK_MONOTONIC as the server.
+"""
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release"
+RELOADS = int(os.environ.get("RELOADS", "200"))
+ROUND_TRIPS = int(os.environ.get("ROUND_TRIPS", "30"))
+IDLE_SECONDS = float(os.environ.get("IDLE_SECONDS", "10"))
+ADDR = os.environ.get("ADDR", "127.0.0.1:18095")
+DEADLINE = 10.0
+
+
+def wait_until(what, cond, timeout=DEADLINE):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.001)
+    sys.exit(f"overhead: timed out waiting for {what}")
+
+
+def lines(path):
+    try:
+        with open(path) as f:
+            return [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {k: v.strip() for k, v in fields.items()}
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name may hold spaces; fields resume after its ')'.
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])  # utime + stime (fields 14, 15)
+
+
+def switches(pid):
+    s = proc_status(pid)
+    return int(s["voluntary_ctxt_switches"]) + int(s["nonvoluntary_ctxt_switches"])
+
+
+def summary(name, values_us):
+    v = sorted(values_us)
+    p90 = v[min(len(v) - 1, int(len(v) * 0.9))]
+    return (f"| {name} | {len(v)} | {statistics.median(v):,.0f} µs | {p90:,.0f} µs "
+            f"| {v[0]:,.0f} – {v[-1]:,.0f} µs |")
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="graceexec-overhead-")
+    log = os.path.join(work, "timing.log")
+    control = os.path.join(work, "ctl.sock")
+    env = dict(os.environ, TIMING_LOG=log)
+    ge = subprocess.Popen(
+        [f"{BIN}/graceexec", "--listen", ADDR, "--name", "overhead", "--control", control,
+         "--ready", "notify", "-q", "--", f"{BIN}/examples/timing"],
+        env=env)
+    try:
+        run(ge, log, control)
+    finally:
+        if ge.poll() is None:
+            ge.send_signal(signal.SIGTERM)
+            ge.wait(timeout=DEADLINE)
+        for name in os.listdir(work):
+            os.unlink(os.path.join(work, name))
+        os.rmdir(work)
+
+
+def status(control):
+    out = subprocess.run([f"{BIN}/graceexec", "status", "--control", control, "--json"],
+                         capture_output=True, text=True)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def serving(control):
+    st = status(control)
+    return st if st and st.get("state") == "serving" else None
+
+
+def run(ge, log, control):
+    wait_until("the first generation", lambda: serving(control))
+
+    requests = []
+    for i in range(RELOADS):
+        requests.append(time.monotonic_ns())
+        ge.send_signal(signal.SIGHUP)
+        # Generation i has been told to stop once it has logged its line.
+        wait_until(f"reload {i + 1}", lambda: len(lines(log)) >= i + 1)
+    wait_until("the last reload to settle", lambda: serving(control))
+
+    trips = []
+    for _ in range(ROUND_TRIPS):
+        start = time.monotonic_ns()
+        subprocess.run([f"{BIN}/graceexec", "reload", "--control", control],
+                       check=True, stdout=subprocess.DEVNULL)
+        trips.append((time.monotonic_ns() - start) / 1000)
+
+    rss = proc_status(ge.pid)["VmRSS"]
+    ticks, ctx = cpu_ticks(ge.pid), switches(ge.pid)
+    time.sleep(IDLE_SECONDS)  # the measurement itself: graceexec left alone
+    idle_ticks, idle_ctx = cpu_ticks(ge.pid) - ticks, switches(ge.pid) - ctx
+
+    ge.send_signal(signal.SIGTERM)
+    ge.wait(timeout=DEADLINE)
+    records = sorted(lines(log), key=lambda r: r[1])  # by main() time
+    gens = records[: RELOADS + 1]
+    to_exec, to_stop = [], []
+    for k in range(1, len(gens)):
+        _, main, ready, _ = gens[k]
+        if main < requests[k - 1]:
+            sys.exit(f"overhead: generation {k} started before its reload was asked for")
+        to_exec.append((main - requests[k - 1]) / 1000)
+        to_stop.append((gens[k - 1][3] - ready) / 1000)
+
+    print(f"graceexec {ADDR}, {RELOADS} reloads by SIGHUP, {ROUND_TRIPS} by the client\n")
+    print("| | n | median | p90 | range |")
+    print("|---|---|---|---|---|")
+    print(summary("SIGHUP → candidate's main()", to_exec))
+    print(summary("candidate's READY=1 → old generation gets SIGTERM", to_stop))
+    print(summary("`graceexec reload` round trip", trips))
+    print(f"\nRSS after {RELOADS + ROUND_TRIPS} reloads: {rss}")
+    print(f"idle for {IDLE_SECONDS:g} s: {idle_ticks} CPU ticks, {idle_ctx} context switches")
+
+
+if __name__ == "__main__":
+    main()
