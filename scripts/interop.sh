@@ -9,6 +9,7 @@
 #   scripts/interop.sh
 #   SERVERS="gunicorn lighttpd" RELOADS=30 CLIENTS=64 scripts/interop.sh
 #   INTEROP_NONGATING=uvicorn scripts/interop.sh   # report uvicorn's failed requests, don't fail on them
+#   INTEROP_KEEP=1 scripts/interop.sh               # keep the logs (the directory is named at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,7 +46,11 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null
     done
     wait 2>/dev/null
-    rm -rf "$work"
+    if [ -n "${INTEROP_KEEP:-}" ]; then
+        say "logs kept in $work"
+    else
+        rm -rf "$work"
+    fi
     exit "$status"
 }
 trap cleanup EXIT
