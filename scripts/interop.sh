@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SERVERS=${SERVERS:-"listenfd gunicorn uvicorn lighttpd"}
+SERVERS=${SERVERS:-"listenfd gunicorn uvicorn uvicorn-pr3124 lighttpd"}
 RELOADS=${RELOADS:-20}
 CLIENTS=${CLIENTS:-32}
 PAUSE=${PAUSE:-0.2}       # pacing between reloads, so that every generation serves
@@ -99,12 +99,13 @@ quietly() { # quietly LOG CMD...: run CMD, show its output only if it fails
 }
 
 py=""
-if wanted gunicorn || wanted uvicorn; then
+if wanted gunicorn || wanted uvicorn || wanted uvicorn-pr3124; then
     command -v python3 >/dev/null || { say "python3 is needed for gunicorn and uvicorn"; exit 1; }
     py=$(python3 -c 'import sys; print(sys.executable)')
     pips=()
     wanted gunicorn && ! "$py" -c 'import gunicorn' 2>/dev/null && pips+=("gunicorn==$GUNICORN_PIN")
-    wanted uvicorn && ! "$py" -c 'import uvicorn' 2>/dev/null && pips+=("uvicorn==$UVICORN_PIN")
+    { wanted uvicorn || wanted uvicorn-pr3124; } && ! "$py" -c 'import uvicorn' 2>/dev/null &&
+        pips+=("uvicorn==$UVICORN_PIN")
     if [ ${#pips[@]} -gt 0 ]; then
         quietly "$work/pip.log" "$py" -m pip install --quiet --disable-pip-version-check "${pips[@]}"
     fi
@@ -150,6 +151,35 @@ async def app(scope, receive, send):
     headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+EOF
+# uvicorn with the shutdown order proposed upstream in Kludex/uvicorn PR #3124
+# (closed unmerged; the bug is issue #2757): after it stops listening, yield
+# to the event loop, so that a connection accepted a moment before has its
+# request read and served instead of being closed unread. asyncio needs a few
+# turns of its loop from accept(2) to reading: one to start the transport's
+# task, one for connection_made and the reader, one for the read itself. Run beside
+# the stock uvicorn to show that its resets are uvicorn's shutdown, not the
+# handover.
+cat >"$work/app/uvicorn_pr3124.py" <<'EOF'
+import asyncio
+import sys
+
+import uvicorn.main
+import uvicorn.server
+
+stock_shutdown = uvicorn.server.Server.shutdown
+
+
+async def shutdown(self, sockets=None):
+    for server in self.servers:
+        server.close()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await stock_shutdown(self, sockets)
+
+
+uvicorn.server.Server.shutdown = shutdown
+sys.exit(uvicorn.main.main())
 EOF
 # One lighttpd generation: a document root whose index.html names its pid, and
 # a config for it. `exec` keeps the pid that LISTEN_PID names. No server.bind:
@@ -208,6 +238,12 @@ setup_uvicorn() {
     # After its graceful shutdown uvicorn re-raises the signal it got, so it
     # ends killed by SIGTERM, and graceexec exits 128+15.
     clean_statuses="0 143"
+}
+
+setup_uvicorn-pr3124() {
+    setup_uvicorn
+    label="uvicorn + PR #3124's shutdown"
+    command=("$py" "$work/app/uvicorn_pr3124.py" "${command[@]:3}")
 }
 
 setup_lighttpd() {
@@ -300,7 +336,7 @@ run() {
 problems=0
 for name in $SERVERS; do
     if ! declare -F "setup_$name" >/dev/null; then
-        say "unknown server $name (known: listenfd gunicorn uvicorn lighttpd)"
+        say "unknown server $name (known: listenfd gunicorn uvicorn uvicorn-pr3124 lighttpd)"
         exit 2
     fi
     if ! run "$name"; then
