@@ -1,18 +1,23 @@
 //! Bounded HTTP load generator for the graceexec demo. Every request uses a
 //! fresh connection, so a server that drops a single accepted connection
-//! during a reload shows up as a failed request.
+//! during a reload shows up as a failed request. It also reports the longest
+//! time in which no request got an answer (from the start of the load to the
+//! first answer and from the last answer to the end included), and counts the
+//! failures by class.
 
+use std::collections::BTreeMap;
 use std::env;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::exit;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: load --addr 127.0.0.1:8080 [--clients 32] [--seconds 10] \
-                     [--max-requests 1000000] [--wait-secs 10]";
+                     [--max-requests 1000000] [--wait-secs 10] [--stop-file PATH]";
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,6 +29,24 @@ struct Args {
     run_for: Duration,
     max_requests: u64,
     wait: Duration,
+    /// Stop early once this file exists (checked every few milliseconds).
+    stop_file: Option<PathBuf>,
+}
+
+/// A failed request: its class (what is counted) and the full message.
+struct Failure {
+    class: String,
+    detail: String,
+}
+
+impl Failure {
+    fn io(stage: &str, e: &io::Error) -> Failure {
+        Failure { class: format!("{stage}: {:?}", e.kind()), detail: format!("{stage}: {e}") }
+    }
+
+    fn other(class: &str, detail: String) -> Failure {
+        Failure { class: class.to_string(), detail }
+    }
 }
 
 #[derive(Default)]
@@ -35,6 +58,28 @@ struct Tally {
     failed: AtomicU64,
     pids: Mutex<Vec<u32>>,
     errors: Mutex<Vec<String>>,
+    classes: Mutex<BTreeMap<String, u64>>,
+    /// Nanoseconds from the start of the load to the latest answer.
+    last_ok_ns: AtomicU64,
+    /// The longest time between two answers, and when it ended.
+    max_gap_ns: AtomicU64,
+    max_gap_end_ns: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Tally {
+    /// Records an answer that arrived `now_ns` after the start.
+    fn answered_at(&self, now_ns: u64) {
+        let prev = self.last_ok_ns.fetch_max(now_ns, SeqCst);
+        self.gap_ended(prev, now_ns);
+    }
+
+    fn gap_ended(&self, from_ns: u64, to_ns: u64) {
+        let gap = to_ns.saturating_sub(from_ns);
+        if self.max_gap_ns.fetch_max(gap, SeqCst) < gap {
+            self.max_gap_end_ns.store(to_ns, SeqCst);
+        }
+    }
 }
 
 fn main() {
@@ -48,12 +93,23 @@ fn main() {
     }
 
     let tally = Tally::default();
-    let deadline = Instant::now() + args.run_for;
+    let start = Instant::now();
+    let deadline = start + args.run_for;
     thread::scope(|scope| {
-        for _ in 0..args.clients {
-            scope.spawn(|| client(&args, &tally, deadline));
+        if let Some(path) = &args.stop_file {
+            scope.spawn(|| watch_stop_file(path, &tally, deadline));
         }
+        let clients: Vec<_> = (0..args.clients)
+            .map(|_| scope.spawn(|| client(&args, &tally, start, deadline)))
+            .collect();
+        for client in clients {
+            let _ = client.join();
+        }
+        // Also ends the watcher when the clients stopped on their own.
+        tally.stop.store(true, SeqCst);
     });
+    let end_ns = nanos_since(start);
+    tally.gap_ended(tally.last_ok_ns.load(SeqCst), end_ns);
 
     let (ok, failed) = (tally.ok.load(SeqCst), tally.failed.load(SeqCst));
     let pids = tally.pids.into_inner().unwrap_or_else(PoisonError::into_inner);
@@ -64,7 +120,32 @@ fn main() {
     for error in tally.errors.into_inner().unwrap_or_else(PoisonError::into_inner) {
         println!("error: {error}");
     }
+    let ms = |ns: u64| ns / 1_000_000;
+    println!(
+        "longest gap without an answer: {} ms (ended {} ms into the load of {} ms)",
+        ms(tally.max_gap_ns.load(SeqCst)),
+        ms(tally.max_gap_end_ns.load(SeqCst)),
+        ms(end_ns)
+    );
+    for (class, count) in tally.classes.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        println!("failures of class {class}: {count}");
+    }
     exit(if failed == 0 && ok > 0 { 0 } else { 1 });
+}
+
+fn nanos_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Ends the load once the stop file exists (or at the deadline).
+fn watch_stop_file(path: &std::path::Path, tally: &Tally, deadline: Instant) {
+    while Instant::now() < deadline && !tally.stop.load(SeqCst) {
+        if path.exists() {
+            tally.stop.store(true, SeqCst);
+            return;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -74,6 +155,7 @@ fn parse_args() -> Result<Args, String> {
         run_for: Duration::from_secs(10),
         max_requests: 1_000_000,
         wait: Duration::from_secs(10),
+        stop_file: None,
     };
     let mut addr_given = false;
     let mut argv = env::args().skip(1);
@@ -89,6 +171,7 @@ fn parse_args() -> Result<Args, String> {
             "--seconds" => args.run_for = parse_secs(&flag, &value)?,
             "--max-requests" => args.max_requests = parse_count(&flag, &value, u64::MAX)?,
             "--wait-secs" => args.wait = parse_secs(&flag, &value)?,
+            "--stop-file" => args.stop_file = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -146,21 +229,28 @@ fn wait_for(addr: SocketAddr, wait: Duration) -> Result<(), String> {
     }
 }
 
-fn client(args: &Args, tally: &Tally, deadline: Instant) {
-    while Instant::now() < deadline && tally.claimed.fetch_add(1, SeqCst) < args.max_requests {
+fn client(args: &Args, tally: &Tally, start: Instant, deadline: Instant) {
+    while Instant::now() < deadline
+        && !tally.stop.load(SeqCst)
+        && tally.claimed.fetch_add(1, SeqCst) < args.max_requests
+    {
         match request(args.addr) {
             Ok(pid) => {
+                tally.answered_at(nanos_since(start));
                 tally.ok.fetch_add(1, SeqCst);
                 let mut pids = tally.pids.lock().unwrap_or_else(PoisonError::into_inner);
                 if !pids.contains(&pid) {
                     pids.push(pid);
                 }
             }
-            Err(e) => {
+            Err(Failure { class, detail }) => {
                 tally.failed.fetch_add(1, SeqCst);
+                let mut classes = tally.classes.lock().unwrap_or_else(PoisonError::into_inner);
+                *classes.entry(class).or_default() += 1;
+                drop(classes);
                 let mut errors = tally.errors.lock().unwrap_or_else(PoisonError::into_inner);
-                if errors.len() < MAX_ERRORS && !errors.contains(&e) {
-                    errors.push(e);
+                if errors.len() < MAX_ERRORS && !errors.contains(&detail) {
+                    errors.push(detail);
                 }
             }
         }
@@ -168,25 +258,27 @@ fn client(args: &Args, tally: &Tally, deadline: Instant) {
 }
 
 /// One request on a new connection; returns the pid that answered it.
-fn request(addr: SocketAddr) -> Result<u32, String> {
-    let mut conn =
-        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+fn request(addr: SocketAddr) -> Result<u32, Failure> {
+    let mut conn = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| Failure::io("connect", &e))?;
     conn.set_read_timeout(Some(IO_TIMEOUT))
         .and_then(|()| conn.set_write_timeout(Some(IO_TIMEOUT)))
-        .map_err(|e| format!("socket setup: {e}"))?;
-    conn.write_all(REQUEST).map_err(|e| format!("send: {e}"))?;
+        .map_err(|e| Failure::io("socket setup", &e))?;
+    conn.write_all(REQUEST).map_err(|e| Failure::io("send", &e))?;
     let mut response = Vec::new();
-    conn.read_to_end(&mut response).map_err(|e| format!("read: {e}"))?;
+    conn.read_to_end(&mut response).map_err(|e| Failure::io("read", &e))?;
     if response.is_empty() {
-        return Err("connection closed without a response".to_string());
+        let detail = "connection closed without a response".to_string();
+        return Err(Failure::other("closed without a response", detail));
     }
     let text = String::from_utf8_lossy(&response);
     if !text.starts_with("HTTP/1.1 200") {
         let status = text.lines().next().unwrap_or_default();
-        return Err(format!("unexpected status line {status:?}"));
+        return Err(Failure::other("bad status", format!("unexpected status line {status:?}")));
     }
     let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     let pid = body.split_whitespace().find_map(|word| word.strip_prefix("pid="));
-    pid.and_then(|pid| pid.parse().ok())
-        .ok_or_else(|| format!("no pid=<n> in response body {body:?}"))
+    pid.and_then(|pid| pid.parse().ok()).ok_or_else(|| {
+        Failure::other("no pid in body", format!("no pid=<n> in response body {body:?}"))
+    })
 }
