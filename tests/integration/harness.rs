@@ -353,3 +353,26 @@ impl Load {
         LoadResult { ok: self.ok.load(Ordering::SeqCst), failed, pids }
     }
 }
+
+impl LoadResult {
+    /// No request failed, and some were served.
+    pub fn assert_clean(&self) {
+        assert!(
+            self.failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            self.failed.len(),
+            self.failed.len() as u64 + self.ok,
+            &self.failed[..self.failed.len().min(5)]
+        );
+        assert!(self.ok > 0, "no request was served");
+    }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie awaiting reaping
+/// by whoever inherited it).
+pub fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
