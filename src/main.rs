@@ -16,6 +16,7 @@ mod spawn;
 mod supervisor;
 mod user;
 mod watch;
+mod watchdog;
 
 use cli::{Cli, Sub};
 use control::client;
@@ -177,6 +178,20 @@ fn serve(cli: Cli) -> i32 {
     let server_starter = (cli.compat == Some(cli::Compat::ServerStarter))
         .then(|| listen::server_starter_port(&listeners));
 
+    // Last, so that no start-up failure can leave it behind; after the
+    // --user drop, so that it can do no more than graceexec could.
+    let watchdog = match watchdog::Watchdog::start(cli.stop_timeout) {
+        Ok(w) => {
+            log::debug(&format!("watchdog is pid {}", w.pid()));
+            Some(w)
+        }
+        Err(e) => {
+            log::warn(&format!(
+                "cannot start the watchdog: {e}; if graceexec is killed, processes the servers started may be left running"
+            ));
+            None
+        }
+    };
     let cfg = Config {
         ready: Mode::policy(cli.ready.as_ref()),
         ready_timeout: cli.ready_timeout,
@@ -202,5 +217,6 @@ fn serve(cli: Cli) -> i32 {
         server_starter,
         check: cli.check,
         watch,
+        watchdog,
     })
 }

@@ -15,7 +15,8 @@
 //! caller passes fds for them (the pipes output.rs reads).
 //!
 //! The Linux-only process plumbing is here too: signalfd, PR_SET_PDEATHSIG,
-//! PR_SET_CHILD_SUBREAPER and close_range. (Abstract unix addresses, parsed
+//! PR_SET_CHILD_SUBREAPER and close_range, and the fork of the watchdog
+//! (watchdog.rs). (Abstract unix addresses, parsed
 //! in listen.rs, are the one other Linux-only feature.)
 
 use std::ffi::{CString, OsString};
@@ -210,6 +211,47 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
             let errno = Errno::from_raw(i32::from_ne_bytes(buf));
             Err(exec_error(child.program, errno))
         }
+    }
+}
+
+/// A close-on-exec pipe (read end, write end) whose ends are not 0, 1 or 2,
+/// even when graceexec was started with some of those closed.
+pub fn pipe_above_stdio() -> nix::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = unistd::pipe2(OFlag::O_CLOEXEC)?;
+    Ok((dup_at_least(r.as_raw_fd(), 3)?, dup_at_least(w.as_raw_fd(), 3)?))
+}
+
+/// Fork a helper that runs `body` and exits with what it returns, in its
+/// own process group, with fds 0-2 and `keep` and no other. It is not
+/// exec'd: it runs graceexec's own code, so it must not touch anything the
+/// parent owns besides what `body` captured.
+pub fn fork_helper(keep: RawFd, body: impl FnOnce() -> i32) -> nix::Result<Pid> {
+    // close_fds_from would close stdio around a `keep` below 3.
+    if keep < 3 {
+        return Err(Errno::EINVAL);
+    }
+    let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft.min(1 << 20) as c_int)
+        .unwrap_or(1 << 16);
+    // SAFETY: graceexec is single-threaded, so no other thread can hold a
+    // lock (the allocator's, stdio's) at the fork, and the child may run
+    // ordinary Rust code. The child never returns from this function: it
+    // leaves through _exit, so none of the parent's values are dropped
+    // twice and no panic unwinds into the parent's frames.
+    match unsafe { unistd::fork() }? {
+        ForkResult::Child => {
+            // Not in graceexec's group: a signal to that group (a
+            // supervisor's, a terminal's) is not meant for it.
+            let _ = unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+            // SAFETY: only this new process's copies of the fds are closed;
+            // the values that own them are never dropped here (see above).
+            unsafe { close_fds_from(3, keep, fd_limit) };
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
+            // SAFETY: _exit ends the process at once, without destructors
+            // or the parent's atexit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => Ok(child),
     }
 }
 

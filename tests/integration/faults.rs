@@ -145,6 +145,66 @@ fn a_crash_loop_backs_off_without_a_fork_storm() {
     load.finish().assert_clean();
 }
 
+/// Every process below `pid` (children, grandchildren, ...).
+fn descendants(pid: i32) -> Vec<i32> {
+    let parent_of = |p: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+    };
+    let all: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(all.iter().filter(|c| parent_of(**c) == Some(p)));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// SIGKILL graceexec while generation 1 and a grandchild in its group run;
+/// every process below graceexec must end.
+fn sigkill_leaves_nothing(args: &[&str], env: &[(&str, &str)]) {
+    let dir = TempDir::new();
+    let script = wrapper(&dir, &grandchild(&dir));
+    let mut full = vec!["-l", "127.0.0.1:0", "--ready", "notify", "-v"];
+    full.extend_from_slice(args);
+    let mut ge = run_wrapper(&script, &full, env);
+    ge.wait_log("generation 1 ready");
+    let (server, sleeper) = (ge.gen_pid(1), grandchild_pid(&dir, 1));
+    let below = descendants(ge.pid());
+    assert!(below.contains(&server) && below.contains(&sleeper), "{below:?}");
+    let log = ge.log();
+    let notify_dir =
+        log.split("notify sockets in ").nth(1).unwrap().lines().next().unwrap().to_string();
+    ge.signal(Signal::SIGKILL);
+    wait_until("graceexec to die", LONG, || ge.try_status().is_some());
+    // PR_SET_PDEATHSIG stops the server; the grandchild, which does not
+    // inherit it, was left running before the watchdog.
+    for pid in below {
+        wait_until(&format!("pid {pid} to exit"), LONG, || !running(pid));
+    }
+    // A SIGKILLed graceexec cannot remove its notify directory.
+    std::fs::remove_dir_all(notify_dir).unwrap();
+}
+
+#[test]
+fn sigkill_to_graceexec_leaves_no_process_behind() {
+    // Regression: a grandchild in the server's process group outlived a
+    // SIGKILLed graceexec, re-parented to init, holding the sockets.
+    sigkill_leaves_nothing(&[], &[]);
+}
+
+#[test]
+fn sigkill_to_graceexec_still_kills_a_stuck_server_at_the_stop_timeout() {
+    sigkill_leaves_nothing(&["--stop-timeout", "300ms"], &[("EXAMPLE_TERM_HANG", "1")]);
+}
+
 /// One request on the control socket at `path`, its reply. Read to EOF:
 /// graceexec closes the connection after a status or a waited-for reload
 /// reply, so its end is closed too when this returns.
