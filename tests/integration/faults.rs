@@ -209,12 +209,16 @@ fn sigkill_to_graceexec_still_kills_a_stuck_server_at_the_stop_timeout() {
 /// graceexec closes the connection after a status or a waited-for reload
 /// reply, so its end is closed too when this returns.
 fn control(path: &Path, request: &str) -> Value {
-    let mut s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(LONG)).unwrap();
-    writeln!(s, "{request}").unwrap();
+    try_control(path, request).unwrap_or_else(|e| panic!("control request failed: {e}"))
+}
+
+fn try_control(path: &Path, request: &str) -> std::io::Result<Value> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(LONG))?;
+    writeln!(s, "{request}")?;
     let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    serde_json::from_str(reply.trim_end()).unwrap_or_else(|e| panic!("not JSON ({e}): {reply}"))
+    s.read_to_string(&mut reply)?;
+    Ok(serde_json::from_str(reply.trim_end()).unwrap_or_else(|e| panic!("not JSON ({e}): {reply}")))
 }
 
 /// graceexec's open fds, each with what it is (`socket:[...]`, `pipe:[...]`).
@@ -245,15 +249,25 @@ fn a_thousand_reloads_leak_no_fd_and_no_memory() {
     // -q: a thousand reloads log six thousand lines otherwise.
     let ge =
         Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "-q", "--control", ctl_arg], &[]);
-    let status = || control(&ctl_path, r#"{"graceexec":1,"command":"status"}"#);
+    const STATUS: &str = r#"{"graceexec":1,"command":"status"}"#;
+    let status = || control(&ctl_path, STATUS);
     // Settled: one generation, serving; the old ones reaped, their pipes
     // and notify sockets closed.
-    let settled = || {
-        let s = status();
+    let is_settled = |s: &Value| {
         s["state"] == "serving" && s["generations"].as_array().is_some_and(|g| g.len() == 1)
     };
-    wait_until("generation 1 to serve", LONG, || ctl_path.exists() && settled());
+    let settled = || is_settled(&status());
+    // The socket file exists a moment before graceexec listens on it.
+    wait_until("generation 1 to serve", LONG, || {
+        try_control(&ctl_path, STATUS).is_ok_and(|s| is_settled(&s))
+    });
+    // Each generation alive in graceexec holds a 64 KiB output buffer, so
+    // how many old ones are still draining at once moves RSS. On a busy
+    // machine they pile up; at most two besides the serving one keeps that
+    // high-water mark the same in the warm-up and after it.
+    let few_draining = || status()["generations"].as_array().is_some_and(|g| g.len() <= 3);
     let reload = || {
+        wait_until("old generations to exit", LONG, few_draining);
         let r = control(&ctl_path, r#"{"graceexec":1,"command":"reload","wait":true}"#);
         assert_eq!(r["ok"], true, "{r}");
     };
@@ -279,12 +293,15 @@ fn a_thousand_reloads_leak_no_fd_and_no_memory() {
         "open fds after 50 reloads: {fds:#?}\nafter 1000: {after:#?}"
     );
     assert_eq!(status()["generations"][0]["generation"], 1001);
-    // RSS moves in pages, and the allocator keeps freed memory for reuse
-    // rather than giving each page back, so a few pages of drift are not a
-    // leak. A leak of 100 bytes per reload would add 95 KiB over these 950
-    // reloads: allow 64 KiB.
+    // RSS is no exact measure: the allocator keeps freed memory for reuse
+    // rather than giving it back, and grows its heap in 128 KiB steps
+    // (glibc's M_TOP_PAD), so a new high-water mark (two generations
+    // draining where the warm-up saw one: 64 KiB more) can show as one
+    // such step. Allow two steps, 256 KiB: a leak of 300 bytes a reload
+    // (285 KiB over these 950) still fails, and any leak of a generation's
+    // own state (its environment, its buffers: kilobytes) by far.
     let end_rss = rss_kib(ge.pid());
     eprintln!("fds: {}; RSS after 50 reloads {rss} KiB, after 1000 {end_rss} KiB", fds.len());
     let grown = end_rss.saturating_sub(rss);
-    assert!(grown <= 64, "RSS grew by {grown} KiB over 950 reloads (from {rss} KiB)");
+    assert!(grown <= 256, "RSS grew by {grown} KiB over 950 reloads (from {rss} KiB)");
 }
