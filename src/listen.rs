@@ -128,6 +128,12 @@ impl Spec {
                 Addr::Abstract(abs.to_string())
             } else if p.is_empty() {
                 return Err("unix: needs a path, as in unix:/run/app.sock".into());
+            } else if p.starts_with("//") {
+                // Not a URL: unix://run/app.sock would bind //run/app.sock,
+                // and unix:///run/app.sock ///run/app.sock.
+                return Err(format!(
+                    "'{rest}': write unix:/path with one slash, as in unix:/run/app.sock"
+                ));
             } else {
                 Addr::Unix(PathBuf::from(p))
             }
@@ -363,7 +369,19 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in ["", "abc", "1.2.3.4:99999", "unix:", "unix:@", "ftp://x:1", "a:b=1", "x y=80"] {
+        for bad in [
+            "",
+            "abc",
+            "1.2.3.4:99999",
+            "unix:",
+            "unix:@",
+            "unix://run/app.sock",
+            "unix:///run/app.sock",
+            "web=unix://x",
+            "ftp://x:1",
+            "a:b=1",
+            "x y=80",
+        ] {
             assert!(bad.parse::<Spec>().is_err(), "{bad} parsed");
         }
     }

@@ -90,6 +90,8 @@ fn a_bad_address_is_a_usage_error() {
         ("ftp://x:1", "unknown scheme in 'ftp://x:1'"),
         ("unix:", "unix: needs a path"),
         ("unix:@", "unix:@ needs a name"),
+        ("unix://tmp/s.sock", "'unix://tmp/s.sock': write unix:/path with one slash"),
+        ("unix:///tmp/s.sock", "write unix:/path with one slash"),
         ("[::1]", "'1]' is not a port number"),
         (":", "'' is not a port number"),
         ("udp://127.0.0.1:-1", "'-1' is not a port number"),
