@@ -33,6 +33,10 @@ fn main() {
 }
 
 fn run() -> i32 {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == watchdog::MODE) {
+        return watchdog::main(&args[2..]);
+    }
     let cli = cli::parse();
     log::set_verbosity(cli.quiet, cli.verbose);
     match &cli.sub {

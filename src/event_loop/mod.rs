@@ -241,8 +241,9 @@ impl Runtime {
             program: &program,
             args: &self.s.command,
             env,
-            sockets: &sockets,
-            parent_death_signal: self.s.stop_signal,
+            fds: &sockets,
+            listen_pid: true,
+            parent_death_signal: Some(self.s.stop_signal),
             stdout: ends.stdout.as_ref().map(|f| f.as_fd()),
             stderr: Some(ends.stderr.as_fd()),
         };

@@ -205,6 +205,96 @@ fn sigkill_to_graceexec_still_kills_a_stuck_server_at_the_stop_timeout() {
     sigkill_leaves_nothing(&["--stop-timeout", "300ms"], &[("EXAMPLE_TERM_HANG", "1")]);
 }
 
+/// The watchdog's pid, from graceexec's `-v` log.
+fn watchdog_pid(ge: &Ge) -> i32 {
+    let needle = format!("graceexec[{}]: watchdog is pid ", ge.pid());
+    ge.wait_log(&needle);
+    let log = ge.log();
+    let rest = &log[log.find(&needle).unwrap() + needle.len()..];
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// A process's signal set from /proc/PID/status (`SigBlk`, `ShdPnd`, ...).
+fn signal_set(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
+    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+fn bit(sig: Signal) -> u64 {
+    1 << (sig as i32 - 1)
+}
+
+#[test]
+fn the_watchdog_is_graceexec_execd_anew_in_its_own_group_and_outlasts_stop_signals() {
+    // Stale systemd variables in graceexec's environment: with --listen
+    // they are ignored, and no child may get them.
+    let env = [("LISTEN_FDNAMES", "stale"), ("LISTEN_PID", "1")];
+    let mut ge =
+        Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "-v", "--stop-timeout", "2s"], &env);
+    ge.wait_log("generation 1 ready");
+    let wd = watchdog_pid(&ge);
+    // A fresh image of the same binary, not a fork running graceexec's code.
+    let cmdline = std::fs::read(format!("/proc/{wd}/cmdline")).unwrap();
+    assert_eq!(cmdline, b"graceexec\0__watchdog\0--stop-timeout-ms\x002000\0");
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe(wd), exe(ge.pid()));
+    let pgid = |pid: i32| nix::unistd::getpgid(Some(Pid::from_raw(pid))).unwrap().as_raw();
+    assert_eq!(pgid(wd), wd, "the watchdog leads its own process group");
+    assert_ne!(pgid(ge.pid()), wd);
+    // fds 0-2 as graceexec's, the pipe at 3, nothing else.
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{wd}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2", "3"]);
+    let fd3 = std::fs::read_link(format!("/proc/{wd}/fd/3")).unwrap();
+    assert!(fd3.to_string_lossy().starts_with("pipe:"), "{fd3:?}");
+    let environ = std::fs::read(format!("/proc/{wd}/environ")).unwrap();
+    for var in environ.split(|b| *b == 0) {
+        let var = String::from_utf8_lossy(var);
+        assert!(!var.starts_with("LISTEN_") && !var.starts_with("NOTIFY_SOCKET="), "{var}");
+    }
+    // Only SIGKILL or the pipe ends it: a stop signal meant for graceexec
+    // stays pending.
+    let stops = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+    let mask: u64 = stops.iter().map(|s| bit(*s)).sum();
+    wait_until("the watchdog to block the stop signals", LONG, || {
+        signal_set(wd, "SigBlk") & mask == mask
+    });
+    for sig in stops {
+        kill(Pid::from_raw(wd), sig).unwrap();
+    }
+    assert_eq!(signal_set(wd, "ShdPnd") & mask, mask);
+    assert!(running(wd));
+    // A normal exit tells it goodbye and reaps it: once graceexec has
+    // exited, nothing holds its stderr any more (wait_exit waits for EOF).
+    ge.signal(Signal::SIGTERM);
+    assert_eq!(ge.wait_exit(), 0);
+    assert!(!alive(wd), "the watchdog outlived graceexec's normal exit");
+    assert!(!ge.log().contains("graceexec is gone"), "{}", ge.log());
+}
+
+#[test]
+fn a_killed_watchdog_is_reaped_with_a_warning_and_graceexec_carries_on() {
+    let mut ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "-v"], &[]);
+    ge.wait_log("generation 1 ready");
+    let wd = watchdog_pid(&ge);
+    kill(Pid::from_raw(wd), Signal::SIGKILL).unwrap();
+    ge.wait_log(&format!("the watchdog (pid {wd}) exited with signal SIGKILL"));
+    // Not taken for a generation: the server keeps serving, a reload works.
+    let addr = ge.tcp_addr();
+    get(addr, "/").unwrap();
+    ge.signal(Signal::SIGHUP);
+    ge.wait_log("generation 2 ready");
+    get(addr, "/").unwrap();
+    // And the exit does not wait for a watchdog that is gone.
+    ge.signal(Signal::SIGTERM);
+    assert_eq!(ge.wait_exit(), 0);
+}
+
 /// One request on the control socket at `path`, its reply. Read to EOF:
 /// graceexec closes the connection after a status or a waited-for reload
 /// reply, so its end is closed too when this returns.
