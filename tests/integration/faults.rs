@@ -168,13 +168,25 @@ fn descendants(pid: i32) -> Vec<i32> {
 }
 
 /// SIGKILL graceexec while generation 1 and a grandchild in its group run;
-/// every process below graceexec must end.
-fn sigkill_leaves_nothing(args: &[&str], env: &[(&str, &str)]) {
+/// every process below graceexec must end. With `stuck`, the server hangs
+/// in its drain (EXAMPLE_TERM_HANG) with its stderr in a file, so that no
+/// EPIPE on graceexec's closed pipe ends it: only the watchdog's kill at
+/// `--stop-timeout` (300 ms) does.
+fn sigkill_leaves_nothing(stuck: bool) {
     let dir = TempDir::new();
-    let script = wrapper(&dir, &grandchild(&dir));
-    let mut full = vec!["-l", "127.0.0.1:0", "--ready", "notify", "-v"];
-    full.extend_from_slice(args);
-    let mut ge = run_wrapper(&script, &full, env);
+    let server_err = dir.path("server.err");
+    let mut before = grandchild(&dir);
+    if stuck {
+        before.push_str(&format!("\nexec 2>{}", server_err.display()));
+    }
+    let script = wrapper(&dir, &before);
+    let mut args = vec!["-l", "127.0.0.1:0", "--ready", "notify", "-v"];
+    let mut env = vec![];
+    if stuck {
+        args.extend(["--stop-timeout", "300ms"]);
+        env.push(("EXAMPLE_TERM_HANG", "1"));
+    }
+    let mut ge = run_wrapper(&script, &args, &env);
     ge.wait_log("generation 1 ready");
     let (server, sleeper) = (ge.gen_pid(1), grandchild_pid(&dir, 1));
     let below = descendants(ge.pid());
@@ -182,12 +194,28 @@ fn sigkill_leaves_nothing(args: &[&str], env: &[(&str, &str)]) {
     let log = ge.log();
     let notify_dir =
         log.split("notify sockets in ").nth(1).unwrap().lines().next().unwrap().to_string();
+    let killed = Instant::now();
     ge.signal(Signal::SIGKILL);
     wait_until("graceexec to die", LONG, || ge.try_status().is_some());
+    if stuck {
+        // PR_SET_PDEATHSIG's SIGTERM started a drain that never ends.
+        wait_until("the server to hang in its drain", LONG, || {
+            std::fs::read_to_string(&server_err).is_ok_and(|e| e.contains("hanging as asked"))
+        });
+    }
     // PR_SET_PDEATHSIG stops the server; the grandchild, which does not
     // inherit it, was left running before the watchdog.
     for pid in below {
         wait_until(&format!("pid {pid} to exit"), LONG, || !running(pid));
+    }
+    // The watchdog holds graceexec's stderr: its line reaches the log.
+    ge.wait_log(&format!(
+        "graceexec is gone: killed what was left of the process group of pid {server}"
+    ));
+    if stuck {
+        // Not before the stop timeout, counted from graceexec's death.
+        let took = killed.elapsed();
+        assert!(took >= Duration::from_millis(300), "the stuck server was killed after {took:?}");
     }
     // A SIGKILLed graceexec cannot remove its notify directory.
     std::fs::remove_dir_all(notify_dir).unwrap();
@@ -197,12 +225,12 @@ fn sigkill_leaves_nothing(args: &[&str], env: &[(&str, &str)]) {
 fn sigkill_to_graceexec_leaves_no_process_behind() {
     // Regression: a grandchild in the server's process group outlived a
     // SIGKILLed graceexec, re-parented to init, holding the sockets.
-    sigkill_leaves_nothing(&[], &[]);
+    sigkill_leaves_nothing(false);
 }
 
 #[test]
 fn sigkill_to_graceexec_still_kills_a_stuck_server_at_the_stop_timeout() {
-    sigkill_leaves_nothing(&["--stop-timeout", "300ms"], &[("EXAMPLE_TERM_HANG", "1")]);
+    sigkill_leaves_nothing(true);
 }
 
 /// The watchdog's pid, from graceexec's `-v` log.
