@@ -233,15 +233,6 @@ fn sigkill_to_graceexec_still_kills_a_stuck_server_at_the_stop_timeout() {
     sigkill_leaves_nothing(true);
 }
 
-/// The watchdog's pid, from graceexec's `-v` log.
-fn watchdog_pid(ge: &Ge) -> i32 {
-    let needle = format!("graceexec[{}]: watchdog is pid ", ge.pid());
-    ge.wait_log(&needle);
-    let log = ge.log();
-    let rest = &log[log.find(&needle).unwrap() + needle.len()..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 /// A process's signal set from /proc/PID/status (`SigBlk`, `ShdPnd`, ...).
 fn signal_set(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -261,7 +252,7 @@ fn the_watchdog_is_graceexec_execd_anew_in_its_own_group_and_outlasts_stop_signa
     let mut ge =
         Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "-v", "--stop-timeout", "2s"], &env);
     ge.wait_log("generation 1 ready");
-    let wd = watchdog_pid(&ge);
+    let wd = ge.watchdog_pid();
     // A fresh image of the same binary, not a fork running graceexec's code.
     let cmdline = std::fs::read(format!("/proc/{wd}/cmdline")).unwrap();
     assert_eq!(cmdline, b"graceexec\0__watchdog\0--stop-timeout-ms\x002000\0");
@@ -309,7 +300,7 @@ fn the_watchdog_is_graceexec_execd_anew_in_its_own_group_and_outlasts_stop_signa
 fn a_killed_watchdog_is_reaped_with_a_warning_and_graceexec_carries_on() {
     let mut ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "-v"], &[]);
     ge.wait_log("generation 1 ready");
-    let wd = watchdog_pid(&ge);
+    let wd = ge.watchdog_pid();
     kill(Pid::from_raw(wd), Signal::SIGKILL).unwrap();
     ge.wait_log(&format!("the watchdog (pid {wd}) exited with signal SIGKILL"));
     // Not taken for a generation: the server keeps serving, a reload works.

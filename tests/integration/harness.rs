@@ -185,6 +185,15 @@ impl Ge {
         rest.split_whitespace().next().unwrap().parse().unwrap()
     }
 
+    /// The watchdog's pid, from graceexec's `-v` log.
+    pub fn watchdog_pid(&self) -> i32 {
+        let needle = format!("graceexec[{}]: watchdog is pid ", self.pid());
+        self.wait_log(&needle);
+        let log = self.log();
+        let rest = &log[log.find(&needle).unwrap() + needle.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// The first TCP address graceexec reports as bound.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.wait_log("bound ");
