@@ -67,6 +67,9 @@ fn main() {
     let slow_start = env_number::<u64>("EXAMPLE_SLOW_START_MS").unwrap_or(0);
     let never_ready = gen_listed("EXAMPLE_NEVER_READY_GEN", &gen);
     let hold = env::var_os("EXAMPLE_HOLD_FILE").filter(|_| gen_listed("EXAMPLE_HOLD_GEN", &gen));
+    let term_hang = var("EXAMPLE_TERM_HANG") == "1";
+    let crash_file =
+        env::var_os("EXAMPLE_CRASH_FILE").filter(|_| gen_listed("EXAMPLE_CRASH_GEN", &gen));
 
     let sockets: Vec<Inherited> = (3..listen_fds.saturating_add(3))
         .map(|fd| sys::adopt(fd).unwrap_or_else(|e| fail(&e)))
@@ -97,6 +100,17 @@ fn main() {
         wait_until(10, || Path::new(&path).exists() || TERM.load(SeqCst));
     }
 
+    if let Some(path) = crash_file {
+        // Ready, then dead before it accepted anything: a connection it had
+        // taken would be lost with it, whatever the supervisor does.
+        if let Err(e) = notify(&notify_socket, "READY=1") {
+            eprintln!("server: cannot notify {notify_socket}: {e}");
+        }
+        wait_until(5, || Path::new(&path).exists() || TERM.load(SeqCst));
+        eprintln!("server: pid {pid} crashing after READY=1 as asked");
+        exit(4);
+    }
+
     let count = sockets.len();
     let mut acceptors = Vec::new();
     for socket in sockets {
@@ -122,6 +136,14 @@ fn main() {
         let _ = acceptor.join();
     }
     wait_until(5, || IN_FLIGHT.load(SeqCst) == 0);
+    if term_hang {
+        // A drain that never ends: a stuck connection, a worker that
+        // does not exit. Only SIGKILL ends this.
+        eprintln!("server: pid {pid} drained, hanging as asked");
+        loop {
+            sleep(Duration::from_secs(3600));
+        }
+    }
     eprintln!("server: pid {pid} drained, exiting");
     exit(term_exit);
 }

@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 
 use crate::control::client::Target;
 use crate::control::paths::parse_name;
-use crate::listen::Spec;
+use crate::listen::{Addr, Spec};
 use crate::readiness::Mode;
 use crate::user::Identity;
 
@@ -254,13 +254,43 @@ pub fn completions(shell: Shell) -> String {
 /// Parse the command line. On a usage error, print one line and exit 2.
 pub fn parse() -> Cli {
     match Cli::try_parse() {
-        Ok(cli) => cli,
+        Ok(cli) => match consistent(&cli) {
+            Ok(()) => cli,
+            Err(msg) => {
+                eprintln!("graceexec: {msg}; see 'graceexec --help'");
+                std::process::exit(2);
+            }
+        },
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             eprintln!("graceexec: {}", one_line(&e.render().to_string()));
             std::process::exit(2);
         }
     }
+}
+
+/// What clap cannot check one argument at a time. A name given twice
+/// would make two sockets indistinguishable in LISTEN_FDNAMES, and an
+/// address given twice would fail to bind with a misleading "is another
+/// server on it?". Port 0 twice is two ephemeral ports, which is fine.
+fn consistent(cli: &Cli) -> Result<(), String> {
+    if cli.sub.is_none() && cli.command.first().is_some_and(|c| c.is_empty()) {
+        return Err("COMMAND is empty".into());
+    }
+    for (i, a) in cli.listen.iter().enumerate() {
+        for b in &cli.listen[..i] {
+            if let (Some(n), Some(m)) = (&a.name, &b.name) {
+                if n == m {
+                    return Err(format!("--listen name '{n}' is given twice"));
+                }
+            }
+            let ephemeral = matches!(a.addr, Addr::Tcp(s) | Addr::Udp(s) if s.port() == 0);
+            if a.addr == b.addr && !ephemeral {
+                return Err(format!("--listen {} is given twice", a.addr));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// clap's message and tip, without the usage block.
@@ -341,6 +371,25 @@ mod tests {
         assert!(Cli::try_parse_from(["graceexec", "-l", "80", "reload"]).is_err());
         let cli = Cli::try_parse_from(["graceexec", "-l", "80", "--", "reload"]).unwrap();
         assert!(cli.sub.is_none() && cli.command == vec![OsString::from("reload")]);
+    }
+
+    fn consistency(args: &[&str]) -> Result<(), String> {
+        consistent(&Cli::try_parse_from(args).unwrap())
+    }
+
+    #[test]
+    fn listen_names_and_addresses_given_twice_are_refused() {
+        // Regression: duplicate names were passed on in LISTEN_FDNAMES, and
+        // a duplicate address failed with "is another server on it?".
+        let twice = ["graceexec", "-l", "a=127.0.0.1:0", "-l", "a=127.0.0.1:0", "--", "x"];
+        assert_eq!(consistency(&twice), Err("--listen name 'a' is given twice".into()));
+        let twice = ["graceexec", "-l", "127.0.0.1:80", "-l", "x=127.0.0.1:80", "--", "x"];
+        assert_eq!(consistency(&twice), Err("--listen 127.0.0.1:80 is given twice".into()));
+        assert!(consistency(&["graceexec", "-l", "unix:/a", "-l", "unix:/a", "--", "x"]).is_err());
+        assert!(consistency(&["graceexec", "-l", "127.0.0.1:0", "-l", "127.0.0.1:0", "--", "x"])
+            .is_ok());
+        assert!(consistency(&["graceexec", "-l", "80", "-l", "udp://:80", "--", "x"]).is_ok());
+        assert!(consistency(&["graceexec", "-l", "80", "--", ""]).is_err());
     }
 
     #[test]

@@ -53,10 +53,28 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
+/// Turns a HOST:PORT that is not an IP literal into addresses.
+pub type Resolver<'a> = &'a dyn Fn(&str) -> std::io::Result<Vec<SocketAddr>>;
+
+/// The system's resolver (getaddrinfo).
+pub fn system_resolver(text: &str) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(text.to_socket_addrs()?.collect())
+}
+
 /// HOST:PORT, :PORT or PORT (on `default_host`). A name is resolved here,
 /// once, preferring IPv4: glibc lists ::1 first for localhost, and a
 /// `localhost:8080` that binds only ::1 would refuse 127.0.0.1 clients.
 pub fn host_port(s: &str, default_host: &str) -> Result<SocketAddr, String> {
+    host_port_with(s, default_host, &system_resolver)
+}
+
+/// `host_port` with the resolver passed in, so that the parser can be
+/// tested on any input without a DNS query.
+pub fn host_port_with(
+    s: &str,
+    default_host: &str,
+    resolve: Resolver,
+) -> Result<SocketAddr, String> {
     let text = if s.starts_with(':') {
         format!("{default_host}{s}")
     } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
@@ -71,8 +89,7 @@ pub fn host_port(s: &str, default_host: &str) -> Result<SocketAddr, String> {
         .rsplit_once(':')
         .ok_or_else(|| format!("'{s}' has no port; write HOST:PORT, :PORT or PORT"))?;
     port.parse::<u16>().map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
-    let addrs: Vec<SocketAddr> =
-        text.to_socket_addrs().map_err(|e| format!("cannot resolve '{host}': {e}"))?.collect();
+    let addrs = resolve(&text).map_err(|e| format!("cannot resolve '{host}': {e}"))?;
     addrs
         .iter()
         .find(|a| a.is_ipv4())
@@ -85,6 +102,13 @@ impl FromStr for Spec {
     type Err = String;
 
     fn from_str(arg: &str) -> Result<Spec, String> {
+        Spec::parse_with(arg, &system_resolver)
+    }
+}
+
+impl Spec {
+    /// `[NAME=]ADDR`, host names resolved by `resolve`.
+    pub fn parse_with(arg: &str, resolve: Resolver) -> Result<Spec, String> {
         let (name, rest) = match arg.split_once('=') {
             Some((n, r)) if !n.contains(':') && !n.contains('/') => {
                 if !valid_name(n) {
@@ -104,19 +128,25 @@ impl FromStr for Spec {
                 Addr::Abstract(abs.to_string())
             } else if p.is_empty() {
                 return Err("unix: needs a path, as in unix:/run/app.sock".into());
+            } else if p.starts_with("//") {
+                // Not a URL: unix://run/app.sock would bind //run/app.sock,
+                // and unix:///run/app.sock ///run/app.sock.
+                return Err(format!(
+                    "'{rest}': write unix:/path with one slash, as in unix:/run/app.sock"
+                ));
             } else {
                 Addr::Unix(PathBuf::from(p))
             }
         } else if let Some(hp) = rest.strip_prefix("tcp://") {
-            Addr::Tcp(host_port(hp, "0.0.0.0")?)
+            Addr::Tcp(host_port_with(hp, "0.0.0.0", resolve)?)
         } else if let Some(hp) = rest.strip_prefix("udp://") {
-            Addr::Udp(host_port(hp, "0.0.0.0")?)
+            Addr::Udp(host_port_with(hp, "0.0.0.0", resolve)?)
         } else if rest.contains("://") {
             return Err(format!(
                 "unknown scheme in '{rest}'; use tcp://, udp://, unix: or HOST:PORT"
             ));
         } else {
-            Addr::Tcp(host_port(rest, "0.0.0.0")?)
+            Addr::Tcp(host_port_with(rest, "0.0.0.0", resolve)?)
         };
         Ok(Spec { name, addr })
     }
@@ -313,6 +343,9 @@ fn describe(fd: &OwnedFd) -> String {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -336,7 +369,19 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in ["", "abc", "1.2.3.4:99999", "unix:", "unix:@", "ftp://x:1", "a:b=1", "x y=80"] {
+        for bad in [
+            "",
+            "abc",
+            "1.2.3.4:99999",
+            "unix:",
+            "unix:@",
+            "unix://run/app.sock",
+            "unix:///run/app.sock",
+            "web=unix://x",
+            "ftp://x:1",
+            "a:b=1",
+            "x y=80",
+        ] {
             assert!(bad.parse::<Spec>().is_err(), "{bad} parsed");
         }
     }

@@ -16,6 +16,7 @@ mod spawn;
 mod supervisor;
 mod user;
 mod watch;
+mod watchdog;
 
 use cli::{Cli, Sub};
 use control::client;
@@ -32,6 +33,10 @@ fn main() {
 }
 
 fn run() -> i32 {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == watchdog::MODE) {
+        return watchdog::main(&args[2..]);
+    }
     let cli = cli::parse();
     log::set_verbosity(cli.quiet, cli.verbose);
     match &cli.sub {
@@ -177,6 +182,20 @@ fn serve(cli: Cli) -> i32 {
     let server_starter = (cli.compat == Some(cli::Compat::ServerStarter))
         .then(|| listen::server_starter_port(&listeners));
 
+    // Last, so that no start-up failure can leave it behind; after the
+    // --user drop, so that it can do no more than graceexec could.
+    let watchdog = match watchdog::Watchdog::start(cli.stop_timeout) {
+        Ok(w) => {
+            log::debug(&format!("watchdog is pid {}", w.pid()));
+            Some(w)
+        }
+        Err(e) => {
+            log::warn(&format!(
+                "cannot start the watchdog: {e}; if graceexec is killed, processes the servers started may be left running"
+            ));
+            None
+        }
+    };
     let cfg = Config {
         ready: Mode::policy(cli.ready.as_ref()),
         ready_timeout: cli.ready_timeout,
@@ -202,5 +221,6 @@ fn serve(cli: Cli) -> i32 {
         server_starter,
         check: cli.check,
         watch,
+        watchdog,
     })
 }

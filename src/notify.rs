@@ -168,6 +168,9 @@ pub fn monotonic_usec() -> u64 {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

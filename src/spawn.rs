@@ -14,9 +14,13 @@
 //! fd 0 is always inherited. fds 1 and 2 are inherited too, unless the
 //! caller passes fds for them (the pipes output.rs reads).
 //!
+//! The watchdog (watchdog.rs) is started the same way, as graceexec's own
+//! image re-exec'd through /proc/self/exe, with its pipe at fd 3, no
+//! LISTEN_PID and no PR_SET_PDEATHSIG.
+//!
 //! The Linux-only process plumbing is here too: signalfd, PR_SET_PDEATHSIG,
-//! PR_SET_CHILD_SUBREAPER and close_range. (Abstract unix addresses, parsed
-//! in listen.rs, are the one other Linux-only feature.)
+//! PR_SET_CHILD_SUBREAPER, close_range and /proc/self/exe. (Abstract unix
+//! addresses, parsed in listen.rs, are the one other Linux-only feature.)
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -46,15 +50,19 @@ pub struct SpawnError {
 pub struct Child<'a> {
     pub program: &'a Path,
     pub args: &'a [OsString],
-    /// Environment without LISTEN_PID; that is added here.
+    /// Environment without LISTEN_PID; that is added here if `listen_pid`.
     pub env: Vec<(OsString, OsString)>,
-    pub sockets: &'a [BorrowedFd<'a>],
+    /// Become fds 3, 4, ...: the listening sockets, or the watchdog's pipe.
+    pub fds: &'a [BorrowedFd<'a>],
+    /// Set LISTEN_PID to the child's pid (sd_listen_fds(3)).
+    pub listen_pid: bool,
     /// Becomes the child's fd 1; None keeps graceexec's own.
     pub stdout: Option<BorrowedFd<'a>>,
     /// Becomes the child's fd 2; None keeps graceexec's own.
     pub stderr: Option<BorrowedFd<'a>>,
-    /// Sent to the child if graceexec dies (PR_SET_PDEATHSIG).
-    pub parent_death_signal: Signal,
+    /// Sent to the child if graceexec dies (PR_SET_PDEATHSIG); None for
+    /// the watchdog, which must outlive graceexec.
+    pub parent_death_signal: Option<Signal>,
 }
 
 fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
@@ -81,7 +89,7 @@ fn dup_at_least(fd: RawFd, min: RawFd) -> Result<OwnedFd, Errno> {
 /// Fork and exec `child`. Returns its pid once the exec has succeeded, or
 /// the exec's error (reported by the child through a close-on-exec pipe).
 pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
-    let n = child.sockets.len() as c_int;
+    let n = child.fds.len() as c_int;
     let first_free = 3 + n;
 
     let program = cstring(child.program.as_os_str().as_bytes())?;
@@ -103,16 +111,19 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
     // child's in-place write.
     let pid_ptr: *mut u8 = pid_slot.as_mut_ptr();
     let mut envp: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
-    envp.push(pid_ptr as *const c_char);
+    if child.listen_pid {
+        envp.push(pid_ptr as *const c_char);
+    }
     envp.push(std::ptr::null());
+    let listen_pid = child.listen_pid;
     let mut argvp: Vec<*const c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argvp.push(std::ptr::null());
 
     // Sources strictly above the target range, so that dup2(src, 3+i) never
     // overwrites a source not yet copied and never meets dup2(fd, fd), which
     // would leave FD_CLOEXEC set.
-    let mut sources = Vec::with_capacity(child.sockets.len());
-    for s in child.sockets {
+    let mut sources = Vec::with_capacity(child.fds.len());
+    for s in child.fds {
         sources.push(dup_at_least(s.as_raw_fd(), first_free).map_err(|e| os_error("dup", e))?);
     }
     let source_fds: Vec<RawFd> = sources.iter().map(|f| f.as_raw_fd()).collect();
@@ -143,7 +154,7 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
     unsafe { libc::sigemptyset(&mut empty_mask) };
     let max_signal = libc::SIGRTMAX();
     let parent = unistd::getpid();
-    let death_signal = child.parent_death_signal as c_int;
+    let death_signal = child.parent_death_signal.map(|s| s as c_int);
     let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft.min(1 << 20) as c_int)
         .unwrap_or(1 << 16);
@@ -154,11 +165,13 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
     // into Rust code, never allocates, never panics.
     match unsafe { unistd::fork() }.map_err(|e| os_error("fork", e))? {
         ForkResult::Child => unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0);
-            // The parent may have died before prctl took effect; then
-            // nobody would ever deliver the death signal (prctl(2)).
-            if libc::getppid() != parent.as_raw() {
-                libc::_exit(1);
+            if let Some(sig) = death_signal {
+                libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0);
+                // The parent may have died before prctl took effect; then
+                // nobody would ever deliver the death signal (prctl(2)).
+                if libc::getppid() != parent.as_raw() {
+                    libc::_exit(1);
+                }
             }
             // Own process group: a terminal's Ctrl-C reaches graceexec only,
             // and a stop can SIGKILL the whole group.
@@ -182,7 +195,9 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
                 }
             }
             close_fds_from(first_free, err_fd, fd_limit);
-            write_pid(pid_ptr, libc::getpid());
+            if listen_pid {
+                write_pid(pid_ptr, libc::getpid());
+            }
             libc::execve(program.as_ptr(), argvp.as_ptr(), envp.as_ptr());
             child_fail(err_fd);
         },
@@ -211,6 +226,13 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
             Err(exec_error(child.program, errno))
         }
     }
+}
+
+/// A close-on-exec pipe (read end, write end) whose ends are not 0, 1 or 2,
+/// even when graceexec was started with some of those closed.
+pub fn pipe_above_stdio() -> nix::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = unistd::pipe2(OFlag::O_CLOEXEC)?;
+    Ok((dup_at_least(r.as_raw_fd(), 3)?, dup_at_least(w.as_raw_fd(), 3)?))
 }
 
 /// Map an execve errno to the shells' exit codes and a message.
@@ -295,6 +317,25 @@ pub fn adopt_inherited(fd: RawFd) -> anyhow::Result<OwnedFd> {
     fcntl(borrowed, FcntlArg::F_SETFD(fl))?;
     // SAFETY: systemd's LISTEN_FDS/LISTEN_PID passed this open socket to this
     // very process, and nothing else in graceexec owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Take ownership of the pipe the watchdog was started with at `fd`, after
+/// checking that it is one: `graceexec __watchdog` run by hand, with
+/// whatever fd 3 is, is refused rather than reading or closing it.
+pub fn adopt_watchdog_pipe(fd: RawFd) -> anyhow::Result<OwnedFd> {
+    // SAFETY: only inspected through this borrow; an fd that is not open
+    // makes fstat fail with EBADF. Ownership is taken only once it is
+    // known to be a pipe.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat =
+        nix::sys::stat::fstat(borrowed).map_err(|e| anyhow::anyhow!("fd {fd} is not open: {e}"))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        anyhow::bail!("fd {fd} is not a pipe");
+    }
+    fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    // SAFETY: graceexec's `spawn` put this pipe's read end here for this
+    // process, and nothing else in it owns the fd.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -32,6 +32,7 @@ use crate::readiness::{Mode, Probe};
 use crate::spawn::{self, SpawnError};
 use crate::supervisor::{Action, Event, GenId, SdState, Supervisor};
 use crate::watch::Watch;
+use crate::watchdog::Watchdog;
 
 pub use wait::{block_signals, resolve};
 
@@ -69,6 +70,8 @@ pub struct Setup {
     pub server_starter: Option<String>,
     pub check: Option<String>,
     pub watch: Option<Watch>,
+    /// Kills the generations' groups if graceexec is killed.
+    pub watchdog: Option<Watchdog>,
 }
 
 struct GenIo {
@@ -162,6 +165,13 @@ impl Runtime {
             },
             Action::KillGroup { pid } => {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                // Once the leader is reaped (its generation released), this
+                // was the group's last kill: the watchdog lets go of it.
+                if !self.gens.values().any(|io| io.pid == pid) {
+                    if let Some(w) = self.s.watchdog.as_mut() {
+                        w.forget(pid);
+                    }
+                }
             }
             Action::Release { gen } => {
                 self.gens.remove(&gen);
@@ -191,6 +201,9 @@ impl Runtime {
                     serde_json::json!({"graceexec": 1, "ok": true, "exited": true, "code": code});
                 for id in std::mem::take(&mut self.stop_conns) {
                     self.s.control.reply(id, &bye, true);
+                }
+                if let Some(w) = self.s.watchdog.take() {
+                    w.finish();
                 }
                 return Some(code);
             }
@@ -228,8 +241,9 @@ impl Runtime {
             program: &program,
             args: &self.s.command,
             env,
-            sockets: &sockets,
-            parent_death_signal: self.s.stop_signal,
+            fds: &sockets,
+            listen_pid: true,
+            parent_death_signal: Some(self.s.stop_signal),
             stdout: ends.stdout.as_ref().map(|f| f.as_fd()),
             stderr: Some(ends.stderr.as_fd()),
         };
@@ -240,6 +254,9 @@ impl Runtime {
         match result {
             Ok(pid) => {
                 let pid = pid.as_raw();
+                if let Some(w) = self.s.watchdog.as_mut() {
+                    w.watch(pid);
+                }
                 captured.set_label(gen, pid);
                 self.outputs.insert(gen, captured);
                 self.gens.insert(gen, GenIo { pid, notify, probe: None, status: None });

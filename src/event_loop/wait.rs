@@ -248,11 +248,21 @@ impl Runtime {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
-            // A generation's exit concerns the supervisor; an exec probe's
-            // decides readiness; the check's decides a reload; anything
-            // else is an orphan we adopted.
+            // A generation's exit concerns the supervisor; the watchdog's
+            // only this loop; an exec probe's decides readiness; the
+            // check's decides a reload; anything else is an orphan we
+            // adopted.
             if self.gens.values().any(|io| io.pid == pid) {
                 self.queue.push_back(Event::Exited { pid, status });
+                continue;
+            }
+            // Before graceexec's exit, only if someone killed it: it is not
+            // waited for again, and its pipe is closed.
+            if self.s.watchdog.as_ref().is_some_and(|w| w.pid() == pid) {
+                self.s.watchdog = None;
+                log::warn(&format!(
+                    "the watchdog (pid {pid}) exited with {status}; if graceexec is killed, processes the servers started may be left running"
+                ));
                 continue;
             }
             if self.check.as_ref().is_some_and(|c| c.pid() == pid) {

@@ -84,6 +84,8 @@ fn merged_request_gets_the_follow_up_outcome() {
     let hold = dir.path("hold");
     let hold_s = hold.to_str().unwrap();
     let ge = serving(&[], &[("EXAMPLE_HOLD_GEN", "2"), ("EXAMPLE_HOLD_FILE", hold_s)]);
+    let load = Load::start(ge.tcp_addr(), 4);
+    load.wait_more(20);
     let rt = runtime_dir();
     let rt2 = rt.clone();
     let first = std::thread::spawn(move || ctl_in(&rt, &["reload"]));
@@ -97,6 +99,8 @@ fn merged_request_gets_the_follow_up_outcome() {
     let (code, out, err) = second.join().unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("generation 3 (pid {})", ge.gen_pid(3))), "{out}");
+    load.wait_more(20);
+    load.finish().assert_clean();
 }
 
 #[test]

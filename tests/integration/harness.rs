@@ -185,6 +185,15 @@ impl Ge {
         rest.split_whitespace().next().unwrap().parse().unwrap()
     }
 
+    /// The watchdog's pid, from graceexec's `-v` log.
+    pub fn watchdog_pid(&self) -> i32 {
+        let needle = format!("graceexec[{}]: watchdog is pid ", self.pid());
+        self.wait_log(&needle);
+        let log = self.log();
+        let rest = &log[log.find(&needle).unwrap() + needle.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// The first TCP address graceexec reports as bound.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.wait_log("bound ");
@@ -351,5 +360,28 @@ impl Load {
         let failed = self.failed.lock().unwrap().clone();
         let pids = self.pids.lock().unwrap().clone();
         LoadResult { ok: self.ok.load(Ordering::SeqCst), failed, pids }
+    }
+}
+
+impl LoadResult {
+    /// No request failed, and some were served.
+    pub fn assert_clean(&self) {
+        assert!(
+            self.failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            self.failed.len(),
+            self.failed.len() as u64 + self.ok,
+            &self.failed[..self.failed.len().min(5)]
+        );
+        assert!(self.ok > 0, "no request was served");
+    }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie awaiting reaping
+/// by whoever inherited it).
+pub fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
     }
 }

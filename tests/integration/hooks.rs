@@ -143,7 +143,7 @@ fn user_drops_graceexec_and_every_generation() {
         eprintln!("skipped: --user needs root");
         return;
     }
-    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--user", "nobody"], &[]);
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--user", "nobody", "-v"], &[]);
     ge.wait_log("generation 1 ready");
     let uid_of = |pid: i32| {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -152,6 +152,8 @@ fn user_drops_graceexec_and_every_generation() {
     };
     assert_eq!(uid_of(ge.pid()), 65534, "graceexec itself dropped");
     assert_eq!(uid_of(ge.gen_pid(1)), 65534);
+    // Started after the drop, by exec'ing graceexec's binary as nobody.
+    assert_eq!(uid_of(ge.watchdog_pid()), 65534, "the watchdog runs as nobody");
     // Reloads work after the drop: no bind is needed.
     assert_eq!(ctl(&["reload"]).0, 0);
     assert_eq!(uid_of(ge.gen_pid(2)), 65534);

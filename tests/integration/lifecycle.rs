@@ -124,15 +124,6 @@ fn orphans_of_the_server_are_reaped() {
     ge.wait_log("reaped pid");
 }
 
-/// Whether `pid` is a live process (not gone, not a zombie awaiting reaping
-/// by whoever inherited it).
-fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
 #[test]
 fn if_graceexec_is_killed_its_server_gets_the_stop_signal() {
     let mut ge = Ge::start(&["-l", "127.0.0.1:0", "-v"], &[]);

@@ -4,6 +4,7 @@
 mod bad_input;
 mod contract;
 mod control;
+mod faults;
 mod harness;
 mod hooks;
 mod lifecycle;

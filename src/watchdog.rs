@@ -1,0 +1,194 @@
+//! The watchdog: what stops the generations' process groups when
+//! graceexec itself is killed.
+//!
+//! PR_SET_PDEATHSIG gives each server the stop signal when graceexec dies,
+//! but it is not inherited across fork: a worker or a `sleep` the server
+//! started in its process group would be left running, re-parented to
+//! init and holding the listening sockets. A SIGKILLed graceexec can do
+//! nothing about that, so a helper process does it.
+//!
+//! graceexec starts it at start-up as a fresh image of itself: `spawn`
+//! forks and execs /proc/self/exe (the running binary, even if a deploy
+//! has replaced or deleted its file since) as `graceexec __watchdog
+//! --stop-timeout-ms N`, so nothing but async-signal-safe calls runs
+//! between the fork and the exec. It gets the read end of a pipe at fd 3
+//! and no other fd above 2, graceexec's stdout and stderr, its own process
+//! group (a terminal's Ctrl-C to graceexec's group does not reach it), no
+//! PR_SET_PDEATHSIG (it must outlive graceexec), and neither LISTEN_* nor
+//! NOTIFY_SOCKET. It blocks the signals that would end it, so that only
+//! SIGKILL or the pipe does.
+//!
+//! Over the pipe graceexec sends the pid of each generation it starts
+//! (whose process group has that id) and of each whose group it has
+//! killed. EOF without a goodbye means graceexec died: then, as graceexec
+//! would have (KillMode=mixed), the watchdog SIGKILLs each group once its
+//! leader has exited, or at `--stop-timeout` if it has not. Until then it
+//! sits in read(2).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+use crate::{log, spawn};
+
+/// argv[1] of the watchdog mode, checked before the command line is
+/// parsed; not a subcommand, so it is in no help text or completion.
+pub const MODE: &str = "__watchdog";
+const TIMEOUT_FLAG: &str = "--stop-timeout-ms";
+/// Where `spawn` puts the pipe's read end.
+const PIPE_FD: i32 = 3;
+
+/// graceexec is exiting of its own accord: nothing to do.
+const BYE: i32 = i32::MIN;
+
+pub struct Watchdog {
+    pid: Pid,
+    pipe: File,
+}
+
+impl Watchdog {
+    pub fn start(stop_timeout: Duration) -> Result<Watchdog, String> {
+        let (read, write) = spawn::pipe_above_stdio().map_err(|e| format!("pipe: {e}"))?;
+        let ms = stop_timeout.as_micros().div_ceil(1000).min(u64::MAX as u128);
+        let args: Vec<OsString> =
+            ["graceexec", MODE, TIMEOUT_FLAG, &ms.to_string()].map(OsString::from).into();
+        // Its own variables are for the generations only.
+        let env = std::env::vars_os()
+            .filter(|(k, _)| !k.as_bytes().starts_with(b"LISTEN_") && k != "NOTIFY_SOCKET")
+            .collect();
+        let pid = spawn::spawn(spawn::Child {
+            program: Path::new("/proc/self/exe"),
+            args: &args,
+            env,
+            fds: &[read.as_fd()],
+            listen_pid: false,
+            stdout: None,
+            stderr: None,
+            parent_death_signal: None,
+        })
+        .map_err(|e| e.message)?;
+        Ok(Watchdog { pid, pipe: File::from(write) })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    /// A generation started as `pid`, in its own process group.
+    pub fn watch(&mut self, pid: i32) {
+        self.send(pid);
+    }
+
+    /// The group of `pid` has been killed after its leader exited.
+    pub fn forget(&mut self, pid: i32) {
+        self.send(-pid);
+    }
+
+    fn send(&mut self, word: i32) {
+        // 4 bytes, below PIPE_BUF: written whole or not at all. A watchdog
+        // that is gone (someone killed it) only costs this protection.
+        if let Err(e) = self.pipe.write_all(&word.to_ne_bytes()) {
+            log::debug(&format!("cannot reach the watchdog: {e}"));
+        }
+    }
+
+    /// graceexec exits normally: the watchdog exits too, and is reaped
+    /// before graceexec is gone, so nothing of it outlives graceexec.
+    /// (Not called for a watchdog the event loop has already reaped.)
+    pub fn finish(mut self) {
+        self.send(BYE);
+        drop(self.pipe);
+        while let Err(Errno::EINTR) = waitpid(self.pid, None) {}
+    }
+}
+
+/// `graceexec __watchdog ARGS`: the watchdog's own `main`; returns its exit
+/// code.
+pub fn main(args: &[OsString]) -> i32 {
+    let usage = |why: &str| {
+        log::error(&format!("{MODE} is internal to graceexec ({why})"));
+        2
+    };
+    let stop_timeout = match args {
+        [flag, ms] if flag == TIMEOUT_FLAG => ms.to_str().and_then(|m| m.parse().ok()),
+        _ => None,
+    };
+    let Some(ms) = stop_timeout else {
+        return usage(&format!("expected {TIMEOUT_FLAG} MILLISECONDS"));
+    };
+    // Only SIGKILL or the pipe ends it: a signal meant for graceexec (a
+    // `kill` of every graceexec, a hang-up) waits here, pending, forever.
+    // SIGTTOU too, so that its one warning line is written even when it
+    // is a background group of a terminal with `stty tostop`.
+    let signals = [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGTTOU,
+    ];
+    if let Err(e) = spawn::block(&signals) {
+        log::warn(&format!("watchdog: cannot block signals: {e}"));
+    }
+    match spawn::adopt_watchdog_pipe(PIPE_FD) {
+        Ok(fd) => watch(File::from(fd), Duration::from_millis(ms)),
+        Err(e) => usage(&format!("{e:#}")),
+    }
+}
+
+/// The watchdog's work: returns its exit code.
+fn watch(mut pipe: File, stop_timeout: Duration) -> i32 {
+    let mut groups: Vec<i32> = Vec::new();
+    let mut word = [0u8; 4];
+    // read_exact retries EINTR; EOF, or a half word, is graceexec's death.
+    while pipe.read_exact(&mut word).is_ok() {
+        match i32::from_ne_bytes(word) {
+            BYE => return 0,
+            pid if pid > 0 => groups.push(pid),
+            pid => groups.retain(|g| *g != -pid),
+        }
+    }
+    let end = Instant::now() + stop_timeout;
+    loop {
+        let timed_out = Instant::now() >= end;
+        groups.retain(|&pid| {
+            if !timed_out && running(pid) {
+                return true;
+            }
+            if killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                log::warn(&format!(
+                    "graceexec is gone: killed what was left of the process group of pid {pid}"
+                ));
+            }
+            false
+        });
+        if groups.is_empty() {
+            return 0;
+        }
+        // Polling, because these are not our children to wait for; this
+        // runs only after graceexec has died, and at most `stop_timeout`.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` still runs. An exited leader may stay a zombie for a
+/// while, or for good under an init that does not reap: that counts as
+/// exited, as it would for graceexec's waitpid.
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which may hold ") ".
+        Ok(stat) => !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => kill(Pid::from_raw(pid), None).is_ok(),
+    }
+}
