@@ -10,6 +10,10 @@ READY=1 as soon as it starts and logs CLOCK_MONOTONIC timestamps, then:
    - READY=1 -> stop: from the candidate's READY=1 to the old generation
      receiving its SIGTERM;
 2. times the `graceexec reload` client's round trip ROUND_TRIPS times;
+   For scale, the same binary started RELOADS times by os.posix_spawn
+   (this script, no graceexec): posix_spawn -> main(). That is what exec,
+   the dynamic loader and Rust's start-up cost on this machine; the
+   difference is graceexec's own share;
 3. reads graceexec's RSS, then its CPU ticks and context switches over
    IDLE_SECONDS of idling (the aim is zero wake-ups).
 
@@ -19,6 +23,7 @@ time.monotonic_ns() reads the same CLOCK_MONOTONIC as the server.
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +72,40 @@ def cpu_ticks(pid):
 def switches(pid):
     s = proc_status(pid)
     return int(s["voluntary_ctxt_switches"]) + int(s["nonvoluntary_ctxt_switches"])
+
+
+def watchdog_of(pid):
+    """graceexec's watchdog: its child running `graceexec __watchdog`."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if argv[1:2] == [b"__watchdog"] and proc_status(entry)["PPid"] == str(pid):
+                return int(entry)
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def spawn_baseline(work):
+    """posix_spawn -> main() of the timing server, without graceexec."""
+    log = os.path.join(work, "baseline.log")
+    sock_path = os.path.join(work, "baseline-notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(sock_path)
+    notify.settimeout(DEADLINE)
+    env = dict(os.environ, TIMING_LOG=log, NOTIFY_SOCKET=sock_path)
+    starts = []
+    try:
+        for _ in range(RELOADS):
+            starts.append(time.monotonic_ns())
+            pid = os.posix_spawn(f"{BIN}/examples/timing", ["timing"], env)
+            notify.recv(64)  # READY=1: it is past main()
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+    finally:
+        notify.close()
+    return [(rec[1] - t) / 1000 for rec, t in zip(lines(log), starts)]
 
 
 def summary(name, values_us):
@@ -125,13 +164,18 @@ def run(ge, log, control):
                        check=True, stdout=subprocess.DEVNULL)
         trips.append((time.monotonic_ns() - start) / 1000)
 
-    rss = proc_status(ge.pid)["VmRSS"]
-    ticks, ctx = cpu_ticks(ge.pid), switches(ge.pid)
+    dog = watchdog_of(ge.pid)
+    watched = [ge.pid] + ([dog] if dog else [])
+    rss = [proc_status(p)["VmRSS"] for p in watched]
+    ticks = [cpu_ticks(p) for p in watched]
+    ctx = [switches(p) for p in watched]
     time.sleep(IDLE_SECONDS)  # the measurement itself: graceexec left alone
-    idle_ticks, idle_ctx = cpu_ticks(ge.pid) - ticks, switches(ge.pid) - ctx
+    idle_ticks = [cpu_ticks(p) - t for p, t in zip(watched, ticks)]
+    idle_ctx = [switches(p) - c for p, c in zip(watched, ctx)]
 
     ge.send_signal(signal.SIGTERM)
     ge.wait(timeout=DEADLINE)
+    baseline = spawn_baseline(os.path.dirname(log))
     records = sorted(lines(log), key=lambda r: r[1])  # by main() time
     gens = records[: RELOADS + 1]
     to_exec, to_stop = [], []
@@ -146,10 +190,17 @@ def run(ge, log, control):
     print("| | n | median | p90 | range |")
     print("|---|---|---|---|---|")
     print(summary("SIGHUP → candidate's main()", to_exec))
+    print(summary("for scale: os.posix_spawn → main(), no graceexec", baseline))
     print(summary("candidate's READY=1 → old generation gets SIGTERM", to_stop))
     print(summary("`graceexec reload` round trip", trips))
-    print(f"\nRSS after {RELOADS + ROUND_TRIPS} reloads: {rss}")
-    print(f"idle for {IDLE_SECONDS:g} s: {idle_ticks} CPU ticks, {idle_ctx} context switches")
+    names = ["graceexec", "its watchdog"]
+    print(f"\nafter {RELOADS + ROUND_TRIPS} reloads, then idle for {IDLE_SECONDS:g} s:\n")
+    print("| process | RSS | CPU ticks while idle | context switches while idle |")
+    print("|---|---|---|---|")
+    for name, r, t, c in zip(names, rss, idle_ticks, idle_ctx):
+        print(f"| {name} | {r} | {t} | {c} |")
+    if dog is None:
+        print("(no watchdog found)")
 
 
 if __name__ == "__main__":
