@@ -28,8 +28,11 @@ from scenarios import SCENARIOS  # noqa: E402
 from supervisors import SUPERVISORS  # noqa: E402
 
 
-class Interrupted(Exception):
-    pass
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: not an error of one run, the end of all of them."""
+
+
+STALL_WARNING_S = 0.1
 
 
 def on_signal(signum, _frame):
@@ -124,10 +127,11 @@ def run_one(scenario, sup_key, cfg):
         "longest_gap_s": round(outcome.gap_s, 3), "gap_at": [round(t, 3) for t in outcome.gap],
         "pids": outcome.pids, "servers_started": started, "reloads_at": [round(t, 3) for t in reloads],
         "probe_attempts": outcome.probe_attempts, "probe_answers": outcome.probe_answers,
+        "probe_idle_s": round(outcome.probe_idle, 3),
         "leftovers": leftovers,
     }
     if sup_key == "graceexec":
-        summary["reloads_failed"] = sup.reloads_failed
+        summary["reloads_failed"] = sup.reloads_failed()
     (raw / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if not cfg.keep_raw:
         for path in raw.glob("thread-*.tsv"):
@@ -153,7 +157,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     become_subreaper()
-    rows, summaries = [], []
+    rows, summaries, notes = [], [], []
     try:
         for s_key in cfg.scenarios:
             scenario = SCENARIOS[s_key]
@@ -161,14 +165,24 @@ def main() -> int:
             for sup_key in cfg.supervisors:
                 label = SUPERVISORS[sup_key].label
                 print(f"{scenario.key} / {label} ...", file=sys.stderr, flush=True)
-                outcome, started, reloads, summary = run_one(scenario, sup_key, cfg)
+                try:
+                    outcome, started, reloads, summary = run_one(scenario, sup_key, cfg)
+                except Exception as e:  # one broken run must not cost the others
+                    print(f"  run failed: {e}", file=sys.stderr, flush=True)
+                    rows.append((scenario, label, None, f"run failed: {e}"))
+                    continue
                 print(f"  {outcome.answered:,} answered, {outcome.failed:,} failed, "
                       f"longest gap {outcome.gap_s:.2f} s, {len(outcome.pids)} pids served",
                       file=sys.stderr, flush=True)
                 rows.append((scenario, label, outcome, started))
                 runs.append((label, outcome, reloads))
                 summaries.append(summary)
-            plot(scenario, runs, cfg.out / f"timeline-{scenario.key}.png")
+                if outcome.probe_idle > STALL_WARNING_S:
+                    notes.append(f"{scenario.key} / {label}: the probe itself was not scheduled for "
+                                 f"up to {outcome.probe_idle:.2f} s (a busy machine); gaps up to "
+                                 "that long may be the probe's, not the server's.")
+            if runs:
+                plot(scenario, runs, cfg.out / f"timeline-{scenario.key}.png")
     except Interrupted as e:
         print(f"reload-bench: interrupted ({e}); stopped everything it started", file=sys.stderr)
         return 130
@@ -179,7 +193,11 @@ def main() -> int:
 
     text = table(rows)
     scen_lines = "\n".join(f"- {SCENARIOS[k].key}: {SCENARIOS[k].title}" for k in cfg.scenarios)
-    (cfg.out / "results.md").write_text(f"{text}\n{scen_lines}\n\n{LEGEND}")
+    warnings = "".join(f"- {note}\n" for note in notes)
+    if warnings:
+        print(warnings, file=sys.stderr)
+        warnings = f"\nWarnings:\n\n{warnings}"
+    (cfg.out / "results.md").write_text(f"{text}\n{scen_lines}\n\n{LEGEND}{warnings}")
     (cfg.out / "results.json").write_text(json.dumps(summaries, indent=1) + "\n")
     print(text)
     print(f"results, pictures and logs: {cfg.out}/", file=sys.stderr)

@@ -63,6 +63,7 @@ class Probe(threading.Thread):
         self.answers: list[float] = []
         self.attempts = 0
         self.log: list[str] = []  # per attempt: start, end, outcome
+        self.idle = 0.0  # the longest time between one attempt's end and the next one's start
 
     def run(self) -> None:
         while time.monotonic() < self.stop_at and self.attempts < PROBE_MAX:
@@ -74,6 +75,7 @@ class Probe(threading.Thread):
                 self.answers.append(end)
             self.log.append(f"{start:.6f}\t{end:.6f}\t{outcome}")
             time.sleep(PROBE_PAUSE_S)
+            self.idle = max(self.idle, time.monotonic() - end)
 
     def ask(self) -> str:
         deadline = time.monotonic() + PROBE_TIMEOUT_S
@@ -111,6 +113,7 @@ class Outcome:
     gap: tuple[float, float] = (0.0, 0.0)  # relative to the load start
     probe_attempts: int = 0
     probe_answers: int = 0
+    probe_idle: float = 0.0  # >> PROBE_PAUSE_S: the probe itself was not scheduled
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (t, pid) per 2xx answer
 
     @property
@@ -176,5 +179,6 @@ def analyse(out_dir: Path, t0: float, probe: Probe, window: float) -> Outcome:
         gap=(gap[0] - t0, gap[1] - t0),
         probe_attempts=probe.attempts,
         probe_answers=len(probe.answers),
+        probe_idle=probe.idle,
         timeline=timeline,
     )

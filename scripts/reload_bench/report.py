@@ -8,15 +8,19 @@ from scenarios import Scenario
 BIN_S = 0.05
 
 
-def table(rows: list[tuple[Scenario, str, Outcome, int]]) -> str:
-    """rows: (scenario, supervisor label, outcome, server processes started)."""
+def table(rows: list[tuple[Scenario, str, Outcome | None, int | str]]) -> str:
+    """rows: (scenario, supervisor label, outcome, server processes started),
+    or (scenario, label, None, why the run failed)."""
     classes = " / ".join(ERROR_CLASSES)
     lines = [
         f"| scenario | supervisor | requests | answered | failed ({classes}) "
-        "| longest gap without an answer | servers started | pids that served |",
+        "| longest probe gap | servers started | pids that served |",
         "|---|---|---:|---:|---|---:|---:|---|",
     ]
     for scenario, label, o, started in rows:
+        if o is None:
+            lines.append(f"| {scenario.key} | {label} | {started} | | | | | |")
+            continue
         by_class = " / ".join(str(o.errors[c]) for c in ERROR_CLASSES)
         failed = f"**{o.failed:,}** ({by_class})" if o.failed else f"0 ({by_class})"
         pids = " ".join(str(pid) for pid, _ in o.pids)
@@ -29,18 +33,21 @@ def table(rows: list[tuple[Scenario, str, Outcome, int]]) -> str:
 
 
 LEGEND = """\
-- requests: requests wrk sent (32 clients, a new connection per request,
-  `Connection: close`); answered: 2xx answers.
-- failed, by class: wrk's socket errors (connect, read, write; wrk reports a
-  refused connection as a write error, its connect being non-blocking),
+- requests: requests wrk started (32 clients, a new connection per request,
+  `Connection: close`); answered: 2xx answers. wrk retries a refused
+  connection at once, so a port nobody listens on yields many "requests".
+- failed, by class: wrk's socket errors (connect; read: the connection was
+  reset or closed before the answer; write: wrk reports a refused connection
+  as a write error, its connect being non-blocking),
   timeout (answered after wrk's --timeout of 5 s), non-2xx, and "no answer":
   sent but never answered and not a wrk error (a connection closed without an
   answer, or still waiting in an accept queue that nobody serves when the load
   ended; wrk counts neither, and a connection stuck that way sends nothing more).
-- longest gap: the longest stretch of the load window (edges included) in
-  which a sequential probe (GET /ping, one at a time, a new connection each,
-  250 ms timeout) got no answer; in brackets, where it was (seconds from the
-  load start).
+- longest probe gap: the longest stretch of the load window (edges
+  included) in which a sequential probe (GET /ping, answered without delay,
+  one at a time, a new connection each, 250 ms timeout) got no answer; in
+  brackets, where it was (seconds from the load start). Answers to requests
+  accepted earlier may still arrive during it (long requests draining).
 - servers started: server processes the supervisor started, the first included.
 """
 
@@ -73,11 +80,11 @@ def plot(scenario: Scenario, runs: list[tuple[str, Outcome, list[float]]], path:
         peak = max(peak, *bottom)
         for k, t in enumerate(reloads):
             ax.axvline(t, color="black", linestyle="--", linewidth=1, label="reload" if k == 0 else None)
-        ax.axvspan(*o.gap, color="red", alpha=0.15, label=f"longest gap {o.gap_s:.2f} s")
+        ax.axvspan(*o.gap, color="red", alpha=0.15, label=f"longest probe gap {o.gap_s:.2f} s")
         ax.axvline(scenario.window, color="grey", linestyle=":", linewidth=1,
                    label="load stops sending" if ax is axes[0, 0] else None)
         ax.set_title(f"{label}: {o.answered:,} answered, {o.failed:,} failed, "
-                     f"longest gap without an answer {o.gap_s:.2f} s", fontsize=11, loc="left")
+                     f"probe without an answer for up to {o.gap_s:.2f} s", fontsize=11, loc="left")
         ax.set_ylabel(f"answers per {int(BIN_S * 1000)} ms")
         ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False,
                   ncol=1 if len(o.pids) <= 12 else 2)
