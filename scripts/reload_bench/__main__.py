@@ -192,7 +192,7 @@ def main() -> int:
         reap_orphans(wait=False)
 
     text = table(rows)
-    scen_lines = "\n".join(f"- {SCENARIOS[k].key}: {SCENARIOS[k].title}" for k in cfg.scenarios)
+    scen_lines = "\n".join(f"- {SCENARIOS[k].title}" for k in cfg.scenarios)
     warnings = "".join(f"- {note}\n" for note in notes)
     if warnings:
         print(warnings, file=sys.stderr)

@@ -160,9 +160,9 @@ def analyse(out_dir: Path, t0: float, probe: Probe, window: float) -> Outcome:
         # wrk: answers that came after --timeout, and answers with status > 399.
         "timeout": wrk["timeout"],
         "non-2xx": wrk["status"],
-        # Sent, never answered, and not one of wrk's read or write errors: a
-        # connection closed without an answer, or one still waiting in a
-        # queue nobody serves when wrk stopped.
+        # Sent, never answered, and not one of wrk's read or write errors
+        # (wrk 4.1 counts a close before the answer as a read error): a
+        # connection still waiting in a queue nobody serves when wrk stopped.
         "no answer": max(0, unanswered - wrk["read"] - wrk["write"]),
     }
     per_pid = Counter(pid for _, pid in timeline)

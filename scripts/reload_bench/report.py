@@ -40,9 +40,10 @@ LEGEND = """\
   reset or closed before the answer; write: wrk reports a refused connection
   as a write error, its connect being non-blocking),
   timeout (answered after wrk's --timeout of 5 s), non-2xx, and "no answer":
-  sent but never answered and not a wrk error (a connection closed without an
-  answer, or still waiting in an accept queue that nobody serves when the load
-  ended; wrk counts neither, and a connection stuck that way sends nothing more).
+  sent, never answered, and not one of wrk's read or write errors; in
+  practice a connection still waiting in an accept queue that nobody serves
+  when the load ended. wrk does not count those, and a connection stuck that
+  way sends nothing more, so each of the 32 counts at most once.
 - longest probe gap: the longest stretch of the load window (edges
   included) in which a sequential probe (GET /ping, answered without delay,
   one at a time, a new connection each, 250 ms timeout) got no answer; in
