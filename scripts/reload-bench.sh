@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Reload benchmark (issue 4): the same server (examples/bench_server.rs) under
+# graceexec (--ready notify), Server::Starter's start_server and a plain
+# stop-then-start restart, in four scenarios (steady, slow start, bad
+# release, long requests), each under 32 wrk clients that open a new
+# connection per request, with a sequential probe beside them. Prints a
+# Markdown table and writes it, the raw summaries, logs and one timeline
+# PNG per scenario to the results directory. About 5 minutes for everything.
+#
+#   scripts/reload-bench.sh                            # as root: installs wrk, Server::Starter, matplotlib if missing
+#   SCENARIOS=steady,slow SUPERVISORS=graceexec,naive scripts/reload-bench.sh
+#   OUT=/tmp/rb ADDR=127.0.0.1:18090 CLIENTS=64 KEEP_RAW=1 scripts/reload-bench.sh
+#
+# OUT defaults to bench-results/ (git-ignored). Loopback only. Every process
+# it starts is stopped on exit, Ctrl-C included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-bench-results}
+
+# What it needs beyond the Rust toolchain, installed only when missing.
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v start_server >/dev/null && perl -MServer::Starter -e1 2>/dev/null || missing+=(libserver-starter-perl)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+        echo "reload-bench: missing ${missing[*]}; install them (Debian: apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+    echo "installing ${missing[*]} ..." >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    echo "installing matplotlib ..." >&2
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore matplotlib
+fi
+# record.lua timestamps answers through LuaJIT's ffi (clock_gettime).
+if ! ldd "$(command -v wrk)" | grep luajit >/dev/null; then
+    echo "reload-bench: this wrk is not built with LuaJIT, which record.lua needs" >&2
+    exit 1
+fi
+
+cargo build --release --quiet --bin graceexec --example bench_server
+
+# Every process of this run carries the tag in its command line: the last
+# resort below kills, by pid, what the orchestrator could not stop.
+export RELOAD_BENCH_TAG="reload-bench-$$-$(date +%s)"
+sweep() {
+    local dir pid args
+    for dir in /proc/[0-9]*; do
+        pid=${dir#/proc/}
+        [ "$pid" = $$ ] && continue
+        mapfile -d "" args 2>/dev/null <"$dir/cmdline" || continue
+        case "${args[*]}" in *"$RELOAD_BENCH_TAG"*) kill -KILL "$pid" 2>/dev/null || true ;; esac
+    done
+}
+trap sweep EXIT
+
+PYTHONDONTWRITEBYTECODE=1 python3 scripts/reload_bench --bin target/release --out "$OUT" &
+py=$!
+# A background job of a script ignores SIGINT, so Ctrl-C reaches us: pass it
+# on as SIGTERM and wait for the orchestrator to stop what it started.
+trap 'kill -TERM "$py" 2>/dev/null || true' INT TERM
+status=0
+while kill -0 "$py" 2>/dev/null; do
+    wait "$py" && status=0 || status=$?
+done
+exit "$status"

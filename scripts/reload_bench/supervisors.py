@@ -1,0 +1,160 @@
+"""The three ways of running and reloading the same server.
+
+Each supervisor starts in a session of its own (so a Ctrl-C on the terminal
+reaches only the orchestrator, which then stops everything in order), logs
+to one file, and reloads without blocking the caller: the reload schedule is
+the same wall-clock schedule for all three.
+"""
+
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from procs import stop_process
+
+
+class Supervisor:
+    key = ""
+    label = ""
+
+    def __init__(self, bin_dir: Path, addr: str, server: list[str], tmp: Path, log: Path):
+        self.bin_dir, self.addr, self.server, self.tmp = bin_dir, addr, server, tmp
+        self.log_path = log
+        self.log = open(log, "ab")  # noqa: SIM115 (closed in stop())
+        self.proc: subprocess.Popen | None = None
+
+    def popen(self, argv: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def reload(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM, timeout=20)
+        self.log.close()
+
+    def servers_started(self) -> int:
+        """Server processes started during the run, the first one included."""
+        raise NotImplementedError
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class GraceExec(Supervisor):
+    key, label = "graceexec", "graceexec --ready notify"
+
+    def start(self) -> None:
+        self.proc = self.popen(
+            [
+                str(self.bin_dir / "graceexec"),
+                "--name",
+                "reload-bench",
+                "--control",
+                str(self.tmp / "control.sock"),
+                "--listen",
+                self.addr,
+                "--ready",
+                "notify",
+                "--",
+                *self.server,
+            ]
+        )
+
+    def reload(self) -> None:
+        # SIGHUP, as for start_server. (`graceexec reload` would wait for the
+        # outcome, but it is a process to start, which the other two are
+        # not; the outcome is in the log anyway.)
+        if self.alive():
+            self.proc.send_signal(signal.SIGHUP)
+
+    def reloads_failed(self) -> int:
+        return len(re.findall(r"reload failed:", self.log_text()))
+
+    def servers_started(self) -> int:
+        return len(re.findall(r"generation \d+ started as pid", self.log_text()))
+
+
+class ServerStarter(Supervisor):
+    """Perl's Server::Starter: a reload (SIGHUP) starts a new worker, waits
+    --interval (1 s by default) and then sends SIGTERM to the old one."""
+
+    key, label = "server-starter", "start_server (Server::Starter)"
+
+    def start(self) -> None:
+        self.proc = self.popen(["start_server", f"--port={self.addr}", "--", *self.server])
+
+    def reload(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGHUP)
+
+    def servers_started(self) -> int:
+        return len(re.findall(r"^starting new worker", self.log_text(), re.M))
+
+
+class Naive(Supervisor):
+    """Stop, then start: SIGTERM the server, wait for it to exit, start a new
+    one that binds the port itself. Like supervisord's autorestart, a server
+    that dies on its own is started again after a second."""
+
+    key, label = "naive", "stop + start"
+    RESPAWN_DELAY = 1.0
+    MAX_STARTS = 200
+
+    def start(self) -> None:
+        self.requests: queue.Queue[str] = queue.Queue()
+        self.starts = 0
+        self.spawn()
+        self.thread = threading.Thread(target=self.manage, name="naive-supervisor", daemon=True)
+        self.thread.start()
+
+    def spawn(self) -> None:
+        if self.starts < self.MAX_STARTS:
+            self.starts += 1
+            self.proc = self.popen([*self.server, "--bind", self.addr])
+
+    def manage(self) -> None:
+        died_at = None
+        while True:
+            try:
+                request = self.requests.get(timeout=0.02)
+            except queue.Empty:
+                request = None
+            if request == "stop":
+                return
+            if request == "reload":
+                stop_process(self.proc, signal.SIGTERM, timeout=30)
+                self.spawn()
+                died_at = None
+            elif self.proc.poll() is not None:
+                died_at = died_at or time.monotonic()
+                if time.monotonic() - died_at >= self.RESPAWN_DELAY:
+                    self.spawn()
+                    died_at = None
+
+    def reload(self) -> None:
+        self.requests.put("reload")
+
+    def stop(self) -> None:
+        self.requests.put("stop")
+        self.thread.join(timeout=60)
+        super().stop()
+
+    def servers_started(self) -> int:
+        return self.starts
+
+
+SUPERVISORS = {cls.key: cls for cls in (GraceExec, ServerStarter, Naive)}
