@@ -220,23 +220,38 @@ fn open(
     Ok((inst, session))
 }
 
-/// The first reply line, or what to print when there is none.
-fn first(inst: &Instance, s: &mut Session, what: &str, timeout: Duration) -> Result<Value, Output> {
-    s.next().and_then(|v| v.ok_or(Fail::Eof)).map_err(|f| fail_output(inst, f, what, timeout))
+/// The first reply line, or what to print when there is none. The reply
+/// names the instance, which `--control PATH` alone does not: from then on
+/// messages use that name.
+fn first(
+    inst: &mut Instance,
+    s: &mut Session,
+    what: &str,
+    timeout: Duration,
+) -> Result<Value, Output> {
+    let v = s
+        .next()
+        .and_then(|v| v.ok_or(Fail::Eof))
+        .map_err(|f| fail_output(inst, f, what, timeout))?;
+    if let Some(name) = v.get("name").and_then(Value::as_str) {
+        inst.name = name.to_string();
+    }
+    Ok(v)
 }
 
 pub(super) fn reload_in(t: &Target, dir: &Path, timeout: Duration, wait: bool) -> Output {
     let run = || -> Result<Output, Output> {
-        let (inst, mut s) = open(t, dir, Request::Reload { wait }, "reload", timeout)?;
-        Ok(reload_output(&inst.name, &first(&inst, &mut s, "reload", timeout)?))
+        let (mut inst, mut s) = open(t, dir, Request::Reload { wait }, "reload", timeout)?;
+        let v = first(&mut inst, &mut s, "reload", timeout)?;
+        Ok(reload_output(&inst.name, &v))
     };
     run().unwrap_or_else(|o| o)
 }
 
 pub(super) fn status_in(t: &Target, dir: &Path, json: bool) -> Output {
     let run = || -> Result<Output, Output> {
-        let (inst, mut s) = open(t, dir, Request::Status, "status", STATUS_TIMEOUT)?;
-        let v = first(&inst, &mut s, "status", STATUS_TIMEOUT)?;
+        let (mut inst, mut s) = open(t, dir, Request::Status, "status", STATUS_TIMEOUT)?;
+        let v = first(&mut inst, &mut s, "status", STATUS_TIMEOUT)?;
         Ok(match (ok(&v), json) {
             (false, _) => refused(&inst.name, &v),
             (true, true) => Output::done(v.to_string()),
@@ -253,8 +268,8 @@ pub(super) fn stop_in(
     progress: &mut dyn FnMut(String),
 ) -> Output {
     let mut run = || -> Result<Output, Output> {
-        let (inst, mut s) = open(t, dir, Request::Stop, "stop", timeout)?;
-        let v = first(&inst, &mut s, "stop", timeout)?;
+        let (mut inst, mut s) = open(t, dir, Request::Stop, "stop", timeout)?;
+        let v = first(&mut inst, &mut s, "stop", timeout)?;
         if !ok(&v) {
             return Ok(refused(&inst.name, &v));
         }

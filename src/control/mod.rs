@@ -21,11 +21,12 @@
 //! Every reply line has `"graceexec":1` and `"ok":true|false`, and
 //! `"error":"..."` when `ok` is false.
 //!
-//! - reload, success: `{"graceexec":1,"ok":true,"generation":3,"pid":4242,"ready_ms":37}`
-//! - reload, failure: `{"graceexec":1,"ok":false,"error":"generation 3 (pid 4242) exited
+//! - reload, success: `{"graceexec":1,"ok":true,"name":"api","generation":3,"pid":4242,
+//!   "ready_ms":37}`
+//! - reload, failure: `{"graceexec":1,"ok":false,"name":"api","error":"generation 3 (pid 4242) exited
 //!   with status 1 before it was ready","generation":3,"serving":2,"stderr":["last","lines"]}`
 //!   (`serving` may be null, `stderr` may be empty)
-//! - reload with `"wait":false`: `{"graceexec":1,"ok":true,"accepted":true}`
+//! - reload with `"wait":false`: `{"graceexec":1,"ok":true,"accepted":true,"name":"api"}`
 //! - status: `{"graceexec":1,"ok":true,"name":"api","pid":100,"version":"0.1.0",
 //!   "uptime_ms":123,"state":"serving","command":["./server","--flag"],
 //!   "sockets":[{"name":"tcp-8080","address":"127.0.0.1:8080"}],
@@ -35,7 +36,7 @@
 //!   generation state: starting, ready or draining; `ready_ms` may be null;
 //!   `last_reload` is null, `{"ok":true,"generation":2,"ready_ms":37,"ago_ms":4000}`
 //!   or `{"ok":false,"generation":3,"error":"...","ago_ms":10}`.
-//! - stop: `{"graceexec":1,"ok":true,"stopping":true,"pid":100}` at once, then
+//! - stop: `{"graceexec":1,"ok":true,"stopping":true,"pid":100,"name":"api"}` at once, then
 //!   `{"graceexec":1,"ok":true,"exited":true,"code":0}` when the instance
 //!   exits, then the connection closes. The control socket is
 //!   close-on-exec, so EOF means the graceexec process is gone.

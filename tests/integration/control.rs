@@ -249,3 +249,20 @@ fn log_prefix_labels_each_line_with_generation_and_pid() {
     let pid = ge.gen_pid(1);
     ge.wait_log(&format!("[gen 1 pid {pid}] server: pid {pid} gen 1 serving 1 sockets"));
 }
+
+/// Regression: with `--control PATH` the client named the instance after
+/// the socket's file name ("reloaded control"), not the instance's name.
+#[test]
+fn control_path_client_names_the_instance_by_its_own_name() {
+    let dir = TempDir::new();
+    let sock = dir.path("control.sock");
+    let sock = sock.to_str().unwrap();
+    let ge = serving(&["--name", "api", "--control", sock], &[]);
+    let (code, out, err) = ctl(&["reload", "--control", sock]);
+    assert_eq!(code, 0, "{err}");
+    let pid = ge.gen_pid(2);
+    assert!(out.starts_with(&format!("reloaded api: generation 2 (pid {pid}) ")), "{out}");
+    let (code, out, err) = ctl(&["stop", "--control", sock]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("api stopped"), "{out}");
+}
