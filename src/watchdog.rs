@@ -22,7 +22,9 @@
 //! (whose process group has that id) and of each whose group it has
 //! killed. EOF without a goodbye means graceexec died: then, as graceexec
 //! would have (KillMode=mixed), the watchdog SIGKILLs each group once its
-//! leader has exited, or at `--stop-timeout` if it has not. Until then it
+//! leader has exited, or at `--stop-timeout` if it has not; a leader whose
+//! pid has meanwhile gone to another process (told apart by its start
+//! time) had an empty group, and nothing is killed for it. Until then it
 //! sits in read(2).
 
 use std::ffi::OsString;
@@ -149,30 +151,19 @@ pub fn main(args: &[OsString]) -> i32 {
 
 /// The watchdog's work: returns its exit code.
 fn watch(mut pipe: File, stop_timeout: Duration) -> i32 {
-    let mut groups: Vec<i32> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
     let mut word = [0u8; 4];
     // read_exact retries EINTR; EOF, or a half word, is graceexec's death.
     while pipe.read_exact(&mut word).is_ok() {
         match i32::from_ne_bytes(word) {
             BYE => return 0,
-            pid if pid > 0 => groups.push(pid),
-            pid => groups.retain(|g| *g != -pid),
+            pid if pid > 0 => groups.push(Group::named(pid)),
+            pid => groups.retain(|g| g.pid != -pid),
         }
     }
     let end = Instant::now() + stop_timeout;
     loop {
-        let timed_out = Instant::now() >= end;
-        groups.retain(|&pid| {
-            if !timed_out && running(pid) {
-                return true;
-            }
-            if killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-                log::warn(&format!(
-                    "graceexec is gone: killed what was left of the process group of pid {pid}"
-                ));
-            }
-            false
-        });
+        sweep(&mut groups, Instant::now() >= end);
         if groups.is_empty() {
             return 0;
         }
@@ -182,13 +173,129 @@ fn watch(mut pipe: File, stop_timeout: Duration) -> i32 {
     }
 }
 
-/// Whether `pid` still runs. An exited leader may stay a zombie for a
-/// while, or for good under an init that does not reap: that counts as
-/// exited, as it would for graceexec's waitpid.
-fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which may hold ") ".
-        Ok(stat) => !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
-        Err(_) => kill(Pid::from_raw(pid), None).is_ok(),
+/// A generation's process group, named by its leader's pid.
+struct Group {
+    pid: i32,
+    /// The leader's start time when graceexec named it (None if it was
+    /// already reaped by then, or /proc cannot tell): what tells the
+    /// leader from a later process that got the same pid.
+    started: Option<u64>,
+}
+
+impl Group {
+    fn named(pid: i32) -> Group {
+        Group { pid, started: stat(pid).map(|s| s.started) }
+    }
+}
+
+/// Kill the groups whose leader has exited, or all at the stop timeout;
+/// keep the others.
+fn sweep(groups: &mut Vec<Group>, timed_out: bool) {
+    groups.retain(|g| {
+        let pid = g.pid;
+        match leader(g) {
+            // A pid number stays taken while any process has it as its
+            // group id, so if it was free to be given to another process,
+            // the group was empty: nothing to kill, and a killpg could hit
+            // a group that new process leads.
+            Leader::Replaced => {
+                log::debug(&format!(
+                    "watchdog: pid {pid} is another process now; its group is gone"
+                ));
+                return false;
+            }
+            Leader::Running if !timed_out => return true,
+            Leader::Running | Leader::Exited => {}
+        }
+        if killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            log::warn(&format!(
+                "graceexec is gone: killed what was left of the process group of pid {pid}"
+            ));
+        }
+        false
+    });
+}
+
+enum Leader {
+    Running,
+    /// Gone, or a zombie: an exited leader may stay one for a while, or
+    /// for good under an init that does not reap, and counts as exited,
+    /// as it would for graceexec's waitpid.
+    Exited,
+    /// The leader exited and was reaped, and its pid now names another
+    /// process.
+    Replaced,
+}
+
+fn leader(g: &Group) -> Leader {
+    match stat(g.pid) {
+        Some(now) if g.started != Some(now.started) => Leader::Replaced,
+        Some(now) if now.zombie => Leader::Exited,
+        Some(_) => Leader::Running,
+        // No /proc to tell: whether anything has the pid.
+        None if g.started.is_none() && kill(Pid::from_raw(g.pid), None).is_ok() => Leader::Running,
+        None => Leader::Exited,
+    }
+}
+
+struct Stat {
+    zombie: bool,
+    /// Clock ticks after boot (field 22 of /proc/PID/stat).
+    started: u64,
+}
+
+fn stat(pid: i32) -> Option<Stat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold ") ", from the
+    // state (field 3) on.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let mut fields = rest.split_whitespace();
+    let zombie = fields.next()? == "Z";
+    let started = fields.nth(22 - 4)?.parse().ok()?;
+    Some(Stat { zombie, started })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::Command;
+
+    use super::*;
+
+    fn sleeper() -> std::process::Child {
+        Command::new("sleep").arg("1000").process_group(0).spawn().unwrap()
+    }
+
+    #[test]
+    fn a_pid_reused_by_another_process_is_not_killed() {
+        // Regression: the watchdog killed the group of whatever process
+        // had the pid by then, such as a later session leader that was
+        // given the number of a generation reaped by init.
+        let mut other = sleeper();
+        let pid = other.id() as i32;
+        let started = Group::named(pid).started;
+        assert!(started.is_some());
+        let before_it = started.map(|s| s - 1);
+        // A leader named when it ran (then reaped, its pid reused), and
+        // one already reaped when it was named.
+        let mut groups = vec![Group { pid, started: before_it }, Group { pid, started: None }];
+        sweep(&mut groups, true);
+        assert!(groups.is_empty());
+        // A SIGKILL sent by the sweep would be what it dies of, whatever
+        // comes after it.
+        kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+        let status = other.wait().unwrap();
+        assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "killed the pid's new owner");
+    }
+
+    #[test]
+    fn a_running_leader_keeps_its_group_alive_until_the_stop_timeout() {
+        let mut server = sleeper();
+        let mut groups = vec![Group::named(server.id() as i32)];
+        sweep(&mut groups, false);
+        assert_eq!(groups.len(), 1);
+        sweep(&mut groups, true);
+        assert!(groups.is_empty());
+        assert_eq!(server.wait().unwrap().signal(), Some(Signal::SIGKILL as i32));
     }
 }
