@@ -11,3 +11,4 @@ mod lifecycle;
 mod readiness;
 mod reload;
 mod sockets;
+mod watchdog;
