@@ -178,3 +178,42 @@ fn a_killed_watchdog_is_reaped_with_a_warning_and_graceexec_carries_on() {
     ge.signal(Signal::SIGTERM);
     assert_eq!(ge.wait_exit(), 0);
 }
+
+/// What each fd of `pid` is (`pipe:[...]`, `socket:[...]`, a path).
+fn fd_targets(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.display().to_string())
+        .collect()
+}
+
+#[test]
+fn the_watchdogs_pipe_reaches_no_other_process() {
+    // Its write end must be graceexec's alone: a copy in a server, a check
+    // or a probe (or whatever they leave running) would keep the pipe
+    // open after graceexec's death, and the watchdog would never see EOF.
+    // Generations get only the fds they are given; a check and an exec
+    // probe are posix_spawned with everything not close-on-exec.
+    let dir = TempDir::new();
+    let (probe_fds, check_fds) = (dir.path("probe-fds"), dir.path("check-fds"));
+    let record = |file: &std::path::Path| format!("ls -l /proc/$$/fd/ > {}; true", file.display());
+    let probe = format!("exec:{}", record(&probe_fds));
+    let check = record(&check_fds);
+    let args = ["-l", "127.0.0.1:0", "--ready", &probe, "--check", &check, "-v"];
+    let ge = Ge::start(&args, &[]);
+    ge.wait_log("generation 1 ready");
+    let pipe = std::fs::read_link(format!("/proc/{}/fd/3", ge.watchdog_pid())).unwrap();
+    let pipe = pipe.display().to_string();
+    assert!(fd_targets(ge.pid()).contains(&pipe), "graceexec holds {pipe}");
+    assert!(!fd_targets(ge.gen_pid(1)).contains(&pipe), "generation 1 holds {pipe}");
+    // The check runs on a reload.
+    ge.signal(Signal::SIGHUP);
+    ge.wait_log("generation 2 ready");
+    assert!(!fd_targets(ge.gen_pid(2)).contains(&pipe), "generation 2 holds {pipe}");
+    for file in [&probe_fds, &check_fds] {
+        let fds = std::fs::read_to_string(file).unwrap();
+        assert!(fds.contains(" 0 -> ") && !fds.contains(&pipe), "{}:\n{fds}", file.display());
+    }
+}
