@@ -98,27 +98,14 @@ quietly() { # quietly LOG CMD...: run CMD, show its output only if it fails
     fi
 }
 
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
 py=""
-if wanted gunicorn || wanted uvicorn || wanted uvicorn-pr3124; then
-    command -v python3 >/dev/null || { say "python3 is needed for gunicorn and uvicorn"; exit 1; }
-    py=$(python3 -c 'import sys; print(sys.executable)')
-    pips=()
-    wanted gunicorn && ! "$py" -c 'import gunicorn' 2>/dev/null && pips+=("gunicorn==$GUNICORN_PIN")
-    { wanted uvicorn || wanted uvicorn-pr3124; } && ! "$py" -c 'import uvicorn' 2>/dev/null &&
-        pips+=("uvicorn==$UVICORN_PIN")
-    if [ ${#pips[@]} -gt 0 ]; then
-        quietly "$work/pip.log" "$py" -m pip install --quiet --disable-pip-version-check "${pips[@]}"
-    fi
-fi
-if wanted lighttpd && ! command -v lighttpd >/dev/null; then
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-        say "lighttpd is missing and cannot be installed here (apt-get install lighttpd as root)"
-        exit 1
-    fi
-    quietly "$work/apt.log" apt-get update -qq
-    quietly "$work/apt.log" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends lighttpd
-fi
+pips=()
+wanted gunicorn && pips+=("gunicorn=gunicorn==$GUNICORN_PIN")
+{ wanted uvicorn || wanted uvicorn-pr3124; } && pips+=("uvicorn=uvicorn==$UVICORN_PIN")
+[ ${#pips[@]} -eq 0 ] || python_with "${pips[@]}"
+wanted lighttpd && ! command -v lighttpd >/dev/null && apt_install lighttpd
 quietly "$work/cargo.log" cargo build --release --bin graceexec --example load --example listenfd_server
 
 # --- the servers ------------------------------------------------------------
