@@ -20,6 +20,17 @@ PAUSE=${PAUSE:-0.2}       # pacing between reloads, so that every generation ser
 GUNICORN_PIN=${GUNICORN_PIN:-27.0.1}   # versions installed when missing
 UVICORN_PIN=${UVICORN_PIN:-0.54.0}
 INTEROP_NONGATING=${INTEROP_NONGATING:-}
+known_servers="listenfd gunicorn uvicorn uvicorn-pr3124 lighttpd"
+
+# Bad input stops the script before it installs or runs anything.
+usage_error() { echo "interop: $*" >&2; exit 2; }
+for name in $SERVERS $INTEROP_NONGATING; do
+    [[ " $known_servers " == *" $name "* ]] || usage_error "unknown server $name (known: $known_servers)"
+done
+[ -n "${SERVERS// /}" ] || usage_error "SERVERS is empty (known: $known_servers)"
+[[ $RELOADS =~ ^[1-9][0-9]{0,3}$ ]] || usage_error "RELOADS=$RELOADS: want a whole number from 1 to 9999"
+[[ $CLIENTS =~ ^[1-9][0-9]{0,3}$ ]] || usage_error "CLIENTS=$CLIENTS: want a whole number from 1 to 9999"
+[[ $PAUSE =~ ^[0-9]{1,2}(\.[0-9]+)?$ ]] || usage_error "PAUSE=$PAUSE: want seconds, such as 0.2"
 
 bin=target/release
 work=$(mktemp -d "${TMPDIR:-/tmp}/graceexec-interop.XXXXXX")
@@ -322,10 +333,6 @@ run() {
 
 problems=0
 for name in $SERVERS; do
-    if ! declare -F "setup_$name" >/dev/null; then
-        say "unknown server $name (known: listenfd gunicorn uvicorn uvicorn-pr3124 lighttpd)"
-        exit 2
-    fi
     if ! run "$name"; then
         problems=$((problems + 1))
         say "$name: graceexec's log ends:"
