@@ -178,6 +178,7 @@ def run(ge, log, control):
     wait_until("the last reload to settle", lambda: serving(control))
 
     trips = []
+    trips_started = time.monotonic_ns()
     for _ in range(ROUND_TRIPS):
         start = time.monotonic_ns()
         subprocess.run([f"{BIN}/graceexec", "reload", "--control", control],
@@ -197,12 +198,18 @@ def run(ge, log, control):
     ge.wait(timeout=DEADLINE)
     baseline = spawn_baseline(os.path.dirname(log))
     records = sorted(lines(log), key=lambda r: r[1])  # by main() time
+    # One generation per reload, and each one's main() between its SIGHUP and
+    # the next: anything else (a lost or doubled reload, a restart) would pair
+    # a request with the wrong generation.
+    if len(records) != 1 + RELOADS + ROUND_TRIPS:
+        sys.exit(f"overhead: {len(records)} generations logged, expected {1 + RELOADS + ROUND_TRIPS}")
     gens = records[: RELOADS + 1]
+    bounds = requests + [trips_started]
     to_exec, to_stop = [], []
     for k in range(1, len(gens)):
         _, main, ready, _ = gens[k]
-        if main < requests[k - 1]:
-            sys.exit(f"overhead: generation {k} started before its reload was asked for")
+        if not bounds[k - 1] <= main < bounds[k]:
+            sys.exit(f"overhead: generation {k + 1} did not start between reload {k} and the next")
         to_exec.append((main - requests[k - 1]) / 1000)
         to_stop.append((gens[k - 1][3] - ready) / 1000)
 
