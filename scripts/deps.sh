@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the bash scripts that install what they need when it is missing
 # (reload-bench.sh, interop.sh). Not run on its own.
 #

@@ -142,6 +142,7 @@ def analyse(out_dir: Path, t0: float, probe: Probe, window: float) -> Outcome:
     sent: set[str] = set()
     answered_ids: set[str] = set()
     timeline = []
+    non_2xx = 0
     for path in files:
         for line in path.read_text().splitlines():
             parts = line.split("\t")
@@ -151,15 +152,18 @@ def analyse(out_dir: Path, t0: float, probe: Probe, window: float) -> Outcome:
                 answered_ids.add(parts[2])
                 if parts[3].startswith("2") and parts[4].isdigit():
                     timeline.append((float(parts[1]) - t0, int(parts[4])))
+                else:
+                    non_2xx += 1
 
     unanswered = len(sent - answered_ids)
     errors = {
         "connect": wrk["connect"],
         "read": wrk["read"],
         "write": wrk["write"],
-        # wrk: answers that came after --timeout, and answers with status > 399.
+        # wrk: answers that came after --timeout.
         "timeout": wrk["timeout"],
-        "non-2xx": wrk["status"],
+        # Not wrk's "status" count, which is only of statuses above 399.
+        "non-2xx": non_2xx,
         # Sent, never answered, and not one of wrk's read or write errors
         # (wrk 4.1 counts a close before the answer as a read error): a
         # connection still waiting in a queue nobody serves when wrk stopped.
