@@ -36,7 +36,8 @@ cargo build --release --quiet --bin graceexec --example bench_server
 
 # Every process of this run carries the tag in its command line: the last
 # resort below kills, by pid, what the orchestrator could not stop.
-export RELOAD_BENCH_TAG="reload-bench-$$-$(date +%s)"
+RELOAD_BENCH_TAG="reload-bench-$$-$(date +%s)"
+export RELOAD_BENCH_TAG
 sweep() {
     local dir pid args
     for dir in /proc/[0-9]*; do
