@@ -51,7 +51,7 @@ python_with() {
     if ! [ -x "$venv/bin/python" ]; then
         rm -rf "$venv"
         # Debian ships venv's ensurepip apart, in python3-venv.
-        "$py" -m venv --system-site-packages "$venv" 2>/dev/null || {
+        "$py" -m venv --system-site-packages "$venv" >/dev/null 2>&1 || {
             rm -rf "$venv"
             apt_install python3-venv
             "$py" -m venv --system-site-packages "$venv"
