@@ -12,6 +12,9 @@
 #   INTEROP_KEEP=1 scripts/interop.sh               # keep the logs (the directory is named at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian installs lighttpd in /usr/sbin, which a user's PATH (or a trimmed
+# one) may lack: it would be installed again, then not found to run.
+PATH=$PATH:/usr/sbin:/sbin
 
 SERVERS=${SERVERS:-"listenfd gunicorn uvicorn uvicorn-pr3124 lighttpd"}
 RELOADS=${RELOADS:-20}
