@@ -337,6 +337,13 @@ run() {
 problems=0
 for name in $SERVERS; do
     if ! run "$name"; then
+        # Ctrl-C reaches graceexec and a running `graceexec reload` too; the
+        # client exits 1 rather than dying of SIGINT, and bash then runs no
+        # INT trap (it assumes the child handled it). graceexec's log tells.
+        if grep -q '^graceexec\[[0-9]*\]: received SIGINT' "$work/$name.log"; then
+            say "interrupted"
+            exit 130
+        fi
         problems=$((problems + 1))
         say "$name: graceexec's log ends:"
         tail -n 30 "$work/$name.log" | sed 's/^/  /' >&2
