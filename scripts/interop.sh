@@ -12,6 +12,9 @@
 #   INTEROP_KEEP=1 scripts/interop.sh               # keep the logs (the directory is named at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian installs lighttpd in /usr/sbin, which a user's PATH (or a trimmed
+# one) may lack: it would be installed again, then not found to run.
+PATH=$PATH:/usr/sbin:/sbin
 
 SERVERS=${SERVERS:-"listenfd gunicorn uvicorn uvicorn-pr3124 lighttpd"}
 RELOADS=${RELOADS:-20}
@@ -20,6 +23,17 @@ PAUSE=${PAUSE:-0.2}       # pacing between reloads, so that every generation ser
 GUNICORN_PIN=${GUNICORN_PIN:-27.0.1}   # versions installed when missing
 UVICORN_PIN=${UVICORN_PIN:-0.54.0}
 INTEROP_NONGATING=${INTEROP_NONGATING:-}
+known_servers="listenfd gunicorn uvicorn uvicorn-pr3124 lighttpd"
+
+# Bad input stops the script before it installs or runs anything.
+usage_error() { echo "interop: $*" >&2; exit 2; }
+for name in $SERVERS $INTEROP_NONGATING; do
+    [[ " $known_servers " == *" $name "* ]] || usage_error "unknown server $name (known: $known_servers)"
+done
+[ -n "${SERVERS// /}" ] || usage_error "SERVERS is empty (known: $known_servers)"
+[[ $RELOADS =~ ^[1-9][0-9]{0,3}$ ]] || usage_error "RELOADS=$RELOADS: want a whole number from 1 to 9999"
+[[ $CLIENTS =~ ^[1-9][0-9]{0,3}$ ]] || usage_error "CLIENTS=$CLIENTS: want a whole number from 1 to 9999"
+[[ $PAUSE =~ ^[0-9]{1,2}(\.[0-9]+)?$ ]] || usage_error "PAUSE=$PAUSE: want seconds, such as 0.2"
 
 bin=target/release
 work=$(mktemp -d "${TMPDIR:-/tmp}/graceexec-interop.XXXXXX")
@@ -98,27 +112,14 @@ quietly() { # quietly LOG CMD...: run CMD, show its output only if it fails
     fi
 }
 
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
 py=""
-if wanted gunicorn || wanted uvicorn || wanted uvicorn-pr3124; then
-    command -v python3 >/dev/null || { say "python3 is needed for gunicorn and uvicorn"; exit 1; }
-    py=$(python3 -c 'import sys; print(sys.executable)')
-    pips=()
-    wanted gunicorn && ! "$py" -c 'import gunicorn' 2>/dev/null && pips+=("gunicorn==$GUNICORN_PIN")
-    { wanted uvicorn || wanted uvicorn-pr3124; } && ! "$py" -c 'import uvicorn' 2>/dev/null &&
-        pips+=("uvicorn==$UVICORN_PIN")
-    if [ ${#pips[@]} -gt 0 ]; then
-        quietly "$work/pip.log" "$py" -m pip install --quiet --disable-pip-version-check "${pips[@]}"
-    fi
-fi
-if wanted lighttpd && ! command -v lighttpd >/dev/null; then
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-        say "lighttpd is missing and cannot be installed here (apt-get install lighttpd as root)"
-        exit 1
-    fi
-    quietly "$work/apt.log" apt-get update -qq
-    quietly "$work/apt.log" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends lighttpd
-fi
+pips=()
+wanted gunicorn && pips+=("gunicorn=gunicorn==$GUNICORN_PIN")
+{ wanted uvicorn || wanted uvicorn-pr3124; } && pips+=("uvicorn=uvicorn==$UVICORN_PIN")
+[ ${#pips[@]} -eq 0 ] || python_with "${pips[@]}"
+wanted lighttpd && ! command -v lighttpd >/dev/null && apt_install lighttpd
 quietly "$work/cargo.log" cargo build --release --bin graceexec --example load --example listenfd_server
 
 # --- the servers ------------------------------------------------------------
@@ -335,11 +336,14 @@ run() {
 
 problems=0
 for name in $SERVERS; do
-    if ! declare -F "setup_$name" >/dev/null; then
-        say "unknown server $name (known: listenfd gunicorn uvicorn uvicorn-pr3124 lighttpd)"
-        exit 2
-    fi
     if ! run "$name"; then
+        # Ctrl-C reaches graceexec and a running `graceexec reload` too; the
+        # client exits 1 rather than dying of SIGINT, and bash then runs no
+        # INT trap (it assumes the child handled it). graceexec's log tells.
+        if grep -q '^graceexec\[[0-9]*\]: received SIGINT' "$work/$name.log"; then
+            say "interrupted"
+            exit 130
+        fi
         problems=$((problems + 1))
         say "$name: graceexec's log ends:"
         tail -n 30 "$work/$name.log" | sed 's/^/  /' >&2

@@ -21,6 +21,7 @@ time.monotonic_ns() reads the same CLOCK_MONOTONIC as the server.
 """
 
 import json
+import shutil
 import os
 import signal
 import socket
@@ -30,12 +31,26 @@ import sys
 import tempfile
 import time
 
+def env_number(key, default, kind, low, high):
+    raw = os.environ.get(key, default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        sys.exit(f"overhead: {key}={raw}: want a number from {low} to {high}")
+    return value
+
+
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release"
-RELOADS = int(os.environ.get("RELOADS", "200"))
-ROUND_TRIPS = int(os.environ.get("ROUND_TRIPS", "30"))
-IDLE_SECONDS = float(os.environ.get("IDLE_SECONDS", "10"))
+RELOADS = env_number("RELOADS", "200", int, 1, 100_000)
+ROUND_TRIPS = env_number("ROUND_TRIPS", "30", int, 1, 10_000)
+IDLE_SECONDS = env_number("IDLE_SECONDS", "10", float, 0.1, 3600)
 ADDR = os.environ.get("ADDR", "127.0.0.1:18095")
+if not (ADDR.startswith("127.") or ADDR.startswith("[::1]:")):
+    sys.exit(f"overhead: ADDR={ADDR}: want a loopback address, 127.x.x.x:PORT or [::1]:PORT")
 DEADLINE = 10.0
+GE = None  # the graceexec under test, once started
 
 
 def wait_until(what, cond, timeout=DEADLINE):
@@ -116,6 +131,9 @@ def summary(name, values_us):
 
 
 def main():
+    # SIGTERM's default kills Python at once, skipping the finally below
+    # that stops graceexec: make it unwind like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="graceexec-overhead-")
     log = os.path.join(work, "timing.log")
     control = os.path.join(work, "ctl.sock")
@@ -130,9 +148,7 @@ def main():
         if ge.poll() is None:
             ge.send_signal(signal.SIGTERM)
             ge.wait(timeout=DEADLINE)
-        for name in os.listdir(work):
-            os.unlink(os.path.join(work, name))
-        os.rmdir(work)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def status(control):
@@ -142,11 +158,15 @@ def status(control):
 
 
 def serving(control):
+    if GE is not None and GE.poll() is not None:
+        sys.exit(f"overhead: graceexec exited with status {GE.returncode}; is {ADDR} in use?")
     st = status(control)
     return st if st and st.get("state") == "serving" else None
 
 
 def run(ge, log, control):
+    global GE
+    GE = ge
     wait_until("the first generation", lambda: serving(control))
 
     requests = []
@@ -158,6 +178,7 @@ def run(ge, log, control):
     wait_until("the last reload to settle", lambda: serving(control))
 
     trips = []
+    trips_started = time.monotonic_ns()
     for _ in range(ROUND_TRIPS):
         start = time.monotonic_ns()
         subprocess.run([f"{BIN}/graceexec", "reload", "--control", control],
@@ -177,12 +198,18 @@ def run(ge, log, control):
     ge.wait(timeout=DEADLINE)
     baseline = spawn_baseline(os.path.dirname(log))
     records = sorted(lines(log), key=lambda r: r[1])  # by main() time
+    # One generation per reload, and each one's main() between its SIGHUP and
+    # the next: anything else (a lost or doubled reload, a restart) would pair
+    # a request with the wrong generation.
+    if len(records) != 1 + RELOADS + ROUND_TRIPS:
+        sys.exit(f"overhead: {len(records)} generations logged, expected {1 + RELOADS + ROUND_TRIPS}")
     gens = records[: RELOADS + 1]
+    bounds = requests + [trips_started]
     to_exec, to_stop = [], []
     for k in range(1, len(gens)):
         _, main, ready, _ = gens[k]
-        if main < requests[k - 1]:
-            sys.exit(f"overhead: generation {k} started before its reload was asked for")
+        if not bounds[k - 1] <= main < bounds[k]:
+            sys.exit(f"overhead: generation {k + 1} did not start between reload {k} and the next")
         to_exec.append((main - requests[k - 1]) / 1000)
         to_stop.append((gens[k - 1][3] - ready) / 1000)
 

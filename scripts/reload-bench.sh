@@ -19,22 +19,13 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-results}
 
 # What it needs beyond the Rust toolchain, installed only when missing.
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v start_server >/dev/null && perl -MServer::Starter -e1 2>/dev/null || missing+=(libserver-starter-perl)
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-        echo "reload-bench: missing ${missing[*]}; install them (Debian: apt-get install ${missing[*]})" >&2
-        exit 1
-    fi
-    echo "installing ${missing[*]} ..." >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-if ! python3 -c 'import matplotlib' 2>/dev/null; then
-    echo "installing matplotlib ..." >&2
-    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore matplotlib
-fi
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+python_with matplotlib=matplotlib
 # record.lua timestamps answers through LuaJIT's ffi (clock_gettime).
 if ! ldd "$(command -v wrk)" | grep luajit >/dev/null; then
     echo "reload-bench: this wrk is not built with LuaJIT, which record.lua needs" >&2
@@ -45,7 +36,8 @@ cargo build --release --quiet --bin graceexec --example bench_server
 
 # Every process of this run carries the tag in its command line: the last
 # resort below kills, by pid, what the orchestrator could not stop.
-export RELOAD_BENCH_TAG="reload-bench-$$-$(date +%s)"
+RELOAD_BENCH_TAG="reload-bench-$$-$(date +%s)"
+export RELOAD_BENCH_TAG
 sweep() {
     local dir pid args
     for dir in /proc/[0-9]*; do
@@ -57,7 +49,7 @@ sweep() {
 }
 trap sweep EXIT
 
-PYTHONDONTWRITEBYTECODE=1 python3 scripts/reload_bench --bin target/release --out "$OUT" &
+PYTHONDONTWRITEBYTECODE=1 "$py" scripts/reload_bench --bin target/release --out "$OUT" &
 py=$!
 # A background job of a script ignores SIGINT, so Ctrl-C reaches us: pass it
 # on as SIGTERM and wait for the orchestrator to stop what it started.

@@ -122,7 +122,7 @@ def run_one(scenario, sup_key, cfg):
     started = sup.servers_started()
     summary = {
         "scenario": scenario.key, "supervisor": sup_key, "addr": addr, "t0_monotonic": t0,
-        "requests": outcome.sent,
+        "requests": outcome.sent, "requests_after_window": outcome.sent_late,
         "answered": outcome.answered, "failed": outcome.failed, "errors": outcome.errors,
         "longest_gap_s": round(outcome.gap_s, 3), "gap_at": [round(t, 3) for t in outcome.gap],
         "pids": outcome.pids, "servers_started": started, "reloads_at": [round(t, 3) for t in reloads],
@@ -177,6 +177,10 @@ def main() -> int:
                 rows.append((scenario, label, outcome, started))
                 runs.append((label, outcome, reloads))
                 summaries.append(summary)
+                if outcome.sent_late:
+                    notes.append(f"{scenario.key} / {label}: {outcome.sent_late:,} of the requests (and as many "
+                                 "failures, at most) were sent after the load window, by wrk's immediate "
+                                 "retry of a failed connection.")
                 if outcome.probe_idle > STALL_WARNING_S:
                     notes.append(f"{scenario.key} / {label}: the probe itself was not scheduled for "
                                  f"up to {outcome.probe_idle:.2f} s (a busy machine); gaps up to "

@@ -107,6 +107,11 @@ def longest_gap(answers: list[float], start: float, end: float) -> tuple[float, 
 @dataclass
 class Outcome:
     sent: int = 0
+    # wrk sends at once again on a connection that failed, without asking
+    # record.lua's delay(): while the server refuses, requests (and failures)
+    # go on after the window, until wrk exits. They are counted; this says
+    # how many there were.
+    sent_late: int = 0
     answered: int = 0  # 2xx, in time or not
     errors: dict[str, int] = field(default_factory=dict)
     pids: list[tuple[int, int]] = field(default_factory=list)  # (pid, answers), first served first
@@ -142,24 +147,30 @@ def analyse(out_dir: Path, t0: float, probe: Probe, window: float) -> Outcome:
     sent: set[str] = set()
     answered_ids: set[str] = set()
     timeline = []
+    non_2xx = 0
+    late = 0  # sent after the window: see Outcome.sent_late
     for path in files:
         for line in path.read_text().splitlines():
             parts = line.split("\t")
             if parts[0] == "S":
                 sent.add(parts[2])
+                late += float(parts[1]) - t0 >= window
             elif parts[0] == "R" and len(parts) == 5:
                 answered_ids.add(parts[2])
                 if parts[3].startswith("2") and parts[4].isdigit():
                     timeline.append((float(parts[1]) - t0, int(parts[4])))
+                else:
+                    non_2xx += 1
 
     unanswered = len(sent - answered_ids)
     errors = {
         "connect": wrk["connect"],
         "read": wrk["read"],
         "write": wrk["write"],
-        # wrk: answers that came after --timeout, and answers with status > 399.
+        # wrk: answers that came after --timeout.
         "timeout": wrk["timeout"],
-        "non-2xx": wrk["status"],
+        # Not wrk's "status" count, which is only of statuses above 399.
+        "non-2xx": non_2xx,
         # Sent, never answered, and not one of wrk's read or write errors
         # (wrk 4.1 counts a close before the answer as a read error): a
         # connection still waiting in a queue nobody serves when wrk stopped.
@@ -173,6 +184,7 @@ def analyse(out_dir: Path, t0: float, probe: Probe, window: float) -> Outcome:
     gap = longest_gap(probe.answers, t0, t0 + window)
     return Outcome(
         sent=len(sent),
+        sent_late=late,
         answered=len(timeline),
         errors=errors,
         pids=pids,
