@@ -15,14 +15,16 @@ READY=1 as soon as it starts and logs CLOCK_MONOTONIC timestamps, then:
    the dynamic loader and Rust's start-up cost on this machine; the
    difference is graceexec's own share;
 3. reads graceexec's RSS, then its CPU ticks and context switches over
-   IDLE_SECONDS of idling (the aim is zero wake-ups).
+   IDLE_SECONDS of idling (the aim is zero wake-ups), and for scale the RSS
+   of Server::Starter's start_server holding the same address, if it is
+   installed.
 
 time.monotonic_ns() reads the same CLOCK_MONOTONIC as the server.
 """
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -123,6 +125,31 @@ def spawn_baseline(work):
     return [(rec[1] - t) / 1000 for rec, t in zip(lines(log), starts)]
 
 
+def start_server_rss():
+    """VmRSS of Server::Starter's start_server, once its worker runs."""
+    if shutil.which("start_server") is None:
+        return None
+    proc = subprocess.Popen(["start_server", f"--port={ADDR}", "--", "sleep", "600"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def ppid(pid):
+        try:
+            return proc_status(pid).get("PPid")
+        except OSError:  # gone since listdir
+            return None
+
+    def worker():
+        if proc.poll() is not None:
+            sys.exit(f"overhead: start_server exited with status {proc.returncode}")
+        return any(ppid(p) == str(proc.pid) for p in os.listdir("/proc") if p.isdigit())
+
+    try:
+        wait_until("start_server's worker", worker)
+        return proc_status(proc.pid)["VmRSS"]
+    finally:
+        proc.terminate()  # start_server passes TERM on to its worker
+        proc.wait(timeout=DEADLINE)
+
+
 def summary(name, values_us):
     v = sorted(values_us)
     p90 = v[min(len(v) - 1, int(len(v) * 0.9))]
@@ -197,6 +224,7 @@ def run(ge, log, control):
     ge.send_signal(signal.SIGTERM)
     ge.wait(timeout=DEADLINE)
     baseline = spawn_baseline(os.path.dirname(log))
+    starter_rss = start_server_rss()
     records = sorted(lines(log), key=lambda r: r[1])  # by main() time
     # One generation per reload, and each one's main() between its SIGHUP and
     # the next: anything else (a lost or doubled reload, a restart) would pair
@@ -226,6 +254,8 @@ def run(ge, log, control):
     print("|---|---|---|---|")
     for name, r, t, c in zip(names, rss, idle_ticks, idle_ctx):
         print(f"| {name} | {r} | {t} | {c} |")
+    if starter_rss is not None:
+        print(f"| for scale: start_server (Server::Starter) | {starter_rss} | | |")
     if dog is None:
         print("(no watchdog found)")
 

@@ -5,7 +5,7 @@
 # release, long requests), each under 32 wrk clients that open a new
 # connection per request, with a sequential probe beside them. Prints a
 # Markdown table and writes it, the raw summaries, logs and one timeline
-# PNG per scenario to the results directory. About 5 minutes for everything.
+# PNG per scenario to the results directory. About 3.5 minutes for everything.
 #
 #   scripts/reload-bench.sh                            # as root: installs wrk, Server::Starter, matplotlib if missing
 #   SCENARIOS=steady,slow SUPERVISORS=graceexec,naive scripts/reload-bench.sh
