@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::thread::{sleep, spawn};
 use std::time::{Duration, Instant};
 
+mod sys;
+
 static TERM: AtomicBool = AtomicBool::new(false);
 static USR1_COUNT: AtomicUsize = AtomicUsize::new(0);
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -354,108 +356,4 @@ fn info(state: &State) -> String {
     // Counts this /info request too.
     let in_flight = IN_FLIGHT.load(SeqCst);
     format!("{head}usr1={usr1}\nterm_ignored={ignored}\nin_flight={in_flight}\n")
-}
-
-/// The only code that talks to libc directly.
-mod sys {
-    use super::{Inherited, SeqCst, TERM, USR1_COUNT};
-    use std::ffi::{c_int, c_void};
-    use std::io;
-    use std::net::{TcpListener, UdpSocket};
-    use std::os::fd::{FromRawFd, RawFd};
-    use std::os::unix::net::UnixListener;
-    use std::ptr;
-
-    // From the Linux UAPI headers; x86_64 and aarch64 share these values.
-    const SOL_SOCKET: c_int = 1;
-    const SO_TYPE: c_int = 3;
-    const SO_ACCEPTCONN: c_int = 30;
-    const SO_DOMAIN: c_int = 39;
-    const SOCK_STREAM: c_int = 1;
-    const SOCK_DGRAM: c_int = 2;
-    const AF_UNIX: c_int = 1;
-    const AF_INET: c_int = 2;
-    const AF_INET6: c_int = 10;
-    const SIGUSR1: c_int = 10;
-    const SIGTERM: c_int = 15;
-    const SIG_IGN: usize = 1;
-    const SIG_ERR: usize = usize::MAX;
-
-    extern "C" {
-        fn getsockopt(fd: c_int, lvl: c_int, opt: c_int, val: *mut c_void, len: *mut u32) -> c_int;
-        // glibc and musl both give signal() BSD semantics (SA_RESTART, the
-        // handler stays installed), which spares us spelling out sigaction.
-        fn signal(signum: c_int, handler: usize) -> usize;
-    }
-
-    fn sockopt(fd: RawFd, name: c_int) -> Result<c_int, String> {
-        let mut value: c_int = 0;
-        let mut len = std::mem::size_of::<c_int>() as u32;
-        let value_ptr = ptr::addr_of_mut!(value).cast();
-        // SAFETY: both pointers are to live locals, and len tells the kernel
-        // the real size of value, so it writes no further; neither pointer is
-        // kept after the call.
-        let rc = unsafe { getsockopt(fd, SOL_SOCKET, name, value_ptr, &mut len) };
-        let err = io::Error::last_os_error();
-        match rc {
-            0 => Ok(value),
-            _ => Err(format!("fd {fd}: getsockopt: {err}")),
-        }
-    }
-
-    /// Takes ownership of one inherited fd; main calls it once per fd.
-    pub fn adopt(fd: RawFd) -> Result<Inherited, String> {
-        let (ty, family) = (sockopt(fd, SO_TYPE)?, sockopt(fd, SO_DOMAIN)?);
-        let inet = family == AF_INET || family == AF_INET6;
-        if !(ty == SOCK_STREAM && (inet || family == AF_UNIX) || ty == SOCK_DGRAM && inet) {
-            return Err(format!("fd {fd}: unsupported family {family} type {ty}"));
-        }
-        if ty == SOCK_STREAM && sockopt(fd, SO_ACCEPTCONN)? == 0 {
-            return Err(format!("fd {fd} is a stream socket that is not listening"));
-        }
-        // SAFETY: under the LISTEN_FDS protocol fds 3.. belong to this process
-        // alone, nothing else here has wrapped or will close this fd, and the
-        // checks above confirmed it is an open socket of the kind we wrap it
-        // as, so the new object is its one and only owner.
-        let socket = unsafe {
-            match (family, ty) {
-                (AF_UNIX, _) => Inherited::Unix(UnixListener::from_raw_fd(fd)),
-                (_, SOCK_STREAM) => Inherited::Tcp(TcpListener::from_raw_fd(fd)),
-                _ => Inherited::Udp(UdpSocket::from_raw_fd(fd)),
-            }
-        };
-        // Acceptors poll, checking TERM between accepts, so that they can stop
-        // taking connections without closing the socket under a blocked accept().
-        match &socket {
-            Inherited::Tcp(l) => l.set_nonblocking(true),
-            Inherited::Unix(l) => l.set_nonblocking(true),
-            Inherited::Udp(_) => Ok(()),
-        }
-        .map_err(|e| format!("fd {fd}: {e}"))?;
-        Ok(socket)
-    }
-
-    extern "C" fn on_term(_: c_int) {
-        TERM.store(true, SeqCst);
-    }
-
-    extern "C" fn on_usr1(_: c_int) {
-        USR1_COUNT.fetch_add(1, SeqCst);
-    }
-
-    pub fn install_handlers(ignore_term: bool) -> io::Result<()> {
-        let usr1 = on_usr1 as extern "C" fn(c_int) as usize;
-        let term = match ignore_term {
-            true => SIG_IGN,
-            false => on_term as extern "C" fn(c_int) as usize,
-        };
-        for (sig, handler) in [(SIGTERM, term), (SIGUSR1, usr1)] {
-            // SAFETY: each handler only touches lock-free atomics, which is
-            // async-signal-safe, and SIG_IGN is valid for any catchable signal.
-            if unsafe { signal(sig, handler) } == SIG_ERR {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }
 }
