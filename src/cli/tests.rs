@@ -1,0 +1,78 @@
+//! Signals, one-line usage errors, the committed man page, and what the
+//! parser refuses.
+
+use super::*;
+
+#[test]
+fn signals() {
+    assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+    assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
+    assert_eq!(parse_signal("3"), Ok(Signal::SIGQUIT));
+    assert!(parse_signal("KILL").is_err());
+    assert!(parse_signal("NOPE").is_err());
+}
+
+#[test]
+fn usage_is_one_line() {
+    let e = Cli::try_parse_from(["graceexec", "--listen", "nope", "--", "x"]).unwrap_err();
+    let line = one_line(&e.render().to_string());
+    assert!(!line.contains('\n'), "{line}");
+    assert!(line.contains("nope"), "{line}");
+}
+
+#[test]
+fn a_missing_argument_is_named() {
+    let e = Cli::try_parse_from(["graceexec"]).unwrap_err();
+    let line = one_line(&e.render().to_string());
+    assert!(line.contains("<COMMAND>"), "{line}");
+}
+
+/// The committed man page matches the parser. Regenerate with
+/// scripts/generate.sh.
+#[test]
+fn man_page_is_up_to_date() {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut out).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/graceexec.1");
+    if std::env::var_os("GRACEEXEC_REGENERATE").is_some() {
+        std::fs::write(&path, &out).unwrap();
+    }
+    let committed = std::fs::read(&path).unwrap_or_default();
+    assert!(committed == out, "doc/graceexec.1 is out of date: run scripts/generate.sh");
+}
+
+#[test]
+fn subcommands_and_the_run_form_do_not_mix() {
+    assert!(Cli::try_parse_from(["graceexec", "reload", "--name", "api"]).is_ok());
+    assert!(Cli::try_parse_from(["graceexec", "-l", "80", "reload"]).is_err());
+    let cli = Cli::try_parse_from(["graceexec", "-l", "80", "--", "reload"]).unwrap();
+    assert!(cli.sub.is_none() && cli.command == vec![OsString::from("reload")]);
+}
+
+fn consistency(args: &[&str]) -> Result<(), String> {
+    consistent(&Cli::try_parse_from(args).unwrap())
+}
+
+#[test]
+fn listen_names_and_addresses_given_twice_are_refused() {
+    // Regression: duplicate names were passed on in LISTEN_FDNAMES, and
+    // a duplicate address failed with "is another server on it?".
+    let twice = ["graceexec", "-l", "a=127.0.0.1:0", "-l", "a=127.0.0.1:0", "--", "x"];
+    assert_eq!(consistency(&twice), Err("--listen name 'a' is given twice".into()));
+    let twice = ["graceexec", "-l", "127.0.0.1:80", "-l", "x=127.0.0.1:80", "--", "x"];
+    assert_eq!(consistency(&twice), Err("--listen 127.0.0.1:80 is given twice".into()));
+    assert!(consistency(&["graceexec", "-l", "unix:/a", "-l", "unix:/a", "--", "x"]).is_err());
+    assert!(
+        consistency(&["graceexec", "-l", "127.0.0.1:0", "-l", "127.0.0.1:0", "--", "x"]).is_ok()
+    );
+    assert!(consistency(&["graceexec", "-l", "80", "-l", "udp://:80", "--", "x"]).is_ok());
+    assert!(consistency(&["graceexec", "-l", "80", "--", ""]).is_err());
+}
+
+#[test]
+fn command_after_double_dash() {
+    let cli = Cli::try_parse_from(["graceexec", "-l", "8080", "--", "srv", "--flag"]).unwrap();
+    assert_eq!(cli.command, vec![OsString::from("srv"), OsString::from("--flag")]);
+    assert!(Cli::try_parse_from(["graceexec", "-l", "8080"]).is_err());
+}
