@@ -21,23 +21,25 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use std::env;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::process::exit;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::thread::{sleep, spawn};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[path = "shared/mod.rs"]
+mod shared;
+use shared::{drain, notify, read_request_line, respond, InFlight};
+
 static TERM: AtomicBool = AtomicBool::new(false);
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static RNG: AtomicU64 = AtomicU64::new(0);
 
 /// Longer than the bench's load generator keeps a connection open without
 /// sending (after it stops sending, until it exits): a connection closed
 /// without an answer before then would count as a failure.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(20);
-const MAX_HEAD: usize = 8 * 1024;
 /// A drain never outlasts this, whatever a client does.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -117,10 +119,7 @@ fn main() {
     // Closing our copy: a self-bound port now refuses, an inherited one
     // keeps queueing for the next generation.
     drop(listener);
-    let deadline = Instant::now() + DRAIN_LIMIT;
-    while IN_FLIGHT.load(SeqCst) > 0 && Instant::now() < deadline {
-        sleep(Duration::from_millis(5));
-    }
+    drain(DRAIN_LIMIT);
     exit(0);
 }
 
@@ -189,17 +188,6 @@ fn adopt(fd: i32) -> TcpListener {
     TcpListener::from(owned)
 }
 
-fn notify(path: &str, msg: &str) -> io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let sock = UnixDatagram::unbound()?;
-    match path.strip_prefix('@') {
-        Some(name) => sock.send_to_addr(msg.as_bytes(), &SocketAddr::from_abstract_name(name)?)?,
-        None => sock.send_to(msg.as_bytes(), path)?,
-    };
-    Ok(())
-}
-
 /// Waits up to 50 ms for connections, then accepts all that are queued.
 fn accept_ready(listener: &TcpListener, delay_ms: (u64, u64)) {
     let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
@@ -209,9 +197,7 @@ fn accept_ready(listener: &TcpListener, delay_ms: (u64, u64)) {
     while !TERM.load(SeqCst) {
         match listener.accept() {
             Ok((conn, _)) => {
-                // Counted before the thread exists, so the drain cannot miss it.
-                IN_FLIGHT.fetch_add(1, SeqCst);
-                let guard = InFlight;
+                let guard = InFlight::begin();
                 spawn(move || {
                     serve(conn, delay_ms);
                     drop(guard);
@@ -224,23 +210,12 @@ fn accept_ready(listener: &TcpListener, delay_ms: (u64, u64)) {
     }
 }
 
-struct InFlight;
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, SeqCst);
-    }
-}
-
 fn serve(mut conn: TcpStream, delay_ms: (u64, u64)) {
-    let setup = conn
-        .set_nonblocking(false)
-        .and_then(|()| conn.set_read_timeout(Some(HEAD_TIMEOUT)))
-        .and_then(|()| conn.set_write_timeout(Some(HEAD_TIMEOUT)));
-    let Some(target) = setup.ok().and_then(|()| read_target(&mut conn)) else {
+    let Some(line) = read_request_line(&mut conn, HEAD_TIMEOUT) else {
         return;
     };
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let target = line.split(' ').nth(1).unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if path != "/ping" {
         sleep(Duration::from_millis(random_in(delay_ms)));
     }
@@ -255,35 +230,7 @@ fn serve(mut conn: TcpStream, delay_ms: (u64, u64)) {
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    if conn.write_all(response.as_bytes()).is_err() || conn.shutdown(Shutdown::Write).is_err() {
-        return;
-    }
-    // Closing with unread input would send RST and could destroy the answer
-    // before the client reads it: wait briefly for the client's close.
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
-    let deadline = Instant::now() + Duration::from_millis(500);
-    let mut sink = [0u8; 1024];
-    while Instant::now() < deadline && matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
-}
-
-/// The request target (path and query), once the whole head has arrived.
-fn read_target(conn: &mut TcpStream) -> Option<String> {
-    let start = Instant::now();
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while buf.len() < MAX_HEAD && start.elapsed() < HEAD_TIMEOUT {
-        match conn.read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return None,
-        }
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf);
-            return Some(head.split(' ').nth(1).unwrap_or("/").to_string());
-        }
-    }
-    None
+    respond(&mut conn, &response);
 }
 
 /// Uniform in lo..=hi: splitmix64 over a shared counter (lock-free, seeded

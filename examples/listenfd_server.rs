@@ -9,23 +9,24 @@
 //!     graceexec --listen 127.0.0.1:8080 --ready notify -- target/debug/examples/listenfd_server
 
 use std::env;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixDatagram;
 use std::process::exit;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::thread::{sleep, spawn};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 
+#[path = "shared/mod.rs"]
+mod shared;
+use shared::{drain, notify, read_request_line, respond, InFlight};
+
 static STOP: AtomicBool = AtomicBool::new(false);
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HEAD: usize = 8 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() {
@@ -64,38 +65,13 @@ fn main() {
     accept_loop(&listener, body);
     drop(listener);
 
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while IN_FLIGHT.load(SeqCst) > 0 && Instant::now() < deadline {
-        sleep(Duration::from_millis(5));
-    }
+    drain(DRAIN_TIMEOUT);
     exit(0);
 }
 
 fn fail(msg: &str) -> ! {
     eprintln!("listenfd_server: {msg}");
     exit(1);
-}
-
-fn notify(path: &str, msg: &str) -> io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    let sock = UnixDatagram::unbound()?;
-    match path.strip_prefix('@') {
-        Some(name) => {
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            sock.send_to_addr(msg.as_bytes(), &addr)?
-        }
-        None => sock.send_to(msg.as_bytes(), path)?,
-    };
-    Ok(())
-}
-
-/// Decrements the in-flight count when a connection is done, even on panic.
-struct InFlight;
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, SeqCst);
-    }
 }
 
 fn accept_loop(listener: &TcpListener, body: &'static str) {
@@ -112,10 +88,7 @@ fn accept_loop(listener: &TcpListener, body: &'static str) {
         }
         match listener.accept() {
             Ok((conn, _)) => {
-                // Counted before the thread exists, so that main never sees
-                // zero while an accepted connection is unanswered.
-                IN_FLIGHT.fetch_add(1, SeqCst);
-                let guard = InFlight;
+                let guard = InFlight::begin();
                 spawn(move || {
                     serve(conn, body);
                     drop(guard);
@@ -129,11 +102,7 @@ fn accept_loop(listener: &TcpListener, body: &'static str) {
 }
 
 fn serve(mut conn: TcpStream, body: &str) {
-    let setup = conn
-        .set_nonblocking(false)
-        .and_then(|()| conn.set_read_timeout(Some(HEAD_TIMEOUT)))
-        .and_then(|()| conn.set_write_timeout(Some(HEAD_TIMEOUT)));
-    if setup.is_err() || !read_head(&mut conn) {
+    if read_request_line(&mut conn, HEAD_TIMEOUT).is_none() {
         return;
     }
     let response = format!(
@@ -141,31 +110,5 @@ fn serve(mut conn: TcpStream, body: &str) {
          Connection: close\r\n\r\n{body}",
         body.len()
     );
-    if conn.write_all(response.as_bytes()).is_err() || conn.shutdown(Shutdown::Write).is_err() {
-        return;
-    }
-    // Closing with unread input sends RST, which can destroy the response
-    // before the client has read it: wait briefly for the client's close.
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
-    let deadline = Instant::now() + Duration::from_millis(500);
-    let mut sink = [0u8; 1024];
-    while Instant::now() < deadline && matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
-}
-
-/// Reads up to the end of the request head; false if it never came.
-fn read_head(conn: &mut TcpStream) -> bool {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while head.len() < MAX_HEAD {
-        match conn.read(&mut chunk) {
-            Ok(0) => return false,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return false,
-        }
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            return true;
-        }
-    }
-    false
+    respond(&mut conn, &response);
 }

@@ -7,23 +7,24 @@
 
 use std::env;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
+use std::io;
+use std::net::{TcpListener, UdpSocket};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::exit;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::thread::{sleep, spawn};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "../shared/mod.rs"]
+mod shared;
+use shared::{drain, notify, read_request_line, respond, Conn, InFlight};
 
 mod sys;
 
 static TERM: AtomicBool = AtomicBool::new(false);
 static USR1_COUNT: AtomicUsize = AtomicUsize::new(0);
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-const MAX_HEAD: usize = 8 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct State {
@@ -133,11 +134,11 @@ fn main() {
 
     wait_until(5, || TERM.load(SeqCst));
     // Acceptors (and UDP readers) are joined first so that nothing can raise
-    // IN_FLIGHT after we have seen it reach zero.
+    // the in-flight count after we have seen it reach zero.
     for acceptor in acceptors {
         let _ = acceptor.join();
     }
-    wait_until(5, || IN_FLIGHT.load(SeqCst) == 0);
+    drain(Duration::MAX);
     if term_hang {
         // A drain that never ends: a stuck connection, a worker that
         // does not exit. Only SIGKILL ends this.
@@ -203,57 +204,12 @@ fn has_cloexec(fd: i32) -> bool {
         .is_some_and(|flags| flags & O_CLOEXEC != 0)
 }
 
-fn notify(path: &str, msg: &str) -> io::Result<()> {
-    let sock = UnixDatagram::unbound()?;
-    match path.strip_prefix('@') {
-        Some(name) => sock.send_to_addr(msg.as_bytes(), &SocketAddr::from_abstract_name(name)?)?,
-        None => sock.send_to(msg.as_bytes(), path)?,
-    };
-    Ok(())
-}
-
-/// What a handler needs from TCP and Unix connections alike.
-trait Conn: Read + Write + Send + 'static {
-    fn blocking_with_timeouts(&self, timeout: Duration) -> io::Result<()>;
-    fn close_write(&self) -> io::Result<()>;
-}
-
-macro_rules! impl_conn {
-    ($conn:ty) => {
-        impl Conn for $conn {
-            fn blocking_with_timeouts(&self, timeout: Duration) -> io::Result<()> {
-                self.set_nonblocking(false)?;
-                self.set_read_timeout(Some(timeout))?;
-                self.set_write_timeout(Some(timeout))
-            }
-            fn close_write(&self) -> io::Result<()> {
-                self.shutdown(Shutdown::Write)
-            }
-        }
-    };
-}
-impl_conn!(TcpStream);
-impl_conn!(UnixStream);
-
-/// Uncounts a connection when dropped, even if its handler panics or its
-/// thread never starts.
-struct InFlight;
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, SeqCst);
-    }
-}
-
 /// `accept` is a non-blocking listener's `accept()`.
 fn accept_loop<C: Conn, A>(accept: impl Fn() -> io::Result<(C, A)>, state: &'static State) {
     while !TERM.load(SeqCst) {
         match accept() {
             Ok((conn, _)) => {
-                // Counted before the thread exists: main must never see zero
-                // while an accepted connection is still unanswered.
-                IN_FLIGHT.fetch_add(1, SeqCst);
-                let guard = InFlight;
+                let guard = InFlight::begin();
                 spawn(move || {
                     serve_conn(conn, state);
                     drop(guard);
@@ -284,33 +240,8 @@ fn udp_loop(sock: &UdpSocket, state: &'static State) {
     }
 }
 
-/// The request line, or None if the peer sent nothing at all. A head that is
-/// cut short or too big yields "", which `route()` rejects.
-fn read_request_line<C: Conn>(conn: &mut C) -> Option<String> {
-    let start = Instant::now();
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while buf.len() < MAX_HEAD && start.elapsed() < HEAD_TIMEOUT {
-        match conn.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]);
-            return Some(head.lines().next().unwrap_or("").to_string());
-        }
-    }
-    (!buf.is_empty()).then(String::new)
-}
-
 fn serve_conn<C: Conn>(mut conn: C, state: &State) {
-    // A bare connect-and-close (a readiness probe) needs no answer.
-    if conn.blocking_with_timeouts(HEAD_TIMEOUT).is_err() {
-        return;
-    }
-    let Some(request_line) = read_request_line(&mut conn) else {
+    let Some(request_line) = read_request_line(&mut conn, HEAD_TIMEOUT) else {
         return;
     };
     let (status, body) = route(&request_line, state);
@@ -318,15 +249,7 @@ fn serve_conn<C: Conn>(mut conn: C, state: &State) {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    if conn.write_all(response.as_bytes()).is_err() || conn.close_write().is_err() {
-        return;
-    }
-    // Closing a TCP socket with unread input sends RST, which can destroy the
-    // response before the client reads it; wait briefly for the client's close.
-    let _ = conn.blocking_with_timeouts(Duration::from_millis(100));
-    let deadline = Instant::now() + Duration::from_millis(500);
-    let mut sink = [0u8; 4096];
-    while Instant::now() < deadline && matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+    respond(&mut conn, &response);
 }
 
 fn route(request_line: &str, state: &State) -> (&'static str, String) {
@@ -354,6 +277,6 @@ fn info(state: &State) -> String {
     let (head, usr1) = (&state.info_head, USR1_COUNT.load(SeqCst));
     let ignored = u8::from(state.term_ignored);
     // Counts this /info request too.
-    let in_flight = IN_FLIGHT.load(SeqCst);
+    let in_flight = InFlight::count();
     format!("{head}usr1={usr1}\nterm_ignored={ignored}\nin_flight={in_flight}\n")
 }
