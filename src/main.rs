@@ -213,7 +213,6 @@ fn serve(cli: Cli) -> i32 {
         stop_signal: cli.stop_signal,
         notify_dir,
         verbose: cli.verbose,
-        name,
         control,
         sd,
         log_prefix: cli.log_prefix,

@@ -18,26 +18,27 @@
 //! A request whose `"graceexec"` is not 1 is answered with the error
 //! `protocol version N is not supported; this instance speaks 1`.
 //!
-//! Every reply line has `"graceexec":1` and `"ok":true|false`, and
-//! `"error":"..."` when `ok` is false.
+//! Every reply line has `"graceexec":1`, `"ok":true|false`, the instance's
+//! `"name"` (added by `Server::reply`), and `"error":"..."` when `ok` is
+//! false.
 //!
-//! - reload, success: `{"graceexec":1,"ok":true,"name":"api","generation":3,"pid":4242,
-//!   "ready_ms":37}`
-//! - reload, failure: `{"graceexec":1,"ok":false,"name":"api","error":"generation 3 (pid 4242) exited
-//!   with status 1 before it was ready","generation":3,"serving":2,"stderr":["last","lines"]}`
+//! - reload, success: `{"graceexec":1,"ok":true,"generation":3,"pid":4242,"ready_ms":37,
+//!   "name":"api"}`
+//! - reload, failure: `{"graceexec":1,"ok":false,"error":"generation 3 (pid 4242) exited
+//!   with status 1 before it was ready","generation":3,"serving":2,"stderr":["last","lines"],"name":"api"}`
 //!   (`serving` may be null, `stderr` may be empty)
 //! - reload with `"wait":false`: `{"graceexec":1,"ok":true,"accepted":true,"name":"api"}`
-//! - status: `{"graceexec":1,"ok":true,"name":"api","pid":100,"version":"0.1.0",
+//! - status: `{"graceexec":1,"ok":true,"pid":100,"version":"0.1.0",
 //!   "uptime_ms":123,"state":"serving","command":["./server","--flag"],
 //!   "sockets":[{"name":"tcp-8080","address":"127.0.0.1:8080"}],
 //!   "generations":[{"generation":2,"pid":4242,"state":"ready","age_ms":5000,
-//!   "ready_ms":37,"status":null}],"last_reload":null,"restarts":0}`;
+//!   "ready_ms":37,"status":null}],"last_reload":null,"restarts":0,"name":"api"}`;
 //!   instance state: starting, serving, reloading, recovering or stopping;
 //!   generation state: starting, ready or draining; `ready_ms` may be null;
 //!   `last_reload` is null, `{"ok":true,"generation":2,"ready_ms":37,"ago_ms":4000}`
 //!   or `{"ok":false,"generation":3,"error":"...","ago_ms":10}`.
 //! - stop: `{"graceexec":1,"ok":true,"stopping":true,"pid":100,"name":"api"}` at once, then
-//!   `{"graceexec":1,"ok":true,"exited":true,"code":0}` when the instance
+//!   `{"graceexec":1,"ok":true,"exited":true,"code":0,"name":"api"}` when the instance
 //!   exits, then the connection closes. The control socket is
 //!   close-on-exec, so EOF means the graceexec process is gone.
 //!

@@ -52,6 +52,9 @@ pub struct Server {
     conns: BTreeMap<ConnId, Conn>,
     next_id: ConnId,
     accept_paused_until: Option<Instant>,
+    /// The instance's name, in every reply: a client that reached it by
+    /// `--control PATH` learns it from there.
+    name: String,
 }
 
 impl Server {
@@ -83,6 +86,7 @@ impl Server {
             conns: BTreeMap::new(),
             next_id: 1,
             accept_paused_until: None,
+            name: name.to_string(),
         };
         server
             .listener
@@ -177,6 +181,10 @@ impl Server {
     /// read: it is dropped rather than allowed to stall graceexec.
     pub fn reply(&mut self, id: ConnId, reply: &Value, close: bool) {
         let Some(c) = self.conns.get(&id) else { return };
+        let mut reply = reply.clone();
+        if let Some(fields) = reply.as_object_mut() {
+            fields.insert("name".into(), Value::from(self.name.as_str()));
+        }
         let mut line = reply.to_string();
         line.push('\n');
         if !write_now(&c.stream, line.as_bytes()) || close {

@@ -60,7 +60,6 @@ pub struct Setup {
     pub stop_signal: Signal,
     pub notify_dir: NotifyDir,
     pub verbose: bool,
-    pub name: String,
     pub control: Server,
     pub sd: Option<SdNotify>,
     pub log_prefix: bool,

@@ -24,8 +24,7 @@ impl Runtime {
             }
             Request::Reload { wait: false } => {
                 log::debug("control: reload (no wait)");
-                let reply =
-                    json!({"graceexec": 1, "ok": true, "accepted": true, "name": self.s.name});
+                let reply = json!({"graceexec": 1, "ok": true, "accepted": true});
                 self.s.control.reply(id, &reply, true);
                 self.queue.push_back(Event::Reload { waiter: None });
             }
@@ -35,7 +34,7 @@ impl Runtime {
             }
             Request::Stop => {
                 let pid = std::process::id();
-                let reply = json!({"graceexec": 1, "ok": true, "stopping": true, "pid": pid, "name": self.s.name});
+                let reply = json!({"graceexec": 1, "ok": true, "stopping": true, "pid": pid});
                 self.s.control.reply(id, &reply, false);
                 self.stop_conns.push(id);
                 // Unlike a second SIGTERM, a second `graceexec stop` does not
@@ -51,8 +50,7 @@ impl Runtime {
     pub(super) fn report_reply(&mut self, outcome: &Outcome) -> Value {
         match outcome {
             Outcome::Ready { gen, pid, took } => json!({
-                "graceexec": 1, "ok": true, "name": self.s.name, "generation": gen, "pid": pid,
-                "ready_ms": ms(*took),
+                "graceexec": 1, "ok": true, "generation": gen, "pid": pid, "ready_ms": ms(*took),
             }),
             Outcome::Failed { gen, why, serving } => {
                 let lines = match gen {
@@ -61,7 +59,7 @@ impl Runtime {
                     None => self.check_output.clone(),
                 };
                 json!({
-                    "graceexec": 1, "ok": false, "name": self.s.name, "error": why, "generation": gen,
+                    "graceexec": 1, "ok": false, "error": why, "generation": gen,
                     "serving": serving, "stderr": lines,
                 })
             }
@@ -97,7 +95,6 @@ impl Runtime {
         json!({
             "graceexec": 1,
             "ok": true,
-            "name": self.s.name,
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_ms": ms(now.saturating_duration_since(self.started)),

@@ -135,7 +135,7 @@ fn service_parses_requests_and_answers_bad_ones() {
     assert!(server.is_open(id));
     server.reply(id, &json!({"graceexec":1,"ok":true}), true);
     assert!(!server.is_open(id));
-    assert_eq!(read_all(good), vec![json!({"graceexec":1,"ok":true})]);
+    assert_eq!(read_all(good), vec![json!({"graceexec":1,"ok":true,"name":"api"})]);
 
     // A request ended by EOF instead of a newline (printf ... | nc -U).
     let c = send(&path, r#"{"graceexec":1,"command":"reload","wait":false}"#);
@@ -238,7 +238,10 @@ fn serve<F>(path: &Path, mut answer: F) -> Running
 where
     F: FnMut(Request) -> Vec<(Value, bool)> + Send + 'static,
 {
-    let (mut server, _) = bind(path, "test").unwrap();
+    // Named as its socket is, like a real instance, since every reply
+    // carries the name.
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("test");
+    let (mut server, _) = bind(path, name).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let flag = done.clone();
     let thread = std::thread::spawn(move || {
