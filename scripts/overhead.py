@@ -91,17 +91,22 @@ def switches(pid):
     return int(s["voluntary_ctxt_switches"]) + int(s["nonvoluntary_ctxt_switches"])
 
 
+def children(pid):
+    """The pids whose parent is `pid`, and their argv."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if proc_status(entry)["PPid"] == str(pid):
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    found.append((int(entry), f.read().split(b"\0")))
+        except (OSError, KeyError):  # gone since listdir
+            continue
+    return found
+
+
 def watchdog_of(pid):
     """graceexec's watchdog: its child running `graceexec __watchdog`."""
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            if argv[1:2] == [b"__watchdog"] and proc_status(entry)["PPid"] == str(pid):
-                return int(entry)
-        except (OSError, ValueError, KeyError):
-            continue
-    return None
+    return next((c for c, argv in children(pid) if argv[1:2] == [b"__watchdog"]), None)
 
 
 def spawn_baseline(work):
@@ -131,16 +136,11 @@ def start_server_rss():
         return None
     proc = subprocess.Popen(["start_server", f"--port={ADDR}", "--", "sleep", "600"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    def ppid(pid):
-        try:
-            return proc_status(pid).get("PPid")
-        except OSError:  # gone since listdir
-            return None
 
     def worker():
         if proc.poll() is not None:
             sys.exit(f"overhead: start_server exited with status {proc.returncode}")
-        return any(ppid(p) == str(proc.pid) for p in os.listdir("/proc") if p.isdigit())
+        return children(proc.pid)
 
     try:
         wait_until("start_server's worker", worker)
