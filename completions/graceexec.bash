@@ -59,7 +59,7 @@ _graceexec() {
 
     case "${cmd}" in
         graceexec)
-            opts="-l -q -v -h -V --name --control --pid-file --log-prefix --user --compat --check --watch --listen --backlog --unix-mode --ready --ready-timeout --stop-signal --stop-timeout --restart --quiet --verbose --help --version reload status stop list completions help"
+            opts="-l -q -v -h -V --name --control --pid-file --log-prefix --user --compat --check --chdir --watch --listen --backlog --unix-mode --ready --ready-timeout --stop-signal --stop-timeout --restart --quiet --verbose --help --version reload status stop list completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -86,6 +86,10 @@ _graceexec() {
                     return 0
                     ;;
                 --check)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --chdir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_graceexec_global_optspecs
-    string join \n name= control= pid-file= log-prefix user= compat= check= watch= l/listen= backlog= unix-mode= ready= ready-timeout= stop-signal= stop-timeout= restart= q/quiet v/verbose h/help V/version
+    string join \n name= control= pid-file= log-prefix user= compat= check= chdir= watch= l/listen= backlog= unix-mode= ready= ready-timeout= stop-signal= stop-timeout= restart= q/quiet v/verbose h/help V/version
 end
 
 function __fish_graceexec_needs_command
@@ -30,6 +30,7 @@ complete -c graceexec -n "__fish_graceexec_needs_command" -l pid-file -d 'Write 
 complete -c graceexec -n "__fish_graceexec_needs_command" -l user -d 'Bind the sockets, then run graceexec and every generation as USER (with its groups). Needs root' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l compat -d 'Also export another tool\'s variables, so servers written for it run unchanged' -r -f -a "server-starter\t'Also set SERVER_STARTER_PORT and SERVER_STARTER_GENERATION'"
 complete -c graceexec -n "__fish_graceexec_needs_command" -l check -d 'Shell command run before each reload (a config test, say); if it fails, the reload fails with its output and nothing is started' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l chdir -d 'Start every generation, the check and exec probes in this directory, looked up by name at each start (default: the directory graceexec was started in, as $PWD names it, so a repointed symlink is followed)' -r -F
 complete -c graceexec -n "__fish_graceexec_needs_command" -l watch -d 'Reload when this file changes (e.g. a new binary moved into place); repeatable. Changes are debounced' -r -F
 complete -c graceexec -n "__fish_graceexec_needs_command" -s l -l listen -d 'Socket to bind and pass on; repeatable. ADDR: PORT, :PORT, HOST:PORT, [V6]:PORT, tcp://HOST:PORT, udp://HOST:PORT, unix:/PATH, unix:@NAME. NAME= sets its LISTEN_FDNAMES name (default from the address, e.g. tcp-8080). Without --listen, sockets passed by systemd are adopted' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l backlog -d 'Listen backlog of TCP and unix stream sockets' -r

@@ -5,17 +5,18 @@
 //! generation is started. Like an exec probe, the check is a child whose
 //! exit reaches the event loop's waitpid(-1); nothing here waits for it.
 //!
-//! It is started by `spawn::shell`, which gives it a clean signal mask.
+//! It is started by `shell::spawn`, which gives it a clean signal mask.
 
-use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 
 use anyhow::Result;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use crate::env::Vars;
 use crate::output::{self, Captured};
-use crate::spawn;
+use crate::shell;
 
 pub struct Check {
     cmd: String,
@@ -37,16 +38,13 @@ pub struct CheckOutcome {
 impl Check {
     /// Start `/bin/sh -c cmd` in its own process group, stdin /dev/null,
     /// stdout and stderr into one pipe (so they interleave in order).
-    /// `env` is the environment the generations get; GRACEEXEC_GENERATION
-    /// is set to `next_gen`, the generation the reload would start.
-    pub fn start(cmd: &str, next_gen: u32, env: &[(OsString, OsString)]) -> Result<Check> {
-        let mut envp: Vec<(OsString, OsString)> =
-            env.iter().filter(|(k, _)| k != "GRACEEXEC_GENERATION").cloned().collect();
-        envp.push(("GRACEEXEC_GENERATION".into(), next_gen.to_string().into()));
+    /// `env` is `Env::check`'s: the generations' environment with
+    /// GRACEEXEC_GENERATION set to the generation the reload would start.
+    pub fn start(cmd: &str, env: &Vars, dir: Option<&Path>) -> Result<Check> {
         let (ends, out) = output::pipes(false, false)?;
-        let to = spawn::Out::To(ends.stderr.as_fd());
+        let to = shell::Out::To(ends.stderr.as_fd());
         let pid =
-            spawn::shell(cmd, &envp, to, to).map_err(|e| anyhow::anyhow!("--check: {e:#}"))?;
+            shell::spawn(cmd, env, dir, to, to).map_err(|e| anyhow::anyhow!("--check: {e:#}"))?;
         // `ends` goes here: our copy of the write end must not keep the
         // read end from seeing EOF.
         Ok(Check { cmd: cmd.to_string(), pid, out, running: true })
@@ -106,7 +104,7 @@ mod tests {
 
     fn run(cmd: &str) -> (Check, WaitStatus) {
         let mut check =
-            Check::start(cmd, 7, &[("GRACEEXEC_GENERATION".into(), "1".into())]).unwrap();
+            Check::start(cmd, &vec![("GRACEEXEC_GENERATION".into(), "7".into())], None).unwrap();
         check.out.silence();
         // Nothing reaps for us in a unit test; the event loop does in graceexec.
         let status = waitpid(Pid::from_raw(check.pid()), None).unwrap();

@@ -5,13 +5,34 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use nix::sys::signal::Signal;
 
-use crate::control::client::Target;
+use crate::control::client::Which;
 use crate::control::paths::parse_name;
 use crate::listen::{Addr, Spec};
 use crate::readiness::Mode;
+use crate::units::{parse_duration, parse_signal, SigNo};
 use crate::user::Identity;
+
+/// Which instance a client subcommand talks to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Name of the instance (default: the only one running)
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub name: Option<String>,
+    /// Path of its control socket, instead of --name
+    #[arg(long, value_name = "PATH", conflicts_with = "name")]
+    pub control: Option<PathBuf>,
+}
+
+impl Target {
+    pub fn which(&self) -> Which<'_> {
+        match (&self.name, &self.control) {
+            (Some(n), _) => Which::Name(n),
+            (None, Some(p)) => Which::Control(p),
+            (None, None) => Which::Only,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Compat {
@@ -134,6 +155,12 @@ pub struct Cli {
     #[arg(long, value_name = "COMMAND")]
     pub check: Option<String>,
 
+    /// Start every generation, the check and exec probes in this directory,
+    /// looked up by name at each start (default: the directory graceexec
+    /// was started in, as $PWD names it, so a repointed symlink is followed).
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
     /// Reload when this file changes (e.g. a new binary moved into place);
     /// repeatable. Changes are debounced.
     #[arg(long, value_name = "PATH")]
@@ -167,7 +194,7 @@ pub struct Cli {
 
     /// Signal that asks a generation to drain and exit.
     #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
-    pub stop_signal: Signal,
+    pub stop_signal: SigNo,
 
     /// Time a stopping generation has before its process group gets SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
@@ -198,42 +225,11 @@ fn parse_ready(s: &str) -> Result<Mode, String> {
     s.parse()
 }
 
-/// Longer than anyone waits for a server, short enough that a deadline
-/// computed from it can never overflow the clock.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d <= MAX_DURATION => Ok(d),
-        Ok(_) => Err(format!("'{s}' is too long; at most 365 days")),
-        Err(e) => Err(format!("'{s}': {e}; write e.g. 500ms, 30s or 2m")),
-    }
-}
-
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8)
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("'{s}' is not an octal mode such as 600 or 660"))
-}
-
-/// TERM, SIGTERM or 15.
-pub fn parse_signal(s: &str) -> Result<Signal, String> {
-    let upper = s.to_ascii_uppercase();
-    let parsed = match upper.parse::<i32>() {
-        Ok(n) => Signal::try_from(n).ok(),
-        Err(_) => {
-            let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-            name.parse::<Signal>().ok()
-        }
-    };
-    match parsed {
-        Some(Signal::SIGKILL | Signal::SIGSTOP) => {
-            Err(format!("{s} cannot be caught, so it cannot ask for a drain"))
-        }
-        Some(sig) => Ok(sig),
-        None => Err(format!("'{s}' is not a signal name or number")),
-    }
 }
 
 /// The completion script for `shell`, generated from the same definitions

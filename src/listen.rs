@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{
     bind, getsockname, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog,
     SockFlag, SockType, SockaddrStorage, UnixAddr,
@@ -318,11 +319,26 @@ pub fn from_systemd() -> Result<Option<Vec<Listener>>> {
     }
     let mut out = Vec::with_capacity(count);
     for (i, name) in names.into_iter().enumerate() {
-        let fd = crate::spawn::adopt_inherited(3 + i as i32)?;
+        let fd = adopt(3 + i as i32)?;
         let shown = describe(&fd);
         out.push(Listener { name, fd, shown, _created: None });
     }
     Ok(Some(out))
+}
+
+/// Take an inherited socket: an open socket, made close-on-exec, so that
+/// children get it only through the explicit layout.
+fn adopt(fd: i32) -> Result<OwnedFd> {
+    crate::sys::claim_fd(fd, |b| {
+        let stat = nix::sys::stat::fstat(b)?;
+        if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
+            bail!("inherited fd {fd} is not a socket");
+        }
+        let flags = FdFlag::from_bits_truncate(fcntl(b, FcntlArg::F_GETFD)?);
+        fcntl(b, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC))?;
+        Ok(())
+    })
+    .map_err(|e| anyhow!("inherited {e:#}"))
 }
 
 /// A human-readable address for an adopted socket.

@@ -5,7 +5,6 @@
 //! processes whose exit arrives with SIGCHLD like any other. Attempts start
 //! a few milliseconds apart and back off to a few hundred.
 
-use std::ffi::OsString;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -20,7 +19,8 @@ use nix::sys::socket::{
 };
 use nix::unistd::Pid;
 
-use crate::spawn;
+use crate::env::Vars;
+use crate::shell;
 use crate::supervisor::ReadyPolicy;
 
 const FIRST_INTERVAL: Duration = Duration::from_millis(5);
@@ -61,7 +61,7 @@ impl FromStr for Mode {
         if s == "notify" {
             Ok(Mode::Notify)
         } else if let Some(d) = s.strip_prefix("delay:") {
-            crate::cli::parse_duration(d).map(Mode::Delay)
+            crate::units::parse_duration(d).map(Mode::Delay)
         } else if let Some(a) = s.strip_prefix("tcp:") {
             Ok(Mode::Tcp(probe_addr(a)?))
         } else if let Some(rest) = s.strip_prefix("http://") {
@@ -97,11 +97,15 @@ enum Attempt {
 /// One candidate's probe: repeated attempts until one succeeds.
 pub struct Probe {
     mode: Mode,
-    pid: i32,
     gen: u32,
     interval: Duration,
     attempt: Attempt,
     verbose: bool,
+    /// An exec probe's environment and working directory.
+    env: Vars,
+    dir: Option<std::path::PathBuf>,
+    /// Why the last attempt failed.
+    last: Option<String>,
 }
 
 impl Drop for Probe {
@@ -124,15 +128,22 @@ fn nonblocking_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 impl Probe {
-    pub fn new(mode: Mode, gen: u32, pid: i32, now: Instant, verbose: bool) -> Probe {
-        Probe {
-            mode,
-            pid,
-            gen,
-            interval: FIRST_INTERVAL,
-            attempt: Attempt::Idle { next: now },
-            verbose,
-        }
+    /// `env` and `dir` are what an exec probe runs with.
+    pub fn new(
+        mode: Mode,
+        gen: u32,
+        now: Instant,
+        verbose: bool,
+        env: Vars,
+        dir: Option<std::path::PathBuf>,
+    ) -> Probe {
+        let attempt = Attempt::Idle { next: now };
+        Probe { mode, gen, interval: FIRST_INTERVAL, attempt, verbose, env, dir, last: None }
+    }
+
+    /// Why the last attempt failed, if one did.
+    pub fn last_failure(&self) -> Option<&str> {
+        self.last.as_deref()
     }
 
     /// The fd and events to poll for, if an attempt waits on the network.
@@ -162,6 +173,7 @@ impl Probe {
     }
 
     fn retry(&mut self, now: Instant, why: &str) {
+        self.last = Some(why.to_string());
         if self.verbose {
             crate::log::debug(&format!("generation {} probe: {why}", self.gen));
         }
@@ -244,13 +256,9 @@ impl Probe {
         let addr = match &self.mode {
             Mode::Tcp(a) | Mode::Http { addr: a, .. } => *a,
             Mode::Exec(cmd) => {
-                let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-                    .filter(|(k, _)| k != "GRACEEXEC_PID" && k != "GRACEEXEC_GENERATION")
-                    .collect();
-                env.push(("GRACEEXEC_PID".into(), self.pid.to_string().into()));
-                env.push(("GRACEEXEC_GENERATION".into(), self.gen.to_string().into()));
-                let err = if self.verbose { spawn::Out::Inherit } else { spawn::Out::Null };
-                match spawn::shell(cmd, &env, spawn::Out::Null, err) {
+                let err = if self.verbose { shell::Out::Inherit } else { shell::Out::Null };
+                let dir = self.dir.as_deref();
+                match shell::spawn(cmd, &self.env, dir, shell::Out::Null, err) {
                     Ok(pid) => self.attempt = Attempt::Running { pid: pid.as_raw() },
                     Err(e) => self.retry(now, &format!("{e:#}")),
                 }

@@ -40,7 +40,8 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
-use crate::{log, spawn};
+use crate::log;
+use crate::sys::spawn;
 
 /// argv[1] of the watchdog mode, checked before the command line is
 /// parsed; not a subcommand, so it is in no help text or completion.
@@ -76,6 +77,7 @@ impl Watchdog {
             stdout: None,
             stderr: None,
             parent_death_signal: None,
+            dir: None,
         })
         .map_err(|e| e.message)?;
         Ok(Watchdog { pid, pipe: File::from(write) })
@@ -127,23 +129,21 @@ pub fn main(args: &[OsString]) -> i32 {
     let Some(ms) = stop_timeout else {
         return usage(&format!("expected {TIMEOUT_FLAG} MILLISECONDS"));
     };
-    // Only SIGKILL or the pipe ends it: a signal meant for graceexec (a
-    // `kill` of every graceexec, a hang-up) waits here, pending, forever.
-    // SIGTTOU too, so that its one warning line is written even when it
-    // is a background group of a terminal with `stty tostop`.
-    let signals = [
-        Signal::SIGHUP,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGTERM,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGTTOU,
-    ];
-    if let Err(e) = spawn::block(&signals) {
-        log::warn(&format!("watchdog: cannot block signals: {e}"));
-    }
-    match spawn::adopt_watchdog_pipe(PIPE_FD) {
+    // Only SIGKILL or the pipe ends it: main blocked every signal but the
+    // synchronous faults before it came here, so a signal meant for
+    // graceexec (a `kill` of every graceexec, a hang-up) waits here,
+    // pending, forever; SIGTTOU too, so that its one warning line is
+    // written even from a background group of a terminal with `stty
+    // tostop`.
+    let pipe = crate::sys::claim_fd(PIPE_FD, |b| {
+        let stat = nix::sys::stat::fstat(b)?;
+        if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFIFO {
+            anyhow::bail!("fd {PIPE_FD} is not a pipe");
+        }
+        nix::fcntl::fcntl(b, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        Ok(())
+    });
+    match pipe {
         Ok(fd) => watch(File::from(fd), Duration::from_millis(ms)),
         Err(e) => usage(&format!("{e:#}")),
     }

@@ -1,16 +1,7 @@
-//! Signals, one-line usage errors, the committed man page, and what the
+//! One-line usage errors, the committed man page, and what the
 //! parser refuses.
 
 use super::*;
-
-#[test]
-fn signals() {
-    assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
-    assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
-    assert_eq!(parse_signal("3"), Ok(Signal::SIGQUIT));
-    assert!(parse_signal("KILL").is_err());
-    assert!(parse_signal("NOPE").is_err());
-}
 
 #[test]
 fn usage_is_one_line() {

@@ -8,16 +8,15 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::paths;
+use super::protocol::{parse_request, Answer, Reply, Request};
+use crate::sockfile::{self, Existing, SocketFile};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::AT_FDCWD;
 use nix::poll::PollFlags;
 use nix::sys::socket::{getsockopt, send, sockopt, MsgFlags};
 use nix::sys::stat::{umask, Mode};
 use nix::unistd::{fchownat, geteuid, Gid, Uid};
-use serde_json::Value;
-
-use super::{error_reply, parse_request, paths, Request};
-use crate::sockfile::{self, Existing, SocketFile};
 
 /// A client has this long to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -171,7 +170,7 @@ impl Server {
             .collect();
         for id in late {
             let msg = format!("no request within {}s; closing", READ_TIMEOUT.as_secs());
-            self.reply(id, &error_reply(&msg), true);
+            self.reply(id, Reply::error(msg), true);
         }
         (requests, warnings)
     }
@@ -179,15 +178,10 @@ impl Server {
     /// Send one reply line. A reply is a few KiB and the socket buffer is
     /// larger, so a write that would block means a client that does not
     /// read: it is dropped rather than allowed to stall graceexec.
-    pub fn reply(&mut self, id: ConnId, reply: &Value, close: bool) {
+    pub fn reply(&mut self, id: ConnId, mut reply: Reply, close: bool) {
         let Some(c) = self.conns.get(&id) else { return };
-        let mut reply = reply.clone();
-        if let Some(fields) = reply.as_object_mut() {
-            fields.insert("name".into(), Value::from(self.name.as_str()));
-        }
-        let mut line = reply.to_string();
-        line.push('\n');
-        if !write_now(&c.stream, line.as_bytes()) || close {
+        reply.name = Some(self.name.clone());
+        if !write_now(&c.stream, reply.line().as_bytes()) || close {
             self.close(id);
         }
     }
@@ -285,13 +279,13 @@ impl Server {
                 c.buf = None;
                 requests.push((id, request));
             }
-            Err(msg) => self.reply(id, &error_reply(&msg), true),
+            Err(msg) => self.reply(id, Reply::error(msg), true),
         }
     }
 
     fn too_long(&mut self, id: ConnId) {
         let msg = format!("the request is longer than {} KiB", MAX_REQUEST / 1024);
-        self.reply(id, &error_reply(&msg), true);
+        self.reply(id, Reply::error(msg), true);
     }
 
     fn close(&mut self, id: ConnId) {
@@ -344,9 +338,7 @@ fn write_now(stream: &UnixStream, bytes: &[u8]) -> bool {
 }
 
 fn refuse(stream: &UnixStream, msg: &str) {
-    let mut line = error_reply(msg).to_string();
-    line.push('\n');
-    write_now(stream, line.as_bytes());
+    write_now(stream, Reply::error(msg).line().as_bytes());
     drain(stream);
 }
 
@@ -375,7 +367,10 @@ fn clear_stale(path: &Path, name: &str) -> Result<Option<String>> {
             let deadline = Instant::now() + Duration::from_secs(1);
             let pid = super::ask(stream, Request::Status, deadline)
                 .ok()
-                .and_then(|v| v.get("pid").and_then(Value::as_u64))
+                .and_then(|r| match r.answer {
+                    Answer::Status(s) => Some(s.pid),
+                    _ => None,
+                })
                 .map(|p| format!("pid {p}, "))
                 .unwrap_or_default();
             bail!(

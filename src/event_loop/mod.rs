@@ -1,90 +1,64 @@
 //! The thin loop: gather events, hand them to the supervisor, carry out its
-//! actions.
+//! actions. No decision about generations is taken here.
 //!
 //! One thread waits in poll(2) on a signalfd, the control socket and its
 //! connections, each generation's notify socket and output pipes, any probe
 //! socket, the `--check` command's output, the `--watch` inotify fd, and the
-//! supervisor's next deadline. Signals are blocked for the whole process and
-//! read from the signalfd, so they are handled in exactly one place and
-//! never interrupt anything (signalfd(2)). Idle, graceexec sleeps in poll
-//! with no timeout.
+//! supervisor's next deadline (wait.rs). Signals are blocked for the whole
+//! process and read from the signalfd, so they are handled in exactly one
+//! place and never interrupt anything (signalfd(2)). Idle, graceexec sleeps
+//! in poll with no timeout.
+//!
+//! The loop maps pids to generations: the supervisor knows generations by
+//! id only, and the loop tells it `Exited { gen }` before the main process
+//! is reaped (reap.rs), so that the group is killed while its id cannot
+//! have been reused.
 
+mod reap;
 mod requests;
 mod wait;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use nix::errno::Errno;
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::signalfd::SignalFd;
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::check::Check;
-use crate::control::server::{ConnId, Server};
-use crate::listen::Listener;
-use crate::log;
-use crate::notify::{self, NotifyDir, NotifySocket, SdNotify};
+use crate::config::Config;
+use crate::control::protocol::{Answer, Reply};
+use crate::env::Env;
+use crate::notify::{self, NotifySocket};
 use crate::output::{self, Captured};
-use crate::readiness::{Mode, Probe};
-use crate::spawn::{self, SpawnError};
-use crate::supervisor::{Action, Event, GenId, SdState, Supervisor};
-use crate::watch::Watch;
-use crate::watchdog::Watchdog;
-
-pub use wait::{block_signals, resolve};
-
-/// Variables graceexec sets for each child; any inherited value is dropped.
-const OWN_VARS: [&str; 7] = [
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "GRACEEXEC_GENERATION",
-    "SERVER_STARTER_PORT",
-    "SERVER_STARTER_GENERATION",
-];
+use crate::readiness::Probe;
+use crate::startup::Started;
+use crate::supervisor::{Action, Event, GenId, SdState, SdStatus, Supervisor};
+use crate::sys::spawn::{self, SpawnError};
+use crate::{log, sys};
 
 /// How many finished generations' last output lines are kept for replies.
 const KEEP_TAILS: usize = 8;
 
-/// Everything `main` sets up before the loop starts.
-pub struct Setup {
-    pub sup: Supervisor,
-    pub signals: SignalFd,
-    pub listeners: Vec<Listener>,
-    pub command: Vec<OsString>,
-    pub ready: Option<Mode>,
-    pub stop_signal: Signal,
-    pub notify_dir: NotifyDir,
-    pub verbose: bool,
-    pub control: Server,
-    pub sd: Option<SdNotify>,
-    pub log_prefix: bool,
-    /// Set for every generation, overriding inherited values (`--user`).
-    pub extra_env: Vec<(OsString, OsString)>,
-    /// SERVER_STARTER_PORT's value under `--compat server-starter`.
-    pub server_starter: Option<String>,
-    pub check: Option<String>,
-    pub watch: Option<Watch>,
-    /// Kills the generations' groups if graceexec is killed.
-    pub watchdog: Option<Watchdog>,
-}
-
+/// What the loop knows of a running generation.
 struct GenIo {
-    pid: i32,
+    /// The pid it was started as, which is also its process group's id.
+    leader: i32,
+    /// Its main process: the leader, or the pid a MAINPID= named.
+    main: i32,
     notify: NotifySocket,
     probe: Option<Probe>,
     /// The last STATUS= it sent.
     status: Option<String>,
 }
 
-struct Runtime {
-    s: Setup,
+pub struct Runtime {
+    cfg: Config,
+    io: Started,
+    sup: Supervisor,
+    env: Env,
     started: Instant,
-    base_env: Vec<(OsString, OsString)>,
     gens: BTreeMap<GenId, GenIo>,
     /// Output pipes outlive their generation until EOF: a draining
     /// server's last lines, or its orphans', still get through.
@@ -92,185 +66,190 @@ struct Runtime {
     tails: VecDeque<(GenId, Vec<String>)>,
     queue: VecDeque<Event>,
     check: Option<Check>,
-    /// The output of the last failed check, for the reload's reply.
-    check_output: Vec<String>,
-    /// Control connections waiting for graceexec to exit.
-    stop_conns: Vec<ConnId>,
+    /// A SIGCHLD came: reap after the other events of this round.
+    reap_due: bool,
+    exit: Option<i32>,
 }
 
 /// Run until the supervisor says exit; returns the exit code.
-pub fn run(setup: Setup) -> i32 {
-    let mut base_env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| !OWN_VARS.iter().any(|o| k == o))
-        .filter(|(k, _)| !setup.extra_env.iter().any(|(e, _)| e == k))
-        .collect();
-    base_env.extend(setup.extra_env.iter().cloned());
+pub fn run(cfg: Config, io: Started) -> i32 {
+    let names: Vec<&str> = io.listeners.iter().map(|l| l.name.as_str()).collect();
+    let env = Env::new(std::env::vars_os(), cfg.user_env.clone(), &cfg.env_remove, &cfg.workdir)
+        .with_sockets(&names, cfg.server_starter.clone());
+    let sup = Supervisor::new(cfg.policy.clone());
     let mut rt = Runtime {
-        s: setup,
+        cfg,
+        io,
+        sup,
+        env,
         started: Instant::now(),
-        base_env,
         gens: BTreeMap::new(),
         outputs: BTreeMap::new(),
         tails: VecDeque::new(),
         queue: VecDeque::new(),
         check: None,
-        check_output: Vec::new(),
-        stop_conns: Vec::new(),
+        reap_due: false,
+        exit: None,
     };
     rt.run()
 }
 
 impl Runtime {
     fn run(&mut self) -> i32 {
-        let mut pending = self.s.sup.start(Instant::now());
+        // Signals that came during start-up go first: a TERM then means
+        // that nothing is started at all.
+        self.read_signals();
+        self.queue.push_back(Event::Start);
         loop {
-            // Carry out actions; some produce events that are handled at once.
-            while !pending.is_empty() || !self.queue.is_empty() {
-                for action in std::mem::take(&mut pending) {
-                    if let Some(code) = self.act(action) {
-                        return code;
-                    }
-                }
-                if let Some(ev) = self.queue.pop_front() {
-                    pending = self.s.sup.handle(Instant::now(), ev);
-                }
+            // Reaping queues events (a check's end, a probe's success), and
+            // events may start processes: until both are done.
+            self.drain_queue();
+            while self.reap_due && self.exit.is_none() {
+                self.reap_due = false;
+                self.reap();
+                self.drain_queue();
+            }
+            if let Some(code) = self.exit {
+                return code;
             }
             self.wait();
             self.queue.push_back(Event::Tick);
         }
     }
 
-    fn act(&mut self, action: Action) -> Option<i32> {
+    /// Handle every queued event; actions may queue more.
+    fn drain_queue(&mut self) {
+        while self.exit.is_none() {
+            let Some(ev) = self.queue.pop_front() else { return };
+            self.dispatch(ev);
+        }
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        for action in self.sup.handle(Instant::now(), event) {
+            self.act(action);
+        }
+    }
+
+    fn act(&mut self, action: Action) {
         match action {
-            // First in line: the supervisor must learn the pid before any
-            // other event, or a stop decided meanwhile has no pid to go to.
             Action::Spawn { gen } => {
-                let ev = self.spawn(gen);
-                self.queue.push_front(ev);
-            }
-            Action::StartProbe { gen, pid } => {
-                if let (Some(io), Some(mode)) = (self.gens.get_mut(&gen), self.s.ready.clone()) {
-                    io.probe = Some(Probe::new(mode, gen, pid, Instant::now(), self.s.verbose));
+                if let Err(e) = self.spawn(gen) {
+                    let (code, message) = (e.code, e.message);
+                    self.queue.push_back(Event::SpawnFailed { gen, code, message });
                 }
             }
+            Action::StartProbe { gen } => self.start_probe(gen),
             Action::StopProbe { gen } => {
                 if let Some(io) = self.gens.get_mut(&gen) {
                     io.probe = None;
                 }
             }
-            Action::Signal { pid, signal } => match kill(Pid::from_raw(pid), signal) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => log::warn(&format!("cannot send {} to pid {pid}: {e}", signal.as_str())),
-            },
-            Action::KillGroup { pid } => {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                // Once the leader is reaped (its generation released), this
-                // was the group's last kill: the watchdog lets go of it.
-                if !self.gens.values().any(|io| io.pid == pid) {
-                    if let Some(w) = self.s.watchdog.as_mut() {
-                        w.forget(pid);
+            Action::Signal { gen, signal } => {
+                if let Some(io) = self.gens.get(&gen) {
+                    match sys::kill(io.main, signal) {
+                        Ok(()) | Err(Errno::ESRCH) => {}
+                        Err(e) => log::warn(&format!("cannot signal pid {}: {e}", io.main)),
                     }
                 }
             }
-            Action::Release { gen } => {
-                self.gens.remove(&gen);
-                self.read_output(gen);
+            Action::KillGroup { gen } => {
+                if let Some(io) = self.gens.get(&gen) {
+                    let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
+                }
             }
+            Action::Finish { gen } => self.finish(gen),
             Action::Log { level, msg } => log::log(level, &msg),
             Action::RunCheck { gen } => self.run_check(gen),
-            // Dropping the check kills its process group; what it wrote so
-            // far goes into the reply of a check that timed out.
-            Action::CancelCheck => {
+            Action::CancelCheck { why } => {
+                // Dropping the check kills its process group; what it
+                // wrote so far goes into the reload's reply.
                 if let Some(mut c) = self.check.take() {
                     c.read_available();
-                    self.check_output = c.tail();
+                    let output = c.tail();
+                    self.queue.push_back(Event::CheckDone { ok: false, why, output });
                 }
             }
             Action::Report { waiters, outcome } => {
-                let reply = self.report_reply(&outcome);
+                let reply = self.outcome_reply(&outcome);
                 // A client that gave up (its --timeout) is gone, and a
                 // reply to it goes nowhere.
                 for w in waiters {
-                    self.s.control.reply(w, &reply, true);
+                    self.io.control.reply(w, reply.clone(), true);
                 }
             }
             Action::Systemd { state, status } => self.tell_systemd(state, &status),
-            Action::Exit { code } => {
-                let bye =
-                    serde_json::json!({"graceexec": 1, "ok": true, "exited": true, "code": code});
-                for id in std::mem::take(&mut self.stop_conns) {
-                    self.s.control.reply(id, &bye, true);
+            Action::Exit { code, waiters } => {
+                for w in waiters {
+                    self.io.control.reply(w, Reply::new(Answer::Exited { code }), true);
                 }
-                if let Some(w) = self.s.watchdog.take() {
+                if let Some(w) = self.io.watchdog.take() {
                     w.finish();
                 }
-                return Some(code);
+                self.exit = Some(code);
             }
         }
-        None
     }
 
-    fn spawn(&mut self, gen: GenId) -> Event {
-        let failed = |e: SpawnError| Event::SpawnFailed { gen, code: e.code, message: e.message };
-        let program = match resolve(&self.s.command[0]) {
-            Ok(p) => p,
-            Err(e) => return failed(e),
-        };
-        let io_error = |e: anyhow::Error| failed(SpawnError { code: 1, message: format!("{e:#}") });
-        let notify = match self.s.notify_dir.socket(gen) {
-            Ok(n) => n,
-            Err(e) => return io_error(e),
-        };
-        let (ends, mut captured) = match output::pipes(self.s.log_prefix, self.s.log_prefix) {
-            Ok(p) => p,
-            Err(e) => return io_error(e),
-        };
-        let names: Vec<&str> = self.s.listeners.iter().map(|l| l.name.as_str()).collect();
-        let mut env = self.base_env.clone();
-        env.push(("LISTEN_FDS".into(), self.s.listeners.len().to_string().into()));
-        env.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
-        env.push(("NOTIFY_SOCKET".into(), notify.path.clone().into_os_string()));
-        env.push(("GRACEEXEC_GENERATION".into(), gen.to_string().into()));
-        if let Some(ports) = &self.s.server_starter {
-            env.push(("SERVER_STARTER_PORT".into(), ports.into()));
-            env.push(("SERVER_STARTER_GENERATION".into(), gen.to_string().into()));
-        }
-        let sockets: Vec<BorrowedFd<'_>> = self.s.listeners.iter().map(|l| l.fd.as_fd()).collect();
+    fn spawn(&mut self, gen: GenId) -> Result<(), SpawnError> {
+        let program = self.cfg.resolve_command()?;
+        let io_error = |e: anyhow::Error| SpawnError { code: 1, message: format!("{e:#}") };
+        let notify = self.io.notify_dir.socket(gen).map_err(io_error)?;
+        let prefix = self.cfg.log_prefix;
+        let (ends, mut captured) = output::pipes(prefix, prefix).map_err(io_error)?;
+        let sockets: Vec<BorrowedFd<'_>> = self.io.listeners.iter().map(|l| l.fd.as_fd()).collect();
         let child = spawn::Child {
             program: &program,
-            args: &self.s.command,
-            env,
+            args: &self.cfg.command,
+            env: self.env.generation(gen, &notify.path),
             fds: &sockets,
             listen_pid: true,
-            parent_death_signal: Some(self.s.stop_signal),
+            parent_death_signal: Some(self.cfg.policy.stop_signal),
             stdout: ends.stdout.as_ref().map(|f| f.as_fd()),
             stderr: Some(ends.stderr.as_fd()),
+            dir: self.cfg.workdir.path(),
         };
         let result = spawn::spawn(child);
         // The child has its copies now; ours must go, or the pipes never
         // see EOF.
         drop(ends);
-        match result {
-            Ok(pid) => {
-                let pid = pid.as_raw();
-                if let Some(w) = self.s.watchdog.as_mut() {
-                    w.watch(pid);
-                }
-                captured.set_label(gen, pid);
-                self.outputs.insert(gen, captured);
-                self.gens.insert(gen, GenIo { pid, notify, probe: None, status: None });
-                Event::Spawned { gen, pid }
-            }
-            Err(e) => failed(e),
+        let pid = result?.as_raw();
+        if let Some(w) = self.io.watchdog.as_mut() {
+            w.watch(pid);
         }
+        log::info(&format!("generation {gen} started as pid {pid}"));
+        captured.set_label(gen, pid);
+        self.outputs.insert(gen, captured);
+        let io = GenIo { leader: pid, main: pid, notify, probe: None, status: None };
+        self.gens.insert(gen, io);
+        Ok(())
+    }
+
+    fn start_probe(&mut self, gen: GenId) {
+        let (Some(io), Some(mode)) = (self.gens.get_mut(&gen), self.cfg.ready.clone()) else {
+            return;
+        };
+        let env = self.env.probe(gen, io.main);
+        let dir = self.cfg.workdir.path().map(|p| p.to_path_buf());
+        io.probe = Some(Probe::new(mode, gen, Instant::now(), self.cfg.verbose, env, dir));
+    }
+
+    /// The generation's main process has exited: SIGKILL what is left of
+    /// its group (the leader is not reaped yet, so the group id is still
+    /// its), forget it, and let the watchdog forget it.
+    fn finish(&mut self, gen: GenId) {
+        let Some(io) = self.gens.remove(&gen) else { return };
+        let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
+        if let Some(w) = self.io.watchdog.as_mut() {
+            w.forget(io.leader);
+        }
+        self.read_output(gen);
     }
 
     /// Pass on what generation `gen` wrote; once its pipes are closed and
     /// it is gone, keep only its last lines.
     fn read_output(&mut self, gen: GenId) {
-        let Some(out) = self.outputs.get_mut(&gen) else {
-            return;
-        };
+        let Some(out) = self.outputs.get_mut(&gen) else { return };
         let closed = out.read_available();
         if closed && !self.gens.contains_key(&gen) {
             let out = self.outputs.remove(&gen).expect("present");
@@ -291,22 +270,19 @@ impl Runtime {
     }
 
     fn run_check(&mut self, gen: GenId) {
-        let cmd = self.s.check.clone().unwrap_or_default();
+        let cmd = self.cfg.check.clone().unwrap_or_default();
         log::info(&format!("running the check `{cmd}` before generation {gen}"));
-        match Check::start(&cmd, gen, &self.base_env) {
+        match Check::start(&cmd, &self.env.check(gen), self.cfg.workdir.path()) {
             Ok(check) => self.check = Some(check),
             Err(e) => {
-                self.check_output.clear();
                 let why = format!("cannot run the check `{cmd}`: {e:#}");
-                self.queue.push_back(Event::CheckDone { ok: false, why });
+                self.queue.push_back(Event::CheckDone { ok: false, why, output: Vec::new() });
             }
         }
     }
 
-    fn tell_systemd(&self, state: Option<SdState>, status: &str) {
-        let Some(sd) = &self.s.sd else {
-            return;
-        };
+    fn tell_systemd(&self, state: Option<SdState>, status: &SdStatus) {
+        let Some(sd) = &self.io.sd else { return };
         let mut msg = match state {
             Some(SdState::Ready) => "READY=1\n".to_string(),
             Some(SdState::Reloading) => {
@@ -315,7 +291,28 @@ impl Runtime {
             Some(SdState::Stopping) => "STOPPING=1\n".to_string(),
             None => String::new(),
         };
-        msg.push_str(&format!("STATUS={status}"));
+        let pid = |gen: &GenId| {
+            self.gens.get(gen).map_or(String::new(), |io| format!(" (pid {})", io.main))
+        };
+        let line = match status {
+            SdStatus::Serving { gen, failed } => {
+                let mut l = format!("serving: generation {gen}{}", pid(gen));
+                if let Some(why) = failed {
+                    l.push_str(&format!("; reload failed: {why}"));
+                }
+                l
+            }
+            SdStatus::NotServing { failed: Some(why) } => {
+                format!("not serving; reload failed: {why}")
+            }
+            SdStatus::NotServing { failed: None } => "not serving".into(),
+            SdStatus::Reloading { gen } => format!("reloading: starting generation {gen}"),
+            SdStatus::Crashed { gen, status } => {
+                format!("generation {gen} exited unexpectedly with {status}")
+            }
+            SdStatus::Stopping => "stopping".into(),
+        };
+        msg.push_str(&format!("STATUS={line}"));
         if let Err(e) = sd.send(&msg) {
             log::warn(&format!("cannot notify systemd at {}: {e}", sd.shown()));
         }

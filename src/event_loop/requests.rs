@@ -1,15 +1,16 @@
-//! Control requests in, JSON replies out (the protocol is in control/mod.rs
-//! and the README).
+//! Control requests in, replies out (the protocol is control/protocol.rs).
+//! Requests become supervisor events; acknowledgements of receipt and
+//! `status` are answered here, outcomes come from the supervisor.
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
 use super::Runtime;
+use crate::control::protocol::{
+    Answer, ExitedStatus, GenStatus, LastReload, Reply, Request, SocketStatus, Status,
+};
 use crate::control::server::ConnId;
-use crate::control::Request;
 use crate::log;
-use crate::supervisor::{Event, Outcome};
+use crate::supervisor::{Event, Outcome, View};
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
@@ -24,86 +25,124 @@ impl Runtime {
             }
             Request::Reload { wait: false } => {
                 log::debug("control: reload (no wait)");
-                let reply = json!({"graceexec": 1, "ok": true, "accepted": true});
-                self.s.control.reply(id, &reply, true);
+                self.io.control.reply(id, Reply::new(Answer::ReloadAccepted), true);
                 self.queue.push_back(Event::Reload { waiter: None });
             }
             Request::Status => {
-                let reply = self.status_reply(Instant::now());
-                self.s.control.reply(id, &reply, true);
+                let status = self.status(Instant::now());
+                self.io.control.reply(id, Reply::new(Answer::Status(Box::new(status))), true);
             }
             Request::Stop => {
                 let pid = std::process::id();
-                let reply = json!({"graceexec": 1, "ok": true, "stopping": true, "pid": pid});
-                self.s.control.reply(id, &reply, false);
-                self.stop_conns.push(id);
-                // Unlike a second SIGTERM, a second `graceexec stop` does not
-                // escalate to SIGKILL: it just waits for the same exit.
-                if !self.s.sup.shutting_down() {
-                    log::info("stop requested through the control socket");
-                    self.queue.push_back(Event::Shutdown);
+                self.io.control.reply(id, Reply::new(Answer::Stopping { pid }), false);
+                self.queue.push_back(Event::Stop { waiter: id });
+            }
+        }
+    }
+
+    /// The reply for a reload's outcome, with what only the loop knows:
+    /// the new generation's pid, the failed one's last lines.
+    pub(super) fn outcome_reply(&mut self, outcome: &Outcome) -> Reply {
+        match outcome {
+            Outcome::Ready { gen, took } => Reply::new(Answer::Reloaded {
+                generation: *gen,
+                pid: self.gens.get(gen).map(|io| io.main),
+                ready_ms: ms(*took),
+            }),
+            Outcome::Failed { gen, why, serving, output } => {
+                let stderr = match gen {
+                    Some(g) => self.tail_of(*g),
+                    None => output.clone(),
+                };
+                Reply::new(Answer::ReloadFailed {
+                    error: why.clone(),
+                    generation: *gen,
+                    serving: *serving,
+                    stderr,
+                })
+            }
+        }
+    }
+
+    pub(super) fn status(&self, now: Instant) -> Status {
+        let mut status = Status::from(self.sup.view(now));
+        for g in &mut status.generations {
+            if let Some(io) = self.gens.get(&g.generation) {
+                g.pid = Some(io.main);
+                g.status.clone_from(&io.status);
+                if g.state == "starting" {
+                    g.waiting = Some(match io.probe.as_ref().and_then(|p| p.last_failure()) {
+                        Some(why) => format!("last probe: {why}"),
+                        None if self.cfg.ready.is_some() && io.probe.is_some() => "probing".into(),
+                        None => "no READY=1 yet".into(),
+                    });
                 }
             }
         }
+        status.pid = std::process::id();
+        status.version = env!("CARGO_PKG_VERSION").into();
+        status.uptime_ms = ms(now.saturating_duration_since(self.started));
+        status.command = self.cfg.command.iter().map(|a| a.to_string_lossy().into()).collect();
+        status.sockets = self
+            .io
+            .listeners
+            .iter()
+            .map(|l| SocketStatus { name: l.name.clone(), address: l.shown.clone() })
+            .collect();
+        status
     }
+}
 
-    pub(super) fn report_reply(&mut self, outcome: &Outcome) -> Value {
-        match outcome {
-            Outcome::Ready { gen, pid, took } => json!({
-                "graceexec": 1, "ok": true, "generation": gen, "pid": pid, "ready_ms": ms(*took),
-            }),
-            Outcome::Failed { gen, why, serving } => {
-                let lines = match gen {
-                    Some(g) => self.tail_of(*g),
-                    None if self.s.sup.shutting_down() => Vec::new(),
-                    None => self.check_output.clone(),
-                };
-                json!({
-                    "graceexec": 1, "ok": false, "error": why, "generation": gen,
-                    "serving": serving, "stderr": lines,
-                })
-            }
-        }
-    }
-
-    pub(super) fn status_reply(&self, now: Instant) -> Value {
-        let v = self.s.sup.view(now);
-        let sockets: Vec<Value> =
-            self.s.listeners.iter().map(|l| json!({"name": l.name, "address": l.shown})).collect();
-        let gens: Vec<Value> = v
+impl From<View> for Status {
+    fn from(v: View) -> Status {
+        let generations = v
             .gens
             .iter()
-            .map(|g| {
-                let status = self.gens.get(&g.id).and_then(|io| io.status.clone());
-                json!({
-                    "generation": g.id, "pid": g.pid, "state": g.state, "age_ms": ms(g.age),
-                    "ready_ms": g.ready_after.map(ms), "status": status,
-                })
+            .map(|g| GenStatus {
+                generation: g.id,
+                pid: g.pid,
+                state: g.role.as_str().into(),
+                age_ms: ms(g.age),
+                ready_ms: g.ready_after.map(ms),
+                status: None,
+                waiting: None,
             })
             .collect();
-        let last_reload = match &v.last_reload {
-            None => Value::Null,
-            Some((Outcome::Ready { gen, pid, took }, ago)) => json!({
-                "ok": true, "generation": gen, "pid": pid, "ready_ms": ms(*took), "ago_ms": ms(*ago),
-            }),
-            Some((Outcome::Failed { gen, why, .. }, ago)) => json!({
-                "ok": false, "generation": gen, "error": why, "ago_ms": ms(*ago),
-            }),
-        };
-        let command: Vec<String> =
-            self.s.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        json!({
-            "graceexec": 1,
-            "ok": true,
-            "pid": std::process::id(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_ms": ms(now.saturating_duration_since(self.started)),
-            "state": v.state,
-            "command": command,
-            "sockets": sockets,
-            "generations": gens,
-            "last_reload": last_reload,
-            "restarts": v.restarts,
-        })
+        let last_reload = v.last_reload.map(|(o, ago)| match o {
+            Outcome::Ready { gen, took } => LastReload {
+                ok: true,
+                generation: Some(gen),
+                ready_ms: Some(ms(took)),
+                error: None,
+                ago_ms: ms(ago),
+            },
+            Outcome::Failed { gen, why, .. } => LastReload {
+                ok: false,
+                generation: gen,
+                ready_ms: None,
+                error: Some(why),
+                ago_ms: ms(ago),
+            },
+        });
+        let exited = v
+            .exited
+            .iter()
+            .map(|(e, ago)| ExitedStatus {
+                generation: e.id,
+                pid: e.pid,
+                how: e.status.to_string(),
+                code: e.status.exit_code(),
+                ago_ms: ms(*ago),
+            })
+            .collect();
+        Status {
+            state: v.state.into(),
+            generations,
+            last_reload,
+            restarts: v.restarts,
+            exited,
+            restart_in_ms: v.restart_in.map(ms),
+            ..Status::default()
+        }
     }
 }

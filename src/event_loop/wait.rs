@@ -1,69 +1,17 @@
 //! Waiting: one poll(2) over every fd graceexec watches, turned into events.
 
-use std::ffi::OsString;
 use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use nix::errno::Errno;
+use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
 use super::Runtime;
 use crate::control::server::Key;
 use crate::log;
 use crate::readiness::Probe;
-use crate::spawn::{self, SpawnError};
-use crate::supervisor::{Event, GenId, ReadySource, Status};
-
-const RELOAD: [Signal; 2] = [Signal::SIGHUP, Signal::SIGUSR2];
-const SHUTDOWN: [Signal; 2] = [Signal::SIGTERM, Signal::SIGINT];
-/// Passed on to the serving generation as they are.
-const FORWARD: [Signal; 5] =
-    [Signal::SIGUSR1, Signal::SIGWINCH, Signal::SIGQUIT, Signal::SIGTTIN, Signal::SIGTTOU];
-
-/// Block every signal graceexec handles. Called first thing, so a signal
-/// sent during start-up waits for the loop; `spawn::signalfd` reads them.
-/// Under systemd's Type=notify-reload this is what makes the reload signal
-/// safe to send from the moment READY=1 goes out.
-pub fn block_signals() -> nix::Result<SigSet> {
-    let mut handled: Vec<Signal> =
-        RELOAD.iter().chain(&SHUTDOWN).chain(&FORWARD).copied().collect();
-    handled.push(Signal::SIGCHLD);
-    spawn::block(&handled)
-}
-
-/// Find COMMAND the way a shell would, anew at every start.
-pub fn resolve(command: &OsString) -> Result<PathBuf, SpawnError> {
-    let shown = command.to_string_lossy();
-    match which::which(command) {
-        Ok(p) => Ok(p),
-        Err(_) => {
-            let p = PathBuf::from(command);
-            let has_slash = shown.contains('/');
-            match std::fs::metadata(&p) {
-                Ok(m) if has_slash && (m.is_dir() || m.permissions().mode() & 0o111 == 0) => {
-                    Err(SpawnError {
-                        code: 126,
-                        message: format!(
-                            "cannot execute {shown}: Permission denied (not an executable file)"
-                        ),
-                    })
-                }
-                _ => Err(SpawnError {
-                    code: 127,
-                    message: if has_slash {
-                        format!("command not found: {shown}: No such file")
-                    } else {
-                        format!("command not found: {shown} (not in PATH)")
-                    },
-                }),
-            }
-        }
-    }
-}
+use crate::supervisor::{Event, GenId, ReadySource};
 
 enum Source {
     Signals,
@@ -87,12 +35,12 @@ impl Runtime {
     /// Sleep in poll until something happens or a deadline passes; turn
     /// what happened into events.
     pub(super) fn wait(&mut self) {
-        let mut deadline = self.s.sup.next_deadline();
+        let mut deadline = self.sup.next_deadline();
         for io in self.gens.values() {
             deadline = earliest(deadline, io.probe.as_ref().and_then(Probe::wake_at));
         }
-        deadline = earliest(deadline, self.s.control.wake_at());
-        deadline = earliest(deadline, self.s.watch.as_ref().and_then(|w| w.wake_at()));
+        deadline = earliest(deadline, self.io.control.wake_at());
+        deadline = earliest(deadline, self.io.watch.as_ref().and_then(|w| w.wake_at()));
         let timeout = match deadline {
             None => PollTimeout::NONE,
             Some(t) => {
@@ -103,7 +51,7 @@ impl Runtime {
             }
         };
         let mut sources = vec![Source::Signals];
-        let mut fds = vec![PollFd::new(self.s.signals.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.io.signals.as_fd(), PollFlags::POLLIN)];
         for (gen, io) in self.gens.iter() {
             sources.push(Source::Notify(*gen));
             fds.push(PollFd::new(io.notify.sock.as_fd(), PollFlags::POLLIN));
@@ -118,11 +66,11 @@ impl Runtime {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
         }
-        for (key, fd, ev) in self.s.control.poll_fds() {
+        for (key, fd, ev) in self.io.control.poll_fds() {
             sources.push(Source::Control(key));
             fds.push(PollFd::new(fd, ev));
         }
-        if let Some(w) = &self.s.watch {
+        if let Some(w) = &self.io.watch {
             sources.push(Source::Watch);
             fds.push(PollFd::new(w.fd(), PollFlags::POLLIN));
         }
@@ -152,7 +100,7 @@ impl Runtime {
                 Source::Output(gen) => output_hits.push(gen),
                 Source::Control(key) => control_keys.push(key),
                 Source::Watch => {
-                    if let Some(w) = self.s.watch.as_mut() {
+                    if let Some(w) = self.io.watch.as_mut() {
                         for name in w.read(now) {
                             log::debug(&format!("--watch: {name} changed"));
                         }
@@ -179,112 +127,30 @@ impl Runtime {
             }
         }
         // Timeouts of half-sent requests are handled even when no fd fired.
-        let (requests, warnings) = self.s.control.service(&control_keys, now);
+        let (requests, warnings) = self.io.control.service(&control_keys, now);
         for w in warnings {
             log::warn(&w);
         }
         for (id, req) in requests {
             self.on_request(id, req);
         }
-        if self.s.watch.as_mut().is_some_and(|w| w.take_due(now)) {
+        if self.io.watch.as_mut().is_some_and(|w| w.take_due(now)) {
             log::info("a watched file changed: reloading");
             self.queue.push_back(Event::Reload { waiter: None });
         }
     }
 
-    fn read_notify(&mut self, gen: GenId) {
-        let Some(io) = self.gens.get_mut(&gen) else {
-            return;
-        };
-        for m in io.notify.drain() {
-            if let Some(s) = &m.status {
-                log::info(&format!("generation {gen} status: {s}"));
-                io.status = Some(s.clone());
-            }
-            for other in &m.other {
-                log::debug(&format!("generation {gen} notify: {other}"));
-            }
-            if m.ready {
-                self.queue.push_back(Event::Ready { gen, by: ReadySource::Notify });
-            }
-        }
-    }
-
-    fn read_signals(&mut self) {
+    /// One batch of signals for the supervisor; SIGCHLD is the loop's.
+    pub(super) fn read_signals(&mut self) {
         let mut batch = Vec::new();
-        while let Ok(Some(info)) = self.s.signals.read_signal() {
-            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
-                batch.push(sig);
+        while let Ok(Some(info)) = self.io.signals.read_signal() {
+            match info.ssi_signo as i32 {
+                libc::SIGCHLD => self.reap_due = true,
+                sig => batch.push(sig),
             }
         }
-        // A signalfd hands pending signals over lowest number first, not in
-        // the order they came (HUP=1 before TERM=15): when a stop request is
-        // in the batch, reloads from it would only start a doomed candidate.
-        let stopping = batch.iter().any(|s| SHUTDOWN.contains(s));
-        for sig in batch {
-            if RELOAD.contains(&sig) {
-                log::debug(&format!("received {}", sig.as_str()));
-                if !stopping {
-                    self.queue.push_back(Event::Reload { waiter: None });
-                }
-            } else if SHUTDOWN.contains(&sig) {
-                log::info(&format!("received {}", sig.as_str()));
-                self.queue.push_back(Event::Shutdown);
-            } else if sig == Signal::SIGCHLD {
-                self.reap();
-            } else {
-                self.queue.push_back(Event::Forward(sig));
-            }
-        }
-    }
-
-    /// Reap every child that has exited (waitpid(-1) until none is left), so
-    /// graceexec can be PID 1 or a subreaper without collecting zombies.
-    fn reap(&mut self) {
-        loop {
-            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Status::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), Status::Signal(sig as i32)),
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => continue,
-            };
-            // A generation's exit concerns the supervisor; the watchdog's
-            // only this loop; an exec probe's decides readiness; the
-            // check's decides a reload; anything else is an orphan we
-            // adopted.
-            if self.gens.values().any(|io| io.pid == pid) {
-                self.queue.push_back(Event::Exited { pid, status });
-                continue;
-            }
-            // Before graceexec's exit, only if someone killed it: it is not
-            // waited for again, and its pipe is closed.
-            if self.s.watchdog.as_ref().is_some_and(|w| w.pid() == pid) {
-                self.s.watchdog = None;
-                log::warn(&format!(
-                    "the watchdog (pid {pid}) exited with {status}; if graceexec is killed, processes the servers started may be left running"
-                ));
-                continue;
-            }
-            if self.check.as_ref().is_some_and(|c| c.pid() == pid) {
-                let mut c = self.check.take().expect("present");
-                // Its output has gone to graceexec's stderr as it came.
-                let outcome = c.finished(status == Status::Code(0), &status.to_string());
-                self.check_output = outcome.output;
-                self.queue.push_back(Event::CheckDone { ok: outcome.ok, why: outcome.summary });
-                continue;
-            }
-            let probe = self.gens.iter_mut().find_map(|(gen, io)| {
-                io.probe.as_mut().filter(|p| p.running_pid() == Some(pid)).map(|p| (*gen, p))
-            });
-            match probe {
-                Some((gen, p)) => {
-                    if p.exec_finished(Instant::now(), status == Status::Code(0)) {
-                        self.gens.get_mut(&gen).expect("present").probe = None;
-                        self.queue.push_back(Event::Ready { gen, by: ReadySource::Probe });
-                    }
-                }
-                None => log::debug(&format!("reaped pid {pid} ({status})")),
-            }
+        if !batch.is_empty() {
+            self.queue.push_back(Event::Signals(batch));
         }
     }
 }

@@ -1,169 +1,227 @@
 //! How generations end: the stop signal and SIGKILL after the stop
-//! timeout, shutdown, exited processes, crash restarts with backoff, and
-//! the deadlines `Tick` acts on.
+//! timeout, shutdown, exits, crash restarts with backoff, and the deadlines
+//! `Tick` acts on.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::phase::{Attempt, Draining, Phase, Recovery, Step, Stopping};
 use super::{
-    human, Action, ReadyPolicy, Role, SdState, Status, Supervisor, BACKOFF_FIRST, BACKOFF_MAX,
-    HEALTHY,
+    human, Action, GenId, SdState, SdStatus, Status, Supervisor, Waiter, BACKOFF_FIRST,
+    BACKOFF_MAX, HEALTHY,
 };
-use crate::log::Level;
+use crate::units::signal_name;
 
 impl Supervisor {
-    /// Send the stop signal once; SIGKILL follows at the stop timeout.
-    pub(super) fn stop(&mut self, now: Instant, i: usize) {
-        let sig = self.cfg.stop_signal;
-        let deadline = now + self.cfg.stop_timeout;
-        let g = &mut self.gens[i];
-        if g.stop.is_some() {
-            return;
-        }
-        g.stop = Some((deadline, false));
-        let was_candidate = matches!(g.role, Role::Candidate { .. });
-        if was_candidate {
-            g.role = Role::Old;
-        }
-        let (id, pid) = (g.id, g.pid);
-        if was_candidate && self.cfg.ready == ReadyPolicy::Probe {
-            self.out.push(Action::StopProbe { gen: id });
-        }
-        if let Some(pid) = pid {
-            self.out.push(Action::Signal { pid, signal: sig });
-            self.info(format!("generation {id} (pid {pid}) stopping with {}", sig.as_str()));
-        }
+    /// Send generation `id` the stop signal; it drains from now on, and
+    /// its group gets SIGKILL at the stop timeout.
+    pub(super) fn stop(
+        &mut self,
+        now: Instant,
+        id: GenId,
+        spawned_at: Instant,
+        ready_after: Option<Duration>,
+    ) {
+        let kill_at = now + self.policy.stop_timeout;
+        self.draining.insert(id, Draining { spawned_at, ready_after, kill_at, killed: false });
+        let signal = self.policy.stop_signal;
+        self.out.push(Action::Signal { gen: id, signal });
+        self.info(format!("generation {id} stopping with {}", signal_name(signal)));
     }
 
-    pub(super) fn on_shutdown(&mut self, now: Instant) {
-        if self.shutting_down {
-            self.warn("second stop request: killing every generation now".into());
-            for g in &mut self.gens {
-                if let Some(pid) = g.pid {
-                    self.out.push(Action::KillGroup { pid });
-                    g.stop = Some((now, true));
+    pub(super) fn shutdown(&mut self, now: Instant, p: Phase, waiters: Vec<Waiter>) -> Phase {
+        self.begin_shutdown(now, p, waiters, None)
+    }
+
+    /// A shutdown that exits with `code` whatever the generations' status.
+    pub(super) fn shutdown_forced(&mut self, now: Instant, p: Phase, code: i32) -> Phase {
+        self.begin_shutdown(now, p, Vec::new(), Some(code))
+    }
+
+    fn begin_shutdown(
+        &mut self,
+        now: Instant,
+        p: Phase,
+        waiters: Vec<Waiter>,
+        forced: Option<i32>,
+    ) -> Phase {
+        let status = SdStatus::Stopping;
+        self.out.push(Action::Systemd { state: Some(SdState::Stopping), status });
+        let mut failed: Vec<Waiter> = Vec::new();
+        let mut final_gen = None;
+        let attempt = match p {
+            Phase::Serving(cur) => {
+                final_gen = Some(cur.id);
+                self.stop(now, cur.id, cur.spawned_at, Some(cur.ready_after));
+                None
+            }
+            Phase::Reloading(cur, a) => {
+                final_gen = Some(cur.id);
+                self.stop(now, cur.id, cur.spawned_at, Some(cur.ready_after));
+                Some(a)
+            }
+            Phase::Booting(a) | Phase::Recovering(Recovery::Trying(a)) => Some(a),
+            Phase::Recovering(Recovery::Backoff { waiters, .. }) => {
+                failed.extend(waiters);
+                None
+            }
+            Phase::Idle | Phase::Stopping(_) | Phase::Done => None,
+        };
+        let serving = final_gen;
+        if let Some(Attempt { step, follow_up }) = attempt {
+            failed.extend(follow_up.into_iter().flatten());
+            match step {
+                Step::Checking { waiters, deadline, .. } => {
+                    failed.extend(waiters);
+                    if deadline.is_some() {
+                        let why = "graceexec is shutting down".into();
+                        self.out.push(Action::CancelCheck { why });
+                    }
+                }
+                Step::Starting(c) => {
+                    failed.extend(c.waiters);
+                    final_gen = final_gen.or(Some(c.id));
+                    if self.policy.ready == super::ReadyPolicy::Probe {
+                        self.out.push(Action::StopProbe { gen: c.id });
+                    }
+                    self.stop(now, c.id, c.spawned_at, None);
                 }
             }
-            return;
         }
-        self.info("shutting down".into());
-        self.begin_shutdown(now);
+        failed.sort_unstable();
+        self.report(failed, self.shutting_down());
+        Phase::Stopping(Stopping { waiters, final_gen, serving, forced, escalated: false })
     }
 
-    pub(super) fn begin_shutdown(&mut self, now: Instant) {
-        self.shutting_down = true;
-        self.follow_up = false;
-        self.restart_at = None;
-        self.fail_all_waiters();
-        self.out
-            .push(Action::Systemd { state: Some(SdState::Stopping), status: "stopping".into() });
-        self.final_gen = self
-            .find(|g| g.role == Role::Current)
-            .or_else(|| self.candidate())
-            .map(|i| self.gens[i].id);
-        for i in 0..self.gens.len() {
-            self.stop(now, i);
+    /// A second stop signal: SIGKILL to every group at once.
+    pub(super) fn escalate(&mut self, mut s: Stopping) -> Phase {
+        if !s.escalated {
+            s.escalated = true;
+            self.warn("second stop request: killing every generation now".into());
+            for (gen, d) in self.draining.iter_mut() {
+                d.killed = true;
+                self.out.push(Action::KillGroup { gen: *gen });
+            }
+        }
+        Phase::Stopping(s)
+    }
+
+    /// A draining generation's main process exited.
+    pub(super) fn drained(&mut self, p: &Phase, gen: GenId, pid: i32, status: Status) {
+        self.draining.remove(&gen);
+        self.out.push(Action::Finish { gen });
+        if let Phase::Stopping(s) = p {
+            if s.final_gen == Some(gen) {
+                self.last_status = Some(status);
+            }
+        }
+        self.info(format!("generation {gen} (pid {pid}) exited with {status}"));
+    }
+
+    /// The current generation of `p` exited on its own.
+    pub(super) fn current_exited(
+        &mut self,
+        now: Instant,
+        p: Phase,
+        pid: i32,
+        status: Status,
+    ) -> Phase {
+        let (id, attempt) = match p {
+            Phase::Serving(cur) => (cur.id, None),
+            Phase::Reloading(cur, a) => (cur.id, Some(a)),
+            _ => unreachable!("checked by the caller"),
+        };
+        self.last_status = Some(status);
+        // A service that had been up for a minute, across any number of
+        // reloads, was healthy: the next restart, now or after a failed
+        // candidate, starts the backoff afresh.
+        if self.up_since.take().is_some_and(|t| now.duration_since(t) >= HEALTHY) {
+            self.backoff = BACKOFF_FIRST;
+        }
+        self.warn(format!("generation {id} (pid {pid}) exited unexpectedly with {status}"));
+        let crashed = SdStatus::Crashed { gen: id, status };
+        self.out.push(Action::Systemd { state: None, status: crashed });
+        let rest = match attempt {
+            Some(a) => Phase::Recovering(Recovery::Trying(a)),
+            None => Phase::Idle,
+        };
+        if !self.policy.restart {
+            return self.shutdown_forced(now, rest, status.exit_code());
+        }
+        match rest {
+            Phase::Recovering(Recovery::Trying(a)) => {
+                let what = match a.candidate() {
+                    Some(c) => format!("generation {} is starting and will take over", c.id),
+                    None => "the reload's check runs; its generation will take over".into(),
+                };
+                self.info(what);
+                Phase::Recovering(Recovery::Trying(a))
+            }
+            _ => {
+                let at = self.schedule_restart(now);
+                Phase::Recovering(Recovery::Backoff { at, waiters: Vec::new() })
+            }
         }
     }
 
-    pub(super) fn schedule_restart(&mut self, now: Instant) {
+    /// When the next restart is due, with backoff.
+    pub(super) fn schedule_restart(&mut self, now: Instant) -> Instant {
         let delay = self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        self.restart_at = Some(now + delay);
         self.info(format!("restarting in {}", human(delay)));
+        now + delay
     }
 
-    pub(super) fn on_exited(&mut self, now: Instant, pid: i32, status: Status) {
-        let Some(i) = self.find(|g| g.pid == Some(pid)) else {
-            return;
+    pub(super) fn on_tick(&mut self, now: Instant, p: Phase) -> Phase {
+        let timeout = self.policy.stop_timeout;
+        for (gen, d) in self.draining.iter_mut() {
+            if !d.killed && now >= d.kill_at {
+                d.killed = true;
+                self.out.push(Action::KillGroup { gen: *gen });
+                let msg =
+                    format!("generation {gen} killed after the stop timeout ({})", human(timeout));
+                self.out.push(Action::Log { level: crate::log::Level::Warn, msg });
+            }
+        }
+        match p {
+            Phase::Recovering(Recovery::Backoff { at, waiters }) if now >= at => {
+                self.restarts += 1;
+                let reload = !waiters.is_empty();
+                let c = self.start_candidate(now, waiters, reload);
+                Phase::Recovering(Recovery::Trying(Attempt {
+                    step: Step::Starting(c),
+                    follow_up: None,
+                }))
+            }
+            p => self.attempt_deadlines(now, p),
+        }
+    }
+
+    /// The check's and the candidate's deadlines.
+    fn attempt_deadlines(&mut self, now: Instant, mut p: Phase) -> Phase {
+        let too_long = self.check_too_long();
+        let attempt = match &mut p {
+            Phase::Booting(a) | Phase::Reloading(_, a) | Phase::Recovering(Recovery::Trying(a)) => {
+                a
+            }
+            _ => return p,
         };
-        let g = self.gens.remove(i);
-        self.out.push(Action::Release { gen: g.id });
-        self.out.push(Action::KillGroup { pid });
-        if self.final_gen == Some(g.id) {
-            self.last_status = Some(status);
-        }
-        match (g.role, g.stop) {
-            (_, Some(_)) | (Role::Old, _) => {
-                self.info(format!("generation {} (pid {pid}) exited with {status}", g.id));
-            }
-            (Role::Candidate { .. }, None) => {
-                self.candidate_failed(
-                    now,
-                    g.id,
-                    (g.reload, g.waiters),
-                    format!("(pid {pid}) exited with {status} before it was ready"),
-                    None,
-                );
-            }
-            (Role::Current, None) => {
-                self.last_status = Some(status);
-                // A service that had been up for a minute, across any number
-                // of reloads, was healthy: the next restart, now or after a
-                // failed candidate, starts the backoff afresh.
-                if self.serving_since.take().is_some_and(|t| now.duration_since(t) >= HEALTHY) {
-                    self.backoff = BACKOFF_FIRST;
+        match &mut attempt.step {
+            Step::Checking { deadline, .. } => {
+                if deadline.is_some_and(|d| now >= d) {
+                    // The loop kills it and answers with CheckDone.
+                    *deadline = None;
+                    self.out.push(Action::CancelCheck { why: too_long });
                 }
-                self.warn(format!(
-                    "generation {} (pid {pid}) exited unexpectedly with {status}",
-                    g.id
-                ));
-                let line = format!("generation {} exited unexpectedly with {status}", g.id);
-                self.out.push(Action::Systemd { state: None, status: line });
-                if !self.cfg.restart {
-                    self.forced_code = Some(status.exit_code());
-                    self.begin_shutdown(now);
-                } else if let Some(c) = self.candidate() {
-                    let id = self.gens[c].id;
-                    self.info(format!("generation {id} is starting and will take over"));
-                } else {
-                    self.schedule_restart(now);
-                }
+                p
             }
-        }
-    }
-
-    pub(super) fn on_tick(&mut self, now: Instant) {
-        if self.checking.as_ref().is_some_and(|(_, deadline)| now >= *deadline) {
-            self.out.push(Action::CancelCheck);
-            let why = format!("the check did not finish within {}", human(self.cfg.ready_timeout));
-            self.on_check_done(now, false, why);
-        }
-        if let Some(i) = self.candidate() {
-            let g = &self.gens[i];
-            if let (Role::Candidate { deadline }, Some(_)) = (g.role, g.pid) {
-                let id = g.id;
-                if now >= deadline {
-                    let why = format!("was not ready within {}", human(self.cfg.ready_timeout));
-                    let asked = (g.reload, std::mem::take(&mut self.gens[i].waiters));
-                    self.candidate_failed(now, id, asked, why, None);
-                } else if self.auto_ready_at(g).is_some_and(|t| now >= t) {
-                    self.promote(now, i);
-                }
+            Step::Starting(c) if now >= c.deadline => {
+                let why = format!("was not ready within {}", human(self.policy.ready_timeout));
+                self.candidate_failed(now, p, why, None, true)
             }
-        }
-        for g in &mut self.gens {
-            if let (Some((kill_at, false)), Some(pid)) = (g.stop, g.pid) {
-                if now >= kill_at {
-                    g.stop = Some((kill_at, true));
-                    self.out.push(Action::KillGroup { pid });
-                    let msg = format!(
-                        "generation {} (pid {pid}) killed after the stop timeout ({})",
-                        g.id,
-                        human(self.cfg.stop_timeout)
-                    );
-                    self.out.push(Action::Log { level: Level::Warn, msg });
-                }
+            Step::Starting(c) if self.auto_ready_at(c).is_some_and(|t| now >= t) => {
+                self.candidate_ready(now, p)
             }
-        }
-        if self.restart_at.is_some_and(|t| now >= t) {
-            self.restart_at = None;
-            self.restarts += 1;
-            // Requests that came while there was nothing to reload get the
-            // outcome of this start, which began after they asked.
-            self.follow_up = false;
-            let waiters = std::mem::take(&mut self.follow_up_waiters);
-            let reload = !waiters.is_empty();
-            self.start_candidate(now, waiters, reload);
+            Step::Starting(_) => p,
         }
     }
 }

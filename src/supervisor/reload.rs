@@ -1,104 +1,202 @@
-//! Reloads as transactions: who asked, what they are told, what the service
-//! manager is told, and the view `graceexec status` shows.
+//! Getting a new generation ready: the first start, reloads as
+//! transactions (who asked, what they are told, what systemd is told), the
+//! `--check` step, and a candidate's success or failure.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{Action, GenId, Outcome, Role, SdState, Supervisor, Waiter};
+use super::phase::{Attempt, Candidate, Current, Phase, Recovery, Step};
+use super::{human, Action, GenId, Outcome, ReadyPolicy, SdState, SdStatus, Supervisor, Waiter};
+use crate::log::Level;
 
-/// One generation as `graceexec status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GenView {
-    pub id: GenId,
-    pub pid: Option<i32>,
-    /// starting, ready or draining.
-    pub state: &'static str,
-    pub age: Duration,
-    pub ready_after: Option<Duration>,
+/// Which phase an attempt belongs to, with what else that phase holds.
+enum Holder {
+    Booting,
+    Reloading(Current),
+    Recovering,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct View {
-    /// starting, serving, reloading, recovering or stopping.
-    pub state: &'static str,
-    pub gens: Vec<GenView>,
-    /// The last reload's outcome and how long ago it came.
-    pub last_reload: Option<(Outcome, Duration)>,
-    pub restarts: u32,
+fn split(p: Phase) -> (Holder, Attempt) {
+    match p {
+        Phase::Booting(a) => (Holder::Booting, a),
+        Phase::Reloading(c, a) => (Holder::Reloading(c), a),
+        Phase::Recovering(Recovery::Trying(a)) => (Holder::Recovering, a),
+        _ => unreachable!("only phases with an attempt are split"),
+    }
+}
+
+fn join(h: Holder, a: Attempt) -> Phase {
+    match h {
+        Holder::Booting => Phase::Booting(a),
+        Holder::Reloading(c) => Phase::Reloading(c, a),
+        Holder::Recovering => Phase::Recovering(Recovery::Trying(a)),
+    }
 }
 
 impl Supervisor {
-    pub(super) fn on_reload(&mut self, now: Instant, waiter: Option<Waiter>) {
-        if self.shutting_down {
-            self.info("reload ignored: shutting down".into());
-            let failure = Outcome::Failed {
-                gen: None,
-                why: "graceexec is shutting down".into(),
-                serving: None,
-            };
-            self.report(waiter.into_iter().collect(), failure);
-        } else if self.candidate().is_some() || self.checking.is_some() {
-            self.follow_up = true;
-            self.follow_up_waiters.extend(waiter);
-            let what = match self.candidate() {
-                Some(i) => format!("generation {} is starting", self.gens[i].id),
-                None => "the check is running".into(),
-            };
-            self.info(format!("reload requested while {what}; merged into one follow-up reload"));
-        } else {
-            self.info("reload requested".into());
-            self.restart_at = None;
-            self.begin_reload(now, waiter.into_iter().collect());
-        }
+    pub(super) fn first_start(&mut self, now: Instant) -> Attempt {
+        let c = self.start_candidate(now, Vec::new(), false);
+        Attempt { step: Step::Starting(c), follow_up: None }
     }
 
-    /// Run the check if there is one, else start the candidate at once.
-    fn begin_reload(&mut self, now: Instant, waiters: Vec<Waiter>) {
+    pub(super) fn start_candidate(
+        &mut self,
+        now: Instant,
+        waiters: Vec<Waiter>,
+        reload: bool,
+    ) -> Candidate {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.out.push(Action::Spawn { gen: id });
+        if self.policy.ready == ReadyPolicy::Probe {
+            self.out.push(Action::StartProbe { gen: id });
+        }
+        let deadline = now + self.policy.ready_timeout;
+        Candidate { id, spawned_at: now, deadline, waiters, reload }
+    }
+
+    /// A reload begins: the check if there is one, else the candidate.
+    pub(super) fn begin_reload(&mut self, now: Instant, waiters: Vec<Waiter>) -> Attempt {
         let gen = self.next_id;
-        let status = format!("reloading: starting generation {gen}");
+        let status = SdStatus::Reloading { gen };
         self.out.push(Action::Systemd { state: Some(SdState::Reloading), status });
-        if self.cfg.check {
-            self.checking = Some((waiters, now + self.cfg.ready_timeout));
+        let step = if self.policy.check {
             self.out.push(Action::RunCheck { gen });
+            Step::Checking { gen, waiters, deadline: Some(now + self.policy.ready_timeout) }
         } else {
-            self.start_candidate(now, waiters, true);
-        }
-    }
-
-    pub(super) fn start_follow_up(&mut self, now: Instant) {
-        self.follow_up = false;
-        self.info("starting the follow-up reload".into());
-        let waiters = std::mem::take(&mut self.follow_up_waiters);
-        self.begin_reload(now, waiters);
-    }
-
-    pub(super) fn on_check_done(&mut self, now: Instant, ok: bool, why: String) {
-        let Some((waiters, _)) = self.checking.take() else {
-            return;
+            Step::Starting(self.start_candidate(now, waiters, true))
         };
-        if self.shutting_down {
-            return;
+        Attempt { step, follow_up: None }
+    }
+
+    /// A request while an attempt runs: one follow-up reload for all such.
+    pub(super) fn merge(&mut self, mut a: Attempt, waiter: Option<Waiter>) -> Attempt {
+        let what = match &a.step {
+            Step::Starting(c) => format!("generation {} is starting", c.id),
+            Step::Checking { gen, .. } => format!("the check before generation {gen} runs"),
+        };
+        self.info(format!("reload requested while {what}; merged into one follow-up reload"));
+        a.follow_up.get_or_insert_with(Vec::new).extend(waiter);
+        a
+    }
+
+    fn follow_up(&mut self, now: Instant, h: Holder, waiters: Vec<Waiter>) -> Phase {
+        self.info("starting the follow-up reload".into());
+        let a = self.begin_reload(now, waiters);
+        join(h, a)
+    }
+
+    pub(super) fn candidate_ready(&mut self, now: Instant, p: Phase) -> Phase {
+        let (h, Attempt { step, follow_up }) = split(p);
+        let Step::Starting(c) = step else { unreachable!("checked by the caller") };
+        let took = now.saturating_duration_since(c.spawned_at);
+        self.info(format!("generation {} ready after {} ms", c.id, took.as_millis()));
+        if self.policy.ready == ReadyPolicy::Probe {
+            self.out.push(Action::StopProbe { gen: c.id });
         }
-        if ok {
-            if self.candidate().is_some() {
-                // A restart began while the check ran: this reload follows it.
-                self.follow_up = true;
-                self.follow_up_waiters.extend(waiters);
-            } else {
-                self.restart_at = None;
-                self.start_candidate(now, waiters, true);
+        let first = matches!(h, Holder::Booting);
+        if let Holder::Reloading(old) = h {
+            self.stop(now, old.id, old.spawned_at, Some(old.ready_after));
+        }
+        self.up_since.get_or_insert(now);
+        let cur = Current { id: c.id, spawned_at: c.spawned_at, ready_after: took };
+        if c.reload {
+            self.finish_reload(now, Some(cur.id), c.waiters, Outcome::Ready { gen: c.id, took });
+        } else {
+            let state = first.then_some(SdState::Ready);
+            let status = SdStatus::Serving { gen: c.id, failed: None };
+            self.out.push(Action::Systemd { state, status });
+        }
+        match follow_up {
+            Some(w) => self.follow_up(now, Holder::Reloading(cur), w),
+            None => Phase::Serving(cur),
+        }
+    }
+
+    /// The candidate of `p` failed: `why` follows "generation N"; `running`
+    /// when it still runs and must be stopped (a ready timeout).
+    pub(super) fn candidate_failed(
+        &mut self,
+        now: Instant,
+        p: Phase,
+        why: String,
+        code: Option<i32>,
+        running: bool,
+    ) -> Phase {
+        let (h, Attempt { step, follow_up }) = split(p);
+        let Step::Starting(c) = step else { unreachable!("checked by the caller") };
+        if running {
+            if self.policy.ready == ReadyPolicy::Probe {
+                self.out.push(Action::StopProbe { gen: c.id });
             }
-            return;
+            self.stop(now, c.id, c.spawned_at, None);
         }
-        let serving = self.find(|g| g.role == Role::Current).map(|c| self.gens[c].id);
+        let serving = match &h {
+            Holder::Reloading(cur) => Some(cur.id),
+            _ => None,
+        };
+        if c.reload {
+            let outcome =
+                Outcome::failed(Some(c.id), format!("generation {} {why}", c.id), serving);
+            self.finish_reload(now, serving, c.waiters, outcome);
+        }
+        match h {
+            Holder::Booting => {
+                self.log(Level::Error, format!("generation {} {why}; giving up", c.id));
+                let why = format!("the first generation {why}; graceexec gave up");
+                self.report(follow_up.unwrap_or_default(), Outcome::failed(Some(c.id), why, None));
+                self.shutdown_forced(now, Phase::Idle, code.unwrap_or(1))
+            }
+            Holder::Reloading(cur) => {
+                self.warn(format!(
+                    "reload failed: generation {} {why}; generation {} keeps serving",
+                    c.id, cur.id
+                ));
+                match follow_up {
+                    Some(w) => self.follow_up(now, Holder::Reloading(cur), w),
+                    None => Phase::Serving(cur),
+                }
+            }
+            Holder::Recovering => {
+                // The follow-up's waiters ride the restart: a start after
+                // they asked, whose outcome they get.
+                self.warn(format!("generation {} {why}", c.id));
+                let at = self.schedule_restart(now);
+                Phase::Recovering(Recovery::Backoff { at, waiters: follow_up.unwrap_or_default() })
+            }
+        }
+    }
+
+    pub(super) fn check_done(
+        &mut self,
+        now: Instant,
+        p: Phase,
+        ok: bool,
+        why: String,
+        output: Vec<String>,
+    ) -> Phase {
+        let (h, Attempt { step, follow_up }) = split(p);
+        let Step::Checking { waiters, .. } = step else { unreachable!("checked by the caller") };
+        if ok {
+            let c = self.start_candidate(now, waiters, true);
+            return join(h, Attempt { step: Step::Starting(c), follow_up });
+        }
+        let serving = match &h {
+            Holder::Reloading(cur) => Some(cur.id),
+            _ => None,
+        };
         match serving {
             Some(cur) => self.warn(format!("reload failed: {why}; generation {cur} keeps serving")),
             None => self.warn(format!("reload failed: {why}")),
         }
-        self.finish_reload(now, waiters, Outcome::Failed { gen: None, why, serving });
-        if self.follow_up {
-            self.start_follow_up(now);
-        } else if serving.is_none() && self.candidate().is_none() && self.restart_at.is_none() {
-            self.schedule_restart(now);
+        let outcome = Outcome::Failed { gen: None, why, serving, output };
+        self.finish_reload(now, serving, waiters, outcome);
+        match (h, follow_up) {
+            (h, Some(w)) => self.follow_up(now, h, w),
+            (Holder::Reloading(cur), None) => Phase::Serving(cur),
+            (_, None) => {
+                let at = self.schedule_restart(now);
+                Phase::Recovering(Recovery::Backoff { at, waiters: Vec::new() })
+            }
         }
     }
 
@@ -106,78 +204,42 @@ impl Supervisor {
     /// service manager's reload with READY=1 (sd_notify(3): RELOADING=1
     /// must be followed by READY=1 once the reload is complete, whether it
     /// worked or not).
-    pub(super) fn finish_reload(&mut self, now: Instant, waiters: Vec<Waiter>, outcome: Outcome) {
+    pub(super) fn finish_reload(
+        &mut self,
+        now: Instant,
+        serving: Option<GenId>,
+        waiters: Vec<Waiter>,
+        outcome: Outcome,
+    ) {
         self.last_reload = Some((outcome.clone(), now));
-        if !self.shutting_down {
-            let serving = self.find(|g| g.role == Role::Current).map(|c| &self.gens[c]);
-            let mut status = match serving {
-                Some(g) => format!("serving: generation {} (pid {})", g.id, g.pid.unwrap_or(0)),
-                None => "not serving".into(),
-            };
-            if let Outcome::Failed { why, .. } = &outcome {
-                status.push_str(&format!("; reload failed: {why}"));
-            }
-            self.out.push(Action::Systemd { state: Some(SdState::Ready), status });
-        }
+        let failed = match &outcome {
+            Outcome::Failed { why, .. } => Some(why.clone()),
+            Outcome::Ready { .. } => None,
+        };
+        let status = match serving {
+            Some(gen) => SdStatus::Serving { gen, failed },
+            None => SdStatus::NotServing { failed },
+        };
+        self.out.push(Action::Systemd { state: Some(SdState::Ready), status });
         self.report(waiters, outcome);
     }
 
-    fn report(&mut self, waiters: Vec<Waiter>, outcome: Outcome) {
+    pub(super) fn report(&mut self, waiters: Vec<Waiter>, outcome: Outcome) {
         if !waiters.is_empty() {
             self.out.push(Action::Report { waiters, outcome });
         }
     }
 
-    /// Shutdown: nobody's reload will happen now.
-    pub(super) fn fail_all_waiters(&mut self) {
-        let mut waiters = std::mem::take(&mut self.follow_up_waiters);
-        if let Some((w, _)) = self.checking.take() {
-            waiters.extend(w);
-            self.out.push(Action::CancelCheck);
-        }
-        for g in &mut self.gens {
-            waiters.append(&mut g.waiters);
-        }
-        let why = "graceexec is shutting down".to_string();
-        self.report(waiters, Outcome::Failed { gen: None, why, serving: None });
+    pub(super) fn shutting_down(&self) -> Outcome {
+        Outcome::failed(None, "graceexec is shutting down".into(), None)
     }
 
-    pub fn shutting_down(&self) -> bool {
-        self.shutting_down
+    pub(super) fn nothing_to_reload(&self) -> Outcome {
+        Outcome::failed(None, "graceexec has not started its first generation yet".into(), None)
     }
 
-    pub fn view(&self, now: Instant) -> View {
-        let current = self.gens.iter().any(|g| g.role == Role::Current);
-        let state = if self.shutting_down {
-            "stopping"
-        } else if !self.ever_ready {
-            "starting"
-        } else if !current {
-            "recovering"
-        } else if self.candidate().is_some() || self.checking.is_some() {
-            "reloading"
-        } else {
-            "serving"
-        };
-        let gens = self
-            .gens
-            .iter()
-            .map(|g| GenView {
-                id: g.id,
-                pid: g.pid,
-                state: match g.role {
-                    Role::Candidate { .. } => "starting",
-                    Role::Current => "ready",
-                    Role::Old => "draining",
-                },
-                age: now.saturating_duration_since(g.spawned_at),
-                ready_after: g.ready_after,
-            })
-            .collect();
-        let last_reload = self
-            .last_reload
-            .as_ref()
-            .map(|(o, at)| (o.clone(), now.saturating_duration_since(*at)));
-        View { state, gens, last_reload, restarts: self.restarts }
+    /// The reason a check that ran too long fails the reload.
+    pub(super) fn check_too_long(&self) -> String {
+        format!("the check did not finish within {}", human(self.policy.ready_timeout))
     }
 }

@@ -3,11 +3,14 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
 use crate::log::Level;
+use crate::units::{signal_name, SigNo};
 
-use super::GenId;
+/// A generation's number: 1 for the first start, one more for each start.
+pub type GenId = u32;
+
+/// Whoever waits for an outcome: a control connection.
+pub type Waiter = u64;
 
 /// How a process ended, as waitpid(2) reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,10 +33,7 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             Status::Code(c) => write!(f, "status {c}"),
-            Status::Signal(s) => match Signal::try_from(s) {
-                Ok(sig) => write!(f, "signal {}", sig.as_str()),
-                Err(_) => write!(f, "signal {s}"),
-            },
+            Status::Signal(s) => write!(f, "signal {}", signal_name(s)),
         }
     }
 }
@@ -54,36 +54,34 @@ pub enum ReadySource {
     Probe,
 }
 
+/// The part of the configuration that is policy.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub struct Policy {
     pub ready: ReadyPolicy,
     pub ready_timeout: Duration,
     pub stop_timeout: Duration,
-    pub stop_signal: Signal,
+    pub stop_signal: SigNo,
     pub restart: bool,
     /// A `--check` command runs before each reload.
     pub check: bool,
 }
 
-/// Whoever asked for a reload and waits for its outcome (a control
-/// connection). Signals ask without waiting.
-pub type Waiter = u64;
-
 /// How a reload ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Ready {
-        gen: GenId,
-        pid: i32,
-        took: Duration,
-    },
-    /// `gen` is None when nothing was started (a failed check, a shutdown);
-    /// `serving` is the generation that keeps serving, if any.
-    Failed {
-        gen: Option<GenId>,
-        why: String,
-        serving: Option<GenId>,
-    },
+    /// The reply adds the pid: the event loop knows it.
+    Ready { gen: GenId, took: Duration },
+    /// `gen` is None when nothing was started (a failed check, a
+    /// shutdown); `serving` is the generation that keeps serving, if any;
+    /// `output` the failed check's last lines (a candidate's are the
+    /// loop's to add: it holds its output).
+    Failed { gen: Option<GenId>, why: String, serving: Option<GenId>, output: Vec<String> },
+}
+
+impl Outcome {
+    pub(super) fn failed(gen: Option<GenId>, why: String, serving: Option<GenId>) -> Outcome {
+        Outcome::Failed { gen, why, serving, output: Vec::new() }
+    }
 }
 
 /// What graceexec tells its own service manager (sd_notify(3)).
@@ -94,35 +92,48 @@ pub enum SdState {
     Stopping,
 }
 
+/// The STATUS= line, as facts; the loop writes it out with pids.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    Reload {
-        waiter: Option<Waiter>,
-    },
-    /// The `--check` command finished; `why` says how when it failed.
-    CheckDone {
-        ok: bool,
-        why: String,
-    },
-    Shutdown,
-    Forward(Signal),
-    Spawned {
+pub enum SdStatus {
+    /// `gen` serves; `failed` is why the last reload failed, if it did.
+    Serving {
         gen: GenId,
-        pid: i32,
+        failed: Option<String>,
     },
-    SpawnFailed {
+    NotServing {
+        failed: Option<String>,
+    },
+    Reloading {
         gen: GenId,
-        code: i32,
-        message: String,
     },
-    Ready {
+    Crashed {
         gen: GenId,
-        by: ReadySource,
-    },
-    Exited {
-        pid: i32,
         status: Status,
     },
+    Stopping,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Start the first generation. Signals and requests that came before
+    /// it are handled first.
+    Start,
+    /// One read of the signalfd, in the order read (SIGCHLD is the loop's).
+    Signals(Vec<SigNo>),
+    /// `graceexec reload`, or `--watch`; `waiter` waits for the outcome.
+    Reload { waiter: Option<Waiter> },
+    /// `graceexec stop`: waits for the exit, never escalates.
+    Stop { waiter: Waiter },
+    /// The `--check` command finished; `why` says how when it failed.
+    CheckDone { ok: bool, why: String, output: Vec<String> },
+    /// The generation could not be started; `code` is 126/127 for exec
+    /// errors (the shells' convention), 1 otherwise.
+    SpawnFailed { gen: GenId, code: i32, message: String },
+    /// The generation counts as ready by `by`.
+    Ready { gen: GenId, by: ReadySource },
+    /// The generation's main process `pid` exited. It is not reaped yet:
+    /// a `Finish` now kills its group before the pid can be reused.
+    Exited { gen: GenId, pid: i32, status: Status },
     /// A deadline from `next_deadline` has passed.
     Tick,
 }
@@ -134,21 +145,24 @@ pub enum Action {
     },
     StartProbe {
         gen: GenId,
-        pid: i32,
     },
     StopProbe {
         gen: GenId,
     },
+    /// To the generation's main process.
     Signal {
-        pid: i32,
-        signal: Signal,
+        gen: GenId,
+        signal: SigNo,
     },
-    /// SIGKILL to the process group led by `pid`.
+    /// SIGKILL to the generation's process group.
     KillGroup {
-        pid: i32,
+        gen: GenId,
     },
-    /// The generation is gone: close its notify socket.
-    Release {
+    /// The generation's main process has exited: SIGKILL to what is left
+    /// of its group (before the main process is reaped, so the group id
+    /// cannot have been reused), then its notify socket closes and the
+    /// watchdog forgets it.
+    Finish {
         gen: GenId,
     },
     Log {
@@ -159,8 +173,11 @@ pub enum Action {
     RunCheck {
         gen: GenId,
     },
-    /// Abandon a running check (shutdown).
-    CancelCheck,
+    /// Kill a running check (its deadline, a shutdown); the loop answers
+    /// with `CheckDone` failed for `why`, with what it wrote so far.
+    CancelCheck {
+        why: String,
+    },
     /// Tell `waiters` how their reload ended.
     Report {
         waiters: Vec<Waiter>,
@@ -169,9 +186,11 @@ pub enum Action {
     /// sd_notify: a state change (if any) and a STATUS= line.
     Systemd {
         state: Option<SdState>,
-        status: String,
+        status: SdStatus,
     },
+    /// Exit with `code`; `waiters` asked `stop` and hear the exit.
     Exit {
         code: i32,
+        waiters: Vec<Waiter>,
     },
 }

@@ -21,7 +21,7 @@ fn child_gets_exactly_the_systemd_contract() {
     let ge = Ge::spawn(c, &[]);
     drop(leak_r);
     let pid = ge.gen_pid(1);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let info = info(ge.tcp_addr());
     assert!(leak_w.as_raw_fd() > 2);
 
@@ -41,12 +41,11 @@ fn child_gets_exactly_the_systemd_contract() {
 #[test]
 fn each_generation_has_its_own_notify_socket_and_number() {
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let first = info(ge.tcp_addr());
     ge.signal(nix::sys::signal::Signal::SIGHUP);
-    ge.wait_log("generation 2 ready");
-    let first_pid = ge.gen_pid(1);
-    ge.wait_log(&format!("generation 1 (pid {first_pid}) exited"));
+    ge.wait_ready(2);
+    ge.wait_exited(1);
     let second = info(ge.tcp_addr());
     assert_eq!(second["gen"], "2");
     assert_eq!(second["listen_pid"], second["pid"]);

@@ -13,7 +13,7 @@ fn serving(args: &[&str], env: &[(&str, &str)]) -> Ge {
     let mut full = vec!["-l", "127.0.0.1:0", "--ready", "notify"];
     full.extend_from_slice(args);
     let ge = Ge::start(&full, env);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     ge
 }
 
@@ -68,7 +68,7 @@ fn reload_reports_a_command_that_is_gone() {
     let mut c = command(&args);
     c.arg(&copy);
     let ge = Ge::spawn(c, &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     std::fs::remove_file(&copy).unwrap();
     let (code, _, err) = ctl(&["reload", "--name", "app"]);
     assert_eq!(code, 1, "{err}");
@@ -115,7 +115,7 @@ fn reload_no_wait_returns_at_once_and_timeout_exits_4() {
     let (code, _, err) = ctl(&["reload", "--timeout", "200ms"]);
     assert_eq!(code, 4, "{err}");
     std::fs::write(&hold, "").unwrap();
-    ge.wait_log("generation 2 ready");
+    ge.wait_ready(2);
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn status_text_and_json() {
     let ge = serving(&["--name", "api"], &[]);
     let (code, ..) = ctl(&["reload", "--name", "api"]);
     assert_eq!(code, 0);
-    ge.wait_log("generation 1 (pid");
+    ge.wait_exited(1);
     let v = status_json(&["--name", "api"]);
     assert_eq!(v["graceexec"], 1);
     assert_eq!(v["name"], "api");

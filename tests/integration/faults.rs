@@ -52,21 +52,21 @@ fn a_candidate_that_crashes_right_after_ready_is_replaced_and_no_request_fails()
     let crash = dir.path("crash");
     let env = [("EXAMPLE_CRASH_GEN", "2"), ("EXAMPLE_CRASH_FILE", crash.to_str().unwrap())];
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &env);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let load = Load::start(ge.tcp_addr(), 4);
     load.wait_more(20);
     ge.signal(Signal::SIGHUP);
     // Generation 2 said READY=1, so generation 1 was told to stop...
-    ge.wait_log("generation 2 ready");
-    let old = ge.gen_pid(1);
-    ge.wait_log(&format!("generation 1 (pid {old}) stopping with SIGTERM"));
+    ge.wait_ready(2);
+    ge.wait_stopping(1);
     std::fs::write(&crash, b"").unwrap();
     // ...and its crash leaves no serving generation: the sockets stay open,
     // clients wait in the accept queue, and a restart takes over.
     let crashed = ge.gen_pid(2);
+    assert_eq!(ge.wait_exited(2), "status 4");
     ge.wait_log(&format!("generation 2 (pid {crashed}) exited unexpectedly with status 4"));
     ge.wait_log("restarting in 100ms");
-    ge.wait_log("generation 3 ready");
+    ge.wait_ready(3);
     load.wait_more(20);
     let result = load.finish();
     result.assert_clean();
@@ -83,15 +83,15 @@ fn a_stuck_drain_is_killed_with_its_whole_process_group_after_the_stop_timeout()
         &["-l", "127.0.0.1:0", "--ready", "notify", "--stop-timeout", "300ms"],
         &[("EXAMPLE_TERM_HANG", "1")],
     );
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let (old, sleeper) = (ge.gen_pid(1), grandchild_pid(&dir, 1));
     let load = Load::start(ge.tcp_addr(), 4);
     load.wait_more(20);
     ge.signal(Signal::SIGHUP);
-    ge.wait_log("generation 2 ready");
+    ge.wait_ready(2);
     ge.wait_log(&format!("server: pid {old} drained, hanging as asked"));
-    ge.wait_log(&format!("generation 1 (pid {old}) killed after the stop timeout (300ms)"));
-    ge.wait_log(&format!("generation 1 (pid {old}) exited with signal SIGKILL"));
+    ge.wait_log("generation 1 killed after the stop timeout (300ms)");
+    assert_eq!(ge.wait_exited(1), "signal SIGKILL");
     wait_until("the grandchild to be killed with its group", LONG, || !running(sleeper));
     assert!(!running(old));
     assert!(running(grandchild_pid(&dir, 2)), "generation 2's group is untouched");
@@ -121,7 +121,7 @@ fn a_crash_loop_backs_off_without_a_fork_storm() {
     );
     let script = wrapper(&dir, &before);
     let ge = run_wrapper(&script, &["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let load = Load::start(ge.tcp_addr(), 2);
     load.wait_more(10);
     std::fs::write(&crash, b"").unwrap();
@@ -141,7 +141,7 @@ fn a_crash_loop_backs_off_without_a_fork_storm() {
     // The next release works: the restart after the 800 ms wait serves the
     // clients that waited in the accept queue meanwhile.
     std::fs::remove_file(&crash).unwrap();
-    wait_until("a restart to be ready", LONG, || ge.log().matches(" ready after ").count() >= 2);
+    ge.wait_status("a restart to serve", |s| s["state"] == "serving");
     load.wait_more(10);
     load.finish().assert_clean();
 }

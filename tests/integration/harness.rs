@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use serde_json::Value;
 
 /// Generous: these are bounds for a stuck test, not expectations.
 pub const LONG: Duration = Duration::from_secs(30);
@@ -83,6 +84,11 @@ pub struct Ge {
     child: Child,
     log: Arc<Mutex<String>>,
     status: Option<ExitStatus>,
+    /// How `graceexec status` reaches it: its --control or --name, and
+    /// the XDG_RUNTIME_DIR it was started with.
+    control: Option<PathBuf>,
+    name: Option<String>,
+    runtime: PathBuf,
 }
 
 thread_local! {
@@ -139,6 +145,18 @@ impl Ge {
         for (k, v) in env {
             c.env(k, v);
         }
+        let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let after = |flag: &str| {
+            let cut = args.iter().position(|a| a == "--").unwrap_or(args.len());
+            args[..cut].windows(2).find(|w| w[0] == flag).map(|w| w[1].clone())
+        };
+        let control = after("--control").map(PathBuf::from);
+        let name = after("--name");
+        let runtime = c
+            .get_envs()
+            .find(|(k, _)| *k == "XDG_RUNTIME_DIR")
+            .and_then(|(_, v)| v.map(PathBuf::from))
+            .unwrap_or_else(runtime_dir);
         let mut child = c.spawn().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         for stream in [
@@ -158,7 +176,7 @@ impl Ge {
                 }
             });
         }
-        Ge { child, log, status: None }
+        Ge { child, log, status: None, control, name, runtime }
     }
 
     pub fn pid(&self) -> i32 {
@@ -175,14 +193,89 @@ impl Ge {
         }
     }
 
-    /// The pid in `generation K started as pid P`.
+    /// `graceexec status --json` of this instance; None while it does not
+    /// answer (not up yet, or gone).
+    pub fn status(&self) -> Option<Value> {
+        let mut args = vec!["status".to_string(), "--json".to_string()];
+        match (&self.control, &self.name) {
+            (Some(c), _) => args.extend(["--control".into(), c.display().to_string()]),
+            (None, Some(n)) => args.extend(["--name".into(), n.clone()]),
+            (None, None) => args[0] = "list".into(),
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, _) = ctl_in(&self.runtime, &args);
+        if code != 0 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&out).ok()?;
+        match v {
+            // `list`: this instance's entry, by pid.
+            Value::Array(all) => all.into_iter().find(|s| s["pid"] == self.pid()),
+            one => Some(one),
+        }
+    }
+
+    /// Poll `status` until `cond` holds; the status that satisfied it.
+    pub fn wait_status(&self, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
+        let mut last = None;
+        let found = poll_until(LONG, || {
+            last = self.status();
+            last.as_ref().is_some_and(&mut cond)
+        });
+        match (found, last) {
+            (true, Some(v)) => v,
+            (_, last) => {
+                panic!("timed out waiting for {what}; last status: {last:?}; log:\n{}", self.log())
+            }
+        }
+    }
+
+    /// Wait until generation `gen`, or a later one, serves.
+    pub fn wait_ready(&self, gen: u64) {
+        self.wait_status(&format!("generation {gen} to be ready"), |s| {
+            generations(s).any(|g| g["generation"].as_u64() >= Some(gen) && g["state"] == "ready")
+        });
+    }
+
+    /// The main pid of generation `gen`, running or exited.
     pub fn gen_pid(&self, gen: u32) -> i32 {
-        // This instance's line: a nested graceexec logs to the same stderr.
-        let needle = format!("graceexec[{}]: generation {gen} started as pid ", self.pid());
-        self.wait_log(&needle);
-        let log = self.log();
-        let rest = &log[log.find(&needle).unwrap() + needle.len()..];
-        rest.split_whitespace().next().unwrap().parse().unwrap()
+        let gen = u64::from(gen);
+        let s = self.wait_status(&format!("generation {gen} to have a pid"), |s| {
+            let seen = |g: &Value| g["generation"].as_u64() == Some(gen) && g["pid"].is_i64();
+            generations(s).any(seen) || exits(s).any(seen)
+        });
+        let seen = |g: &&Value| g["generation"].as_u64() == Some(gen) && g["pid"].is_i64();
+        let g = generations(&s).find(seen).or_else(|| exits(&s).find(seen)).unwrap();
+        g["pid"].as_i64().unwrap() as i32
+    }
+
+    /// Wait until generation `gen` has exited: how ("status 0", "signal
+    /// SIGKILL"...), as `status` reports it.
+    pub fn wait_exited(&self, gen: u32) -> String {
+        let gen = u64::from(gen);
+        let s = self.wait_status(&format!("generation {gen} to exit"), |s| {
+            exits(s).any(|g| g["generation"].as_u64() == Some(gen))
+        });
+        let e = exits(&s).find(|g| g["generation"].as_u64() == Some(gen)).unwrap();
+        e["how"].as_str().unwrap().to_string()
+    }
+
+    /// Wait until generation `gen` has been sent the stop signal (it
+    /// drains, or has exited already).
+    pub fn wait_stopping(&self, gen: u32) {
+        let gen = u64::from(gen);
+        self.wait_status(&format!("generation {gen} to be stopped"), |s| {
+            generations(s)
+                .any(|g| g["generation"].as_u64() == Some(gen) && g["state"] == "draining")
+                || exits(s).any(|g| g["generation"].as_u64() == Some(gen))
+        });
+    }
+
+    /// How many generations have been started so far (running or exited,
+    /// as far as `status` remembers).
+    pub fn started(&self) -> u64 {
+        let s = self.wait_status("an answer to status", |_| true);
+        generations(&s).chain(exits(&s)).filter_map(|g| g["generation"].as_u64()).max().unwrap_or(0)
     }
 
     /// The watchdog's pid, from graceexec's `-v` log.
@@ -248,6 +341,14 @@ impl Drop for Ge {
             let _ = self.child.wait();
         }
     }
+}
+
+fn generations(s: &Value) -> impl Iterator<Item = &Value> {
+    s["generations"].as_array().into_iter().flatten()
+}
+
+fn exits(s: &Value) -> impl Iterator<Item = &Value> {
+    s["exited"].as_array().into_iter().flatten()
 }
 
 pub fn alive(pid: i32) -> bool {

@@ -66,12 +66,12 @@ fn check_failure_fails_the_reload_and_starts_nothing() {
     let ok = dir.path("config-ok");
     let check = format!("echo config broken >&2; test -e {}", ok.display());
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--check", &check], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let (code, _, err) = ctl(&["reload"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("exited with status 1"), "{err}");
     assert!(err.contains("  | config broken"), "{err}");
-    assert!(!ge.log().contains("generation 2 started"), "{}", ge.log());
+    assert_eq!(ge.started(), 1, "{}", ge.log());
 
     std::fs::write(&ok, "").unwrap();
     let (code, out, err) = ctl(&["reload"]);
@@ -86,18 +86,18 @@ fn watch_reloads_when_the_file_is_replaced() {
     std::fs::write(&watched, "v1").unwrap();
     let w = watched.to_str().unwrap();
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--watch", w], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     std::fs::write(&watched, "v2").unwrap();
-    ge.wait_log("generation 2 ready");
+    ge.wait_ready(2);
     // Replaced by a rename, as a deploy that copies then moves does.
     let tmp = dir.path("release.new");
     std::fs::write(&tmp, "v3").unwrap();
     std::fs::rename(&tmp, &watched).unwrap();
-    ge.wait_log("generation 3 ready");
+    ge.wait_ready(3);
     // An unrelated file in the same directory changes nothing.
     std::fs::write(dir.path("other"), "x").unwrap();
     assert_eq!(ctl(&["reload"]).0, 0, "generation 4 comes from this request");
-    assert!(ge.log().contains("generation 4 ready") && !ge.log().contains("generation 5"));
+    assert_eq!(ge.started(), 4);
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn server_starter_port_names_each_address_and_fd() {
         &["-l", "127.0.0.1:0", "-l", &unix, "--compat", "server-starter", "--ready", "notify"],
         &[],
     );
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let i = info(ge.tcp_addr());
     let expected = format!("{}=3;{}=4", ge.tcp_addr(), sock.display());
     assert_eq!(i["server_starter_port"], expected);
@@ -144,7 +144,7 @@ fn user_drops_graceexec_and_every_generation() {
         return;
     }
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--user", "nobody", "-v"], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let uid_of = |pid: i32| {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let line = s.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
@@ -187,9 +187,9 @@ fn completions_are_up_to_date() {
 #[test]
 fn reload_by_signal_still_works_with_a_control_socket() {
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     ge.signal(nix::sys::signal::Signal::SIGHUP);
-    ge.wait_log("generation 2 ready");
+    ge.wait_ready(2);
     wait_until("status to show the reload", Duration::from_secs(10), || {
         ctl(&["status", "--json"]).1.contains("\"generation\":2")
     });

@@ -9,13 +9,21 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The X in `generation K ready after X ms`.
-fn ready_ms(ge: &Ge, gen: u32) -> u64 {
-    let needle = format!("generation {gen} ready after ");
-    ge.wait_log(&needle);
-    let log = ge.log();
-    let rest = &log[log.find(&needle).unwrap() + needle.len()..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
+/// How long generation `gen` took to be ready, as `status` shows it.
+fn ready_ms(ge: &Ge, gen: u64) -> u64 {
+    let ready = |g: &serde_json::Value| g["generation"] == gen && g["state"] == "ready";
+    let s = ge.wait_status(&format!("generation {gen} to be ready"), |s| {
+        s["generations"].as_array().unwrap().iter().any(ready)
+    });
+    let g = s["generations"].as_array().unwrap().iter().find(|g| ready(g)).unwrap().clone();
+    g["ready_ms"].as_u64().unwrap()
+}
+
+/// Generation `gen`'s state in `status`.
+fn state(ge: &Ge, gen: u64) -> String {
+    let s = ge.wait_status("an answer", |_| true);
+    let g = s["generations"].as_array().unwrap().iter().find(|g| g["generation"] == gen).cloned();
+    g.map(|g| g["state"].as_str().unwrap().to_string()).unwrap_or_default()
 }
 
 #[test]
@@ -37,9 +45,9 @@ fn tcp_mode_waits_for_the_port_to_accept() {
     let target = format!("tcp:127.0.0.1:{port}");
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", &target], &[]);
     ge.wait_log("generation 1 status: serving");
-    assert!(!ge.log().contains("generation 1 ready"), "ready before anything listened on {port}");
+    assert_eq!(state(&ge, 1), "starting", "ready before anything listened on {port}");
     let _l = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
 }
 
 #[test]
@@ -48,7 +56,7 @@ fn http_mode_needs_a_2xx_answer() {
     let listen = format!("127.0.0.1:{port}");
     let good = format!("http://127.0.0.1:{port}/info");
     let ge = Ge::start(&["-l", &listen, "--ready", &good], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     drop(ge);
 
     let port = free_port();
@@ -69,9 +77,9 @@ fn exec_mode_runs_the_probe_with_the_candidate_pid() {
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", &probe], &[]);
     let pid = ge.gen_pid(1);
     wait_until("the probe to run", LONG, || seen.exists());
-    assert!(!ge.log().contains("generation 1 ready"));
+    assert_eq!(state(&ge, 1), "starting");
     std::fs::write(&go, b"").unwrap();
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), pid.to_string());
 }
 
@@ -83,7 +91,7 @@ fn notify_mode_ignores_a_ready_1_from_an_older_generation_socket() {
         &["-l", "127.0.0.1:0", "--ready", "notify", "--ready-timeout", "700ms"],
         &[("EXAMPLE_NEVER_READY_GEN", "2")],
     );
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let first = info(ge.tcp_addr())["notify_socket"].clone();
     ge.signal(nix::sys::signal::Signal::SIGHUP);
     ge.gen_pid(2);

@@ -14,12 +14,12 @@ fn serves_a_unix_socket_and_removes_it_on_exit() {
     let path = dir.path("app.sock");
     let arg = format!("unix:{}", path.display());
     let mut ge = Ge::start(&["-l", &arg, "--unix-mode", "660"], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let pid = ge.gen_pid(1);
     assert_eq!(pid_of(&get_unix(&path, "/").unwrap()), pid);
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
     ge.signal(Signal::SIGHUP);
-    ge.wait_log("generation 2 ready");
+    ge.wait_ready(2);
     assert_eq!(pid_of(&get_unix(&path, "/").unwrap()), ge.gen_pid(2));
     ge.signal(Signal::SIGTERM);
     assert_eq!(ge.wait_exit(), 0);
@@ -34,7 +34,7 @@ fn replaces_a_stale_socket_file_but_not_a_live_one_or_a_regular_file() {
     assert!(path.exists());
     let arg = format!("unix:{}", path.display());
     let ge = Ge::start(&["-l", &arg], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     assert!(get_unix(&path, "/").is_ok());
 
     // A second instance on the same, live, path is refused.
@@ -63,7 +63,7 @@ fn serves_an_abstract_unix_socket() {
     let name = format!("graceexec-test-{}", std::process::id());
     let arg = format!("unix:@{name}");
     let ge = Ge::start(&["-l", &arg], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let s = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
     use std::io::{Read, Write};
@@ -77,7 +77,7 @@ fn serves_an_abstract_unix_socket() {
 #[test]
 fn serves_udp_across_a_reload() {
     let ge = Ge::start(&["-l", "dns=udp://127.0.0.1:0", "-l", "127.0.0.1:0"], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let log = ge.log();
     let udp: std::net::SocketAddr = log
         .lines()
@@ -100,15 +100,15 @@ fn serves_udp_across_a_reload() {
         "dns:tcp-".to_string() + &ge.tcp_addr().port().to_string()
     );
     ge.signal(Signal::SIGHUP);
-    ge.wait_log("generation 2 ready");
-    ge.wait_log("generation 1 (pid");
+    ge.wait_ready(2);
+    ge.wait_stopping(1);
     wait_until("generation 2 to answer on udp", LONG, || ask(&client) == ge.gen_pid(2));
 }
 
 #[test]
 fn binds_ipv6_loopback() {
     let ge = Ge::start(&["-l", "[::1]:0"], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let addr = ge.tcp_addr();
     assert!(addr.is_ipv6());
     assert_eq!(pid_of(&get(addr, "/").unwrap()), ge.gen_pid(1));
@@ -118,7 +118,7 @@ fn binds_ipv6_loopback() {
 fn localhost_binds_ipv4_loopback() {
     // glibc lists ::1 first for localhost; 127.0.0.1 clients must get in.
     let ge = Ge::start(&["-l", "localhost:0"], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let addr = ge.tcp_addr();
     assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
     assert!(get(addr, "/").is_ok());

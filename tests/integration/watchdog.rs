@@ -52,7 +52,7 @@ fn sigkill_leaves_nothing(stuck: bool) {
         env.push(("EXAMPLE_TERM_HANG", "1"));
     }
     let mut ge = run_wrapper(&script, &args, &env);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let (server, sleeper) = (ge.gen_pid(1), grandchild_pid(&dir, 1));
     let below = descendants(ge.pid());
     assert!(below.contains(&server) && below.contains(&sleeper), "{below:?}");
@@ -116,7 +116,7 @@ fn the_watchdog_is_graceexec_execd_anew_in_its_own_group_and_outlasts_stop_signa
     let env = [("LISTEN_FDNAMES", "stale"), ("LISTEN_PID", "1")];
     let mut ge =
         Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "-v", "--stop-timeout", "2s"], &env);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let wd = ge.watchdog_pid();
     // A fresh image of the same binary, not a fork running graceexec's code.
     let cmdline = std::fs::read(format!("/proc/{wd}/cmdline")).unwrap();
@@ -164,7 +164,7 @@ fn the_watchdog_is_graceexec_execd_anew_in_its_own_group_and_outlasts_stop_signa
 #[test]
 fn a_killed_watchdog_is_reaped_with_a_warning_and_graceexec_carries_on() {
     let mut ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "-v"], &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let wd = ge.watchdog_pid();
     kill(Pid::from_raw(wd), Signal::SIGKILL).unwrap();
     ge.wait_log(&format!("the watchdog (pid {wd}) exited with signal SIGKILL"));
@@ -172,7 +172,7 @@ fn a_killed_watchdog_is_reaped_with_a_warning_and_graceexec_carries_on() {
     let addr = ge.tcp_addr();
     get(addr, "/").unwrap();
     ge.signal(Signal::SIGHUP);
-    ge.wait_log("generation 2 ready");
+    ge.wait_ready(2);
     get(addr, "/").unwrap();
     // And the exit does not wait for a watchdog that is gone.
     ge.signal(Signal::SIGTERM);
@@ -203,14 +203,14 @@ fn the_watchdogs_pipe_reaches_no_other_process() {
     let check = record(&check_fds);
     let args = ["-l", "127.0.0.1:0", "--ready", &probe, "--check", &check, "-v"];
     let ge = Ge::start(&args, &[]);
-    ge.wait_log("generation 1 ready");
+    ge.wait_ready(1);
     let pipe = std::fs::read_link(format!("/proc/{}/fd/3", ge.watchdog_pid())).unwrap();
     let pipe = pipe.display().to_string();
     assert!(fd_targets(ge.pid()).contains(&pipe), "graceexec holds {pipe}");
     assert!(!fd_targets(ge.gen_pid(1)).contains(&pipe), "generation 1 holds {pipe}");
     // The check runs on a reload.
     ge.signal(Signal::SIGHUP);
-    ge.wait_log("generation 2 ready");
+    ge.wait_ready(2);
     assert!(!fd_targets(ge.gen_pid(2)).contains(&pipe), "generation 2 holds {pipe}");
     for file in [&probe_fds, &check_fds] {
         let fds = std::fs::read_to_string(file).unwrap();

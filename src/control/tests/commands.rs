@@ -7,20 +7,21 @@ use super::*;
 fn reload_success_failure_and_no_wait() {
     let dir = temp_dir("reload");
     let path = socket_path(&dir, "api");
-    let ok = json!({"graceexec":1,"ok":true,"generation":3,"pid":4242,"ready_ms":37});
+    let ok =
+        json!({"graceexec":1,"ok":true,"reply":"reloaded","generation":3,"pid":4242,"ready_ms":37});
     let s = serve(&path, reply(ok));
-    let o = client::reload_in(&named("api"), &dir, SECOND, true);
+    let o = client::reload_in(named("api"), &dir, SECOND, true);
     assert_eq!(
         (o.code, o.out),
         (0, vec!["reloaded api: generation 3 (pid 4242) ready after 37 ms".to_string()])
     );
     drop(s);
 
-    let failed = json!({"graceexec":1,"ok":false,"error":"generation 3 (pid 4242) exited with status 1 before it was ready",
+    let failed = json!({"graceexec":1,"ok":false,"reply":"reload_failed","error":"generation 3 (pid 4242) exited with status 1 before it was ready",
         "generation":3,"serving":2,"stderr":["boom","at line 2"]});
     let s = serve(&path, reply(failed));
     // Found as the only instance running, without --name.
-    let o = client::reload_in(&Target { name: None, control: None }, &dir, SECOND, true);
+    let o = client::reload_in(Which::Only, &dir, SECOND, true);
     assert_eq!(o.code, 1);
     assert_eq!(
         o.err,
@@ -35,10 +36,14 @@ fn reload_success_failure_and_no_wait() {
 
     let o = client::reload_output(
         "api",
-        &json!({"graceexec":1,"ok":false,"error":"x","serving":null,"stderr":[]}),
+        &as_reply(json!({"graceexec":1,"ok":false,"reply":"reload_failed","error":"x",
+            "generation":null,"serving":null,"stderr":[]})),
     );
     assert_eq!(o.err, ["graceexec: reload of api failed: x"]);
-    let o = client::reload_output("api", &json!({"graceexec":1,"ok":true,"accepted":true}));
+    let o = client::reload_output(
+        "api",
+        &as_reply(json!({"graceexec":1,"ok":true,"reply":"reload_accepted"})),
+    );
     assert_eq!((o.code, o.out), (0, vec!["reload of api requested".to_string()]));
 }
 
@@ -47,7 +52,7 @@ fn no_answer_in_time_is_exit_4() {
     let dir = temp_dir("slow");
     let path = socket_path(&dir, "api");
     let _s = serve(&path, |_| Vec::new());
-    let o = client::reload_in(&named("api"), &dir, Duration::from_millis(200), true);
+    let o = client::reload_in(named("api"), &dir, Duration::from_millis(200), true);
     assert_eq!(o.code, 4);
     assert_eq!(
         o.err,
@@ -61,27 +66,27 @@ fn stop_waits_for_the_exit() {
     let path = socket_path(&dir, "api");
     let _s = serve(&path, |_| {
         vec![
-            (json!({"graceexec":1,"ok":true,"stopping":true,"pid":100}), false),
-            (json!({"graceexec":1,"ok":true,"exited":true,"code":0}), true),
+            (json!({"graceexec":1,"ok":true,"reply":"stopping","pid":100}), false),
+            (json!({"graceexec":1,"ok":true,"reply":"exited","code":0}), true),
         ]
     });
     let mut progress = Vec::new();
-    let o = client::stop_in(&named("api"), &dir, SECOND, &mut |l| progress.push(l));
+    let o = client::stop_in(named("api"), &dir, SECOND, &mut |l| progress.push(l));
     assert_eq!(progress, ["stopping api (pid 100)"]);
     assert_eq!((o.code, o.out), (0, vec!["api stopped (exit status 0)".to_string()]));
 
     let _slow = serve(&dir.join("slow.sock"), |_| {
-        vec![(json!({"graceexec":1,"ok":true,"stopping":true,"pid":100}), false)]
+        vec![(json!({"graceexec":1,"ok":true,"reply":"stopping","pid":100}), false)]
     });
-    let o = client::stop_in(&named("slow"), &dir, Duration::from_millis(300), &mut |_| {});
+    let o = client::stop_in(named("slow"), &dir, Duration::from_millis(300), &mut |_| {});
     assert_eq!(
         (o.code, o.err),
         (4, vec!["graceexec: slow (pid 100) is still stopping after 300ms".to_string()])
     );
 }
 
-fn sample_status() -> Value {
-    json!({"graceexec":1,"ok":true,"name":"api","pid":100,"version":"0.1.0","uptime_ms":3_723_400,
+pub(super) fn sample_status() -> Value {
+    json!({"graceexec":1,"ok":true,"reply":"status","name":"api","pid":100,"version":"0.1.0","uptime_ms":3_723_400,
         "state":"serving","command":["./server","--flag"],
         "sockets":[{"name":"tcp-8080","address":"127.0.0.1:8080"},{"name":"admin","address":"unix:/run/a.sock"}],
         "generations":[
@@ -92,7 +97,11 @@ fn sample_status() -> Value {
 
 #[test]
 fn status_reads_well() {
-    let lines = status_text(&sample_status());
+    let status = |v: Value| match as_reply(v).answer {
+        Answer::Status(s) => *s,
+        other => panic!("{other:?}"),
+    };
+    let lines = super::super::render::status_text("api", &status(sample_status()));
     assert_eq!(
         lines,
         [
@@ -109,22 +118,22 @@ fn status_reads_well() {
     let mut v = sample_status();
     v["last_reload"] = json!({"ok":true,"generation":2,"ready_ms":37,"ago_ms":240_000});
     assert_eq!(
-        status_text(&v).last().unwrap(),
+        super::super::render::status_text("api", &status(v)).last().unwrap(),
         "last reload: generation 2 ready after 37 ms, 4m ago"
     );
 
     let dir = temp_dir("status");
     let _s = serve(&socket_path(&dir, "api"), reply(sample_status()));
-    let o = client::status_in(&named("api"), &dir, true);
+    let o = client::status_in(named("api"), &dir, true);
     assert_eq!(o.code, 0);
-    assert_eq!(serde_json::from_str::<Value>(&o.out[0]).unwrap(), sample_status());
+    assert_eq!(as_reply(serde_json::from_str(&o.out[0]).unwrap()), as_reply(sample_status()));
 }
 
 #[test]
 fn resolution_errors() {
     let dir = temp_dir("resolve");
-    let none = Target { name: None, control: None };
-    let o = client::status_in(&none, &dir, false);
+    let none = Which::Only;
+    let o = client::status_in(none, &dir, false);
     assert_eq!(o.code, 3);
     assert_eq!(
         o.err,
@@ -132,8 +141,8 @@ fn resolution_errors() {
     );
 
     drop(UnixListener::bind(socket_path(&dir, "old")).unwrap()); // stale: skipped
-    assert_eq!(client::status_in(&none, &dir, false).code, 3);
-    let o = client::status_in(&named("api"), &dir, false);
+    assert_eq!(client::status_in(none, &dir, false).code, 3);
+    let o = client::status_in(named("api"), &dir, false);
     let path: PathBuf = socket_path(&dir, "api");
     assert_eq!(
         (o.code, o.err),
@@ -148,7 +157,7 @@ fn resolution_errors() {
 
     let _a = serve(&socket_path(&dir, "a"), reply(sample_status()));
     let _b = serve(&socket_path(&dir, "b"), reply(sample_status()));
-    let o = client::status_in(&none, &dir, false);
+    let o = client::status_in(none, &dir, false);
     assert_eq!(o.err, ["graceexec: several instances are running: a, b; pick one with --name"]);
     assert_eq!(o.code, 3);
 
@@ -179,19 +188,4 @@ fn a_client_can_read_a_reply_after_the_server_drops_unread_input() {
     c.set_read_timeout(Some(SECOND)).unwrap();
     c.read_to_string(&mut all).unwrap();
     assert!(all.contains("not valid JSON"));
-}
-
-#[test]
-fn target_flags() {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        target: Target,
-    }
-    <Cli as clap::CommandFactory>::command().debug_assert();
-    let t = Cli::try_parse_from(["x", "--name", "api"]).unwrap().target;
-    assert_eq!((t.name.as_deref(), t.control), (Some("api"), None));
-    assert!(Cli::try_parse_from(["x", "--name", "api", "--control", "/a.sock"]).is_err());
-    assert!(Cli::try_parse_from(["x", "--name", ".hidden"]).is_err());
 }

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollTimeout};
 use serde_json::{json, Value};
 
-use super::client::{self, Target};
+use super::client::{self, Which};
 use super::paths::{socket_path, tests::temp_dir};
+use super::protocol::{parse_request, request_line, Answer, Reply, Request};
 use super::server::{ConnId, Key, Server, MAX_CONNS};
 use super::*;
 
@@ -103,7 +104,11 @@ fn bind_makes_a_private_socket_that_drop_removes() {
 fn bind_refuses_a_live_instance_and_replaces_a_stale_socket() {
     let dir = temp_dir("live");
     let path = socket_path(&dir, "api");
-    let running = serve(&path, |_| vec![(json!({"graceexec":1,"ok":true,"pid":777}), true)]);
+    let running = serve(&path, |_| {
+        let mut v = commands::sample_status();
+        v["pid"] = json!(777);
+        vec![(v, true)]
+    });
     let e = bind(&path, "api").err().unwrap().to_string();
     assert!(e.contains("an instance named api is already running (pid 777"), "{e}");
     assert!(e.contains("--name"), "{e}");
@@ -133,9 +138,10 @@ fn service_parses_requests_and_answers_bad_ones() {
     let (id, req) = reqs[0];
     assert_eq!(req, Request::Status);
     assert!(server.is_open(id));
-    server.reply(id, &json!({"graceexec":1,"ok":true}), true);
+    server.reply(id, Reply::new(Answer::ReloadAccepted), true);
     assert!(!server.is_open(id));
-    assert_eq!(read_all(good), vec![json!({"graceexec":1,"ok":true,"name":"api"})]);
+    let want = json!({"graceexec":1,"ok":true,"name":"api","reply":"reload_accepted"});
+    assert_eq!(read_all(good), vec![want]);
 
     // A request ended by EOF instead of a newline (printf ... | nc -U).
     let c = send(&path, r#"{"graceexec":1,"command":"reload","wait":false}"#);
@@ -189,7 +195,7 @@ fn a_waiting_client_that_leaves_is_noticed() {
     let c = send(&path, "{\"graceexec\":1,\"command\":\"stop\"}\n");
     let (reqs, _) = server.service(&[Key::Listener], Instant::now());
     let id: ConnId = reqs[0].0;
-    server.reply(id, &json!({"graceexec":1,"ok":true,"stopping":true}), false);
+    server.reply(id, Reply::new(Answer::Stopping { pid: 100 }), false);
     assert!(server.is_open(id));
     assert_eq!(server.wake_at(), None, "an answered client has no read deadline");
     // Shutting down only its writing half is not leaving (and must not spin).
@@ -250,7 +256,7 @@ where
             let (reqs, _) = server.service(&ready, Instant::now());
             for (id, req) in reqs {
                 for (v, close) in answer(req) {
-                    server.reply(id, &v, close);
+                    server.reply(id, as_reply(v), close);
                 }
             }
         }
@@ -265,8 +271,13 @@ impl Drop for Running {
     }
 }
 
-fn named(name: &str) -> Target {
-    Target { name: Some(name.into()), control: None }
+fn named(name: &str) -> Which<'_> {
+    Which::Name(name)
+}
+
+/// A reply written as JSON, as the wire carries it.
+fn as_reply(v: Value) -> Reply {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"))
 }
 
 fn reply(v: Value) -> impl FnMut(Request) -> Vec<(Value, bool)> + Send + 'static {

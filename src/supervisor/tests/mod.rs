@@ -20,8 +20,7 @@ pub(super) fn sp(gen: GenId) -> Action {
     Action::Spawn { gen }
 }
 pub(super) fn sig(gen: GenId, signal: Signal) -> Action {
-    let pid = pid(gen);
-    Action::Signal { pid, signal }
+    Action::Signal { gen, signal: signal as i32 }
 }
 pub(super) fn term(gen: GenId) -> Action {
     sig(gen, SIGTERM)
@@ -30,17 +29,17 @@ pub(super) fn usr1(gen: GenId) -> Action {
     sig(gen, SIGUSR1)
 }
 pub(super) fn kg(gen: GenId) -> Action {
-    Action::KillGroup { pid: pid(gen) }
+    Action::KillGroup { gen }
 }
-pub(super) fn rel(gen: GenId) -> Action {
-    Action::Release { gen }
+pub(super) fn fin(gen: GenId) -> Action {
+    Action::Finish { gen }
 }
 pub(super) fn ex(code: i32) -> Action {
-    Action::Exit { code }
+    Action::Exit { code, waiters: vec![] }
 }
-/// What "forget" looks like: release the generation, SIGKILL its group.
+/// What an exit looks like: the group killed, the generation forgotten.
 pub(super) fn gone(gen: GenId) -> Vec<Action> {
-    vec![rel(gen), kg(gen)]
+    vec![fin(gen)]
 }
 pub(super) fn sigs(mut a: Vec<Action>) -> Vec<Action> {
     a.retain(|x| matches!(x, Action::Signal { .. }));
@@ -57,26 +56,32 @@ pub(super) struct H {
 }
 
 impl H {
-    /// Started: Spawn { gen: 1 } is out, Spawned not yet in.
-    pub(super) fn new(ready: ReadyPolicy, restart: bool) -> H {
+    /// Not started yet.
+    pub(super) fn idle(ready: ReadyPolicy, restart: bool) -> H {
         let (ready_timeout, stop_timeout) = (Duration::from_secs(30), Duration::from_secs(5));
-        let stop_signal = SIGTERM;
-        let cfg = Config { ready, ready_timeout, stop_timeout, stop_signal, restart, check: false };
-        let (sup, base) = (Supervisor::new(cfg), Instant::now());
-        let mut h = H { sup, base, now: base, logs: vec![], reports: vec![] };
-        assert_eq!(h.sup.start(h.now), vec![sp(1)]);
+        let stop_signal = SIGTERM as i32;
+        let policy =
+            Policy { ready, ready_timeout, stop_timeout, stop_signal, restart, check: false };
+        let (sup, base) = (Supervisor::new(policy), Instant::now());
+        H { sup, base, now: base, logs: vec![], reports: vec![] }
+    }
+    /// Started: Spawn { gen: 1 } is out at 0 s.
+    pub(super) fn new(ready: ReadyPolicy, restart: bool) -> H {
+        let mut h = H::idle(ready, restart);
+        let mut first = vec![sp(1)];
+        if ready == Probe {
+            first.push(Action::StartProbe { gen: 1 });
+        }
+        assert_eq!(h.ev(Event::Start), first);
         h
     }
     /// Booting: generation 1 spawned at 0 s.
     pub(super) fn booting(ready: ReadyPolicy) -> H {
-        let mut h = H::new(ready, true);
-        h.spawned(1);
-        h
+        H::new(ready, true)
     }
     /// Serving: generation 1 ready at 0 s.
     pub(super) fn serving(restart: bool) -> H {
         let mut h = H::new(Notify, restart);
-        h.spawned(1);
         assert_eq!(h.ready(1), vec![]);
         h
     }
@@ -84,7 +89,6 @@ impl H {
     pub(super) fn reloading(restart: bool) -> H {
         let mut h = H::serving(restart);
         assert_eq!(h.at(1000).reload(), vec![sp(2)]);
-        h.spawned(2);
         h
     }
     /// Serving: 2 current since 2 s, 1 old (stop deadline 7 s).
@@ -97,7 +101,6 @@ impl H {
     pub(super) fn reloading_with_old() -> H {
         let mut h = H::replaced();
         assert_eq!(h.at(3000).reload(), vec![sp(3)]);
-        h.spawned(3);
         h
     }
     /// Recovering: 1 crashed at 5 s, restart timer at 5.1 s.
@@ -110,7 +113,6 @@ impl H {
     pub(super) fn recovering_candidate() -> H {
         let mut h = H::recovering();
         assert_eq!(h.tick(5100), vec![sp(2)]);
-        h.spawned(2);
         h
     }
     pub(super) fn at(&mut self, ms: u64) -> &mut H {
@@ -154,14 +156,17 @@ impl H {
     pub(super) fn reload(&mut self) -> Vec<Action> {
         self.ev(Event::Reload { waiter: None })
     }
+    /// SIGTERM to graceexec.
     pub(super) fn shutdown(&mut self) -> Vec<Action> {
-        self.ev(Event::Shutdown)
+        self.ev(Event::Signals(vec![SIGTERM as i32]))
     }
+    /// `graceexec stop` from control client `w`.
+    pub(super) fn stop(&mut self, w: Waiter) -> Vec<Action> {
+        self.ev(Event::Stop { waiter: w })
+    }
+    /// SIGUSR1 to graceexec, for the serving generation.
     pub(super) fn forward(&mut self) -> Vec<Action> {
-        self.ev(Event::Forward(SIGUSR1))
-    }
-    pub(super) fn spawned(&mut self, gen: GenId) -> Vec<Action> {
-        self.ev(Event::Spawned { gen, pid: pid(gen) })
+        self.ev(Event::Signals(vec![SIGUSR1 as i32]))
     }
     pub(super) fn spawn_failed(&mut self, gen: GenId, code: i32) -> Vec<Action> {
         let message = "cannot exec".into();
@@ -177,6 +182,6 @@ impl H {
     }
     pub(super) fn exited(&mut self, gen: GenId, status: Status) -> Vec<Action> {
         let pid = pid(gen);
-        self.ev(Event::Exited { pid, status })
+        self.ev(Event::Exited { gen, pid, status })
     }
 }

@@ -14,7 +14,6 @@ fn restart_backoff_doubles_to_10s() {
         assert_eq!(due - last, delay);
         assert_eq!(h.tick(due - 1), vec![]);
         assert_eq!(h.tick(due), vec![sp(gen)]);
-        h.spawned(gen);
         assert_eq!(h.exited(gen, Code(1)), gone(gen)); // before it is ready
         last = due;
     }
@@ -27,7 +26,6 @@ fn restart_backoff_resets_after_60s_ready() {
     h.at(65_099).exited(2, Code(1)); // ready 59.999 s: keeps doubling
     assert_eq!(h.deadline(), Some(65_299));
     h.tick(65_299);
-    h.spawned(3);
     h.ready(3);
     h.at(125_299).exited(3, Code(1)); // ready 60 s: back to 100 ms
     assert_eq!(h.deadline(), Some(125_399));
@@ -38,7 +36,6 @@ fn restart_backoff_resets_when_healthy_current_exits_during_reload() {
     let mut h = H::recovering_candidate(); // 100 ms used, 200 ms next
     h.ready(2);
     h.at(100_000).reload();
-    h.spawned(3);
     h.at(100_500).exited(2, Code(1)); // ready 95 s; 3 carries on
     h.at(101_000).exited(3, Code(1));
     assert_eq!(h.deadline(), Some(101_100));
@@ -58,7 +55,6 @@ fn ready_notify_accepts_only_notify() {
 #[test]
 fn ready_probe_accepts_only_probe() {
     let mut h = H::new(Probe, true);
-    assert_eq!(h.spawned(1), vec![Action::StartProbe { gen: 1, pid: pid(1) }]);
     assert_eq!(h.deadline(), Some(30_000));
     assert_eq!(h.at(100).ready(1), vec![]);
     assert_eq!(h.forward(), vec![]);
@@ -67,15 +63,15 @@ fn ready_probe_accepts_only_probe() {
 }
 
 #[test]
-fn ready_auto_accepts_notify_or_1s_after_spawned() {
+fn ready_auto_accepts_notify_or_1s_after_the_start() {
     let mut h = H::booting(Auto);
     assert_eq!(h.at(100).probed(1), vec![]);
     assert_eq!(h.forward(), vec![]);
     assert_eq!(h.at(200).ready(1), vec![]);
     assert_eq!(h.forward(), vec![usr1(1)]);
-    let mut h = H::new(Auto, true);
-    h.at(500).spawned(1);
-    assert_eq!(h.deadline(), Some(1500), "1 s after Spawned, not after Spawn");
+    let mut h = H::idle(Auto, true);
+    h.at(500).ev(Event::Start);
+    assert_eq!(h.deadline(), Some(1500), "1 s after the spawn");
     h.tick(1499);
     assert_eq!(h.forward(), vec![]);
     assert_eq!(h.tick(1500), vec![]);
@@ -110,7 +106,6 @@ fn reload_storm_yields_one_follow_up() {
         assert_eq!(h.at(1000 + i * 10).reload(), vec![]);
     }
     assert_eq!(h.at(2000).ready(2), vec![term(1), sp(3)]);
-    h.spawned(3);
     assert_eq!(h.at(2500).ready(3), vec![term(2)], "no second follow-up");
     assert_eq!(h.deadline(), Some(7000));
 }
@@ -122,7 +117,6 @@ fn restart_backoff_resets_when_the_service_was_up_a_minute_across_reloads() {
     let mut h = H::recovering_candidate(); // 100 ms used, 200 ms next
     h.ready(2);
     h.at(600_000).reload();
-    h.spawned(3);
     h.at(600_010).ready(3);
     h.at(600_020).exited(2, Code(0));
     h.at(601_010).exited(3, Code(1));
@@ -133,7 +127,58 @@ fn restart_backoff_resets_when_the_service_was_up_a_minute_across_reloads() {
 fn shutdown_stops_the_candidates_probe() {
     // Regression: probes of a stopped candidate kept running until it exited.
     let mut h = H::new(Probe, true);
-    h.spawned(1);
     let out = h.at(10).shutdown();
     assert_eq!(out, vec![Action::StopProbe { gen: 1 }, term(1)]);
+}
+
+// ---- signals and stop requests ----
+
+#[test]
+fn a_reload_in_the_same_batch_as_a_stop_is_dropped() {
+    // A signalfd hands HUP (1) over before TERM (15) whatever their order.
+    let mut h = H::serving(true);
+    let acts = h.ev(Event::Signals(vec![Signal::SIGHUP as i32, SIGTERM as i32]));
+    assert_eq!(acts, vec![term(1)], "no candidate is started only to be stopped");
+}
+
+#[test]
+fn signals_without_a_meaning_are_ignored_and_real_time_ones_forwarded() {
+    let mut h = H::serving(true);
+    let alrm = Signal::SIGALRM as i32;
+    assert_eq!(h.ev(Event::Signals(vec![alrm, Signal::SIGPWR as i32])), vec![]);
+    assert_eq!(h.logged(Level::Info), ["received SIGALRM: ignored", "received SIGPWR: ignored"]);
+    let rt = nix::libc::SIGRTMIN() + 1;
+    assert_eq!(h.ev(Event::Signals(vec![rt])), vec![Action::Signal { gen: 1, signal: rt }]);
+}
+
+#[test]
+fn a_stop_before_the_start_exits_0_without_starting_anything() {
+    let mut h = H::idle(Notify, true);
+    assert_eq!(h.ev(Event::Signals(vec![Signal::SIGHUP as i32])), vec![]);
+    assert_eq!(h.shutdown(), vec![ex(0)]);
+    assert_eq!(h.ev(Event::Start), vec![], "done: nothing starts after the exit");
+}
+
+#[test]
+fn a_control_stop_waits_for_the_exit_and_never_escalates() {
+    let mut h = H::serving(true);
+    assert_eq!(h.at(100).stop(7), vec![term(1)]);
+    assert_eq!(h.stop(8), vec![], "a second stop request waits for the same exit");
+    assert_eq!(h.exited(1, Code(0)), vec![fin(1), Action::Exit { code: 0, waiters: vec![7, 8] }]);
+}
+
+#[test]
+fn a_second_stop_signal_after_a_control_stop_kills_every_group() {
+    let mut h = H::serving(true);
+    h.stop(7);
+    assert_eq!(h.shutdown(), vec![kg(1)]);
+    assert_eq!(h.shutdown(), vec![], "once");
+}
+
+#[test]
+fn forwarded_signals_reach_the_serving_generation_while_it_stops() {
+    let mut h = H::serving(true);
+    h.at(10).shutdown();
+    assert_eq!(h.forward(), vec![usr1(1)]);
+    assert_eq!(h.exited(1, Code(0)), vec![fin(1), ex(0)]);
 }

@@ -1,6 +1,6 @@
 //! Starting a generation: the fd layout, the environment and the exec.
 //!
-//! This module holds every `unsafe` block of graceexec. The child side of
+//! The child side of
 //! `fork` runs only async-signal-safe calls (signal-safety(7)) on buffers
 //! built before the fork, because the parent may hold allocator or stdio
 //! locks at the instant of the fork.
@@ -18,9 +18,9 @@
 //! image re-exec'd through /proc/self/exe, with its pipe at fd 3, no
 //! LISTEN_PID and no PR_SET_PDEATHSIG.
 //!
-//! The Linux-only process plumbing is here too: signalfd, PR_SET_PDEATHSIG,
-//! PR_SET_CHILD_SUBREAPER, close_range and /proc/self/exe. (Abstract unix
-//! addresses, parsed in listen.rs, are the one other Linux-only feature.)
+//! The working directory: with `dir`, the child changes into it before the
+//! exec, by path, so that a `current` symlink a deploy repointed since the
+//! last start is followed anew (chdir(2) is async-signal-safe).
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -28,10 +28,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::libc::{self, c_char, c_int};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{self, ForkResult, Pid};
 
 const PID_KEY: &[u8] = b"LISTEN_PID=";
@@ -62,8 +60,15 @@ pub struct Child<'a> {
     pub stderr: Option<BorrowedFd<'a>>,
     /// Sent to the child if graceexec dies (PR_SET_PDEATHSIG); None for
     /// the watchdog, which must outlive graceexec.
-    pub parent_death_signal: Option<Signal>,
+    pub parent_death_signal: Option<c_int>,
+    /// Change into this directory before the exec; None keeps graceexec's.
+    pub dir: Option<&'a Path>,
 }
+
+/// What the child reports through the error pipe: where it failed, and
+/// the errno.
+const FAILED_CHDIR: i32 = 1;
+const FAILED_OTHER: i32 = 2;
 
 fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
     CString::new(bytes).map_err(|_| SpawnError {
@@ -154,11 +159,14 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
     unsafe { libc::sigemptyset(&mut empty_mask) };
     let max_signal = libc::SIGRTMAX();
     let parent = unistd::getpid();
-    let death_signal = child.parent_death_signal.map(|s| s as c_int);
+    let death_signal = child.parent_death_signal;
+    let dir = child.dir.map(|d| cstring(d.as_os_str().as_bytes())).transpose()?;
+    let dir_ptr: *const c_char = dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr());
     let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft.min(1 << 20) as c_int)
         .unwrap_or(1 << 16);
 
+    debug_assert!(super::one_thread(), "fork with more than one thread");
     // SAFETY: graceexec is single-threaded, so the child is a faithful copy.
     // The child branch below calls only async-signal-safe functions on
     // memory prepared above and ends in execve or _exit; it never returns
@@ -185,21 +193,24 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
             for (i, src) in stdio_fds.iter().enumerate() {
                 // As for the sockets: src >= 3 + n > target.
                 if *src >= 0 && libc::dup2(*src, 1 + i as c_int) < 0 {
-                    child_fail(err_fd);
+                    child_fail(err_fd, FAILED_OTHER);
                 }
             }
             for (i, src) in source_fds.iter().enumerate() {
                 // dup2 never copies FD_CLOEXEC, and src != target here.
                 if libc::dup2(*src, 3 + i as c_int) < 0 {
-                    child_fail(err_fd);
+                    child_fail(err_fd, FAILED_OTHER);
                 }
             }
             close_fds_from(first_free, err_fd, fd_limit);
             if listen_pid {
                 write_pid(pid_ptr, libc::getpid());
             }
+            if !dir_ptr.is_null() && libc::chdir(dir_ptr) < 0 {
+                child_fail(err_fd, FAILED_CHDIR);
+            }
             libc::execve(program.as_ptr(), argvp.as_ptr(), envp.as_ptr());
-            child_fail(err_fd);
+            child_fail(err_fd, FAILED_OTHER);
         },
         ForkResult::Parent { child: pid } => {
             drop(err_write);
@@ -208,9 +219,9 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
             // Also set it here: the parent may signal the group before the
             // child has run. EACCES after the exec is expected and harmless.
             let _ = unistd::setpgid(pid, pid);
-            let mut buf = [0u8; 4];
+            let mut buf = [0u8; 8];
             let mut got = 0;
-            while got < 4 {
+            while got < 8 {
                 match unistd::read(&err_read, &mut buf[got..]) {
                     Ok(0) => break,
                     Ok(k) => got += k,
@@ -222,8 +233,19 @@ pub fn spawn(child: Child<'_>) -> Result<Pid, SpawnError> {
                 return Ok(pid);
             }
             let _ = nix::sys::wait::waitpid(pid, None);
-            let errno = Errno::from_raw(i32::from_ne_bytes(buf));
-            Err(exec_error(child.program, errno))
+            let word = |i: usize| i32::from_ne_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
+            let errno = Errno::from_raw(word(4));
+            match (word(0), child.dir) {
+                (FAILED_CHDIR, Some(d)) => Err(SpawnError {
+                    code: 126,
+                    message: format!(
+                        "cannot change to directory {}: {}",
+                        d.display(),
+                        std::io::Error::from(errno)
+                    ),
+                }),
+                _ => Err(exec_error(child.program, errno)),
+            }
         }
     }
 }
@@ -247,17 +269,28 @@ fn exec_error(program: &Path, errno: Errno) -> SpawnError {
     }
 }
 
-/// Child side: report errno through the pipe and exit 127.
-unsafe fn child_fail(err_fd: c_int) -> ! {
+/// Child side: report where it failed and errno through the pipe (one
+/// write below PIPE_BUF, so whole), and exit 127.
+///
+/// # Safety
+/// Only in the child after fork: it never returns, and uses only
+/// async-signal-safe calls. `err_fd` is the error pipe's write end.
+unsafe fn child_fail(err_fd: c_int, stage: i32) -> ! {
     let errno = *libc::__errno_location();
-    let bytes = errno.to_ne_bytes();
-    libc::write(err_fd, bytes.as_ptr() as *const libc::c_void, 4);
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&stage.to_ne_bytes());
+    bytes[4..].copy_from_slice(&errno.to_ne_bytes());
+    libc::write(err_fd, bytes.as_ptr() as *const libc::c_void, 8);
     libc::_exit(127)
 }
 
 /// Child side: close every fd >= `from` except `keep` (close-on-exec, and
 /// needed until the exec succeeds). close_range(2) first; the loop is the
 /// fallback for kernels before 5.9.
+///
+/// # Safety
+/// Only in the child after fork, where no Rust object owns these fds any
+/// more: they vanish with the exec anyway.
 unsafe fn close_fds_from(from: c_int, keep: c_int, limit: c_int) {
     let ranges = [(from, keep - 1), (keep + 1, c_int::MAX)];
     for (lo, hi) in ranges {
@@ -276,6 +309,10 @@ unsafe fn close_fds_from(from: c_int, keep: c_int, limit: c_int) {
 }
 
 /// Child side: write `pid` as decimal digits plus NUL after the key.
+///
+/// # Safety
+/// `slot` points to a buffer of `PID_KEY.len() + PID_DIGITS + 1` bytes
+/// that nothing else reads or writes meanwhile.
 unsafe fn write_pid(slot: *mut u8, pid: libc::pid_t) {
     let mut digits = [0u8; PID_DIGITS];
     let mut n = pid as u64;
@@ -295,118 +332,4 @@ unsafe fn write_pid(slot: *mut u8, pid: libc::pid_t) {
         at = at.add(1);
     }
     *at = 0;
-}
-
-/// Take ownership of a socket graceexec inherited under systemd socket
-/// activation, after checking that it is an open socket. It is made
-/// close-on-exec: children get it only through the explicit layout.
-pub fn adopt_inherited(fd: RawFd) -> anyhow::Result<OwnedFd> {
-    // SAFETY: only inspected through this borrow; an fd that is not open
-    // makes fcntl fail with EBADF. Ownership is taken only once the fd is
-    // known to be an open socket, so a wrong LISTEN_FDS never makes
-    // graceexec close an fd it uses for something else.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let flags = fcntl(borrowed, FcntlArg::F_GETFD)
-        .map_err(|e| anyhow::anyhow!("inherited fd {fd} is not open: {e}"))?;
-    let stat = nix::sys::stat::fstat(borrowed)?;
-    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        anyhow::bail!("inherited fd {fd} is not a socket");
-    }
-    let mut fl = FdFlag::from_bits_truncate(flags);
-    fl.insert(FdFlag::FD_CLOEXEC);
-    fcntl(borrowed, FcntlArg::F_SETFD(fl))?;
-    // SAFETY: systemd's LISTEN_FDS/LISTEN_PID passed this open socket to this
-    // very process, and nothing else in graceexec owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Take ownership of the pipe the watchdog was started with at `fd`, after
-/// checking that it is one: `graceexec __watchdog` run by hand, with
-/// whatever fd 3 is, is refused rather than reading or closing it.
-pub fn adopt_watchdog_pipe(fd: RawFd) -> anyhow::Result<OwnedFd> {
-    // SAFETY: only inspected through this borrow; an fd that is not open
-    // makes fstat fail with EBADF. Ownership is taken only once it is
-    // known to be a pipe.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let stat =
-        nix::sys::stat::fstat(borrowed).map_err(|e| anyhow::anyhow!("fd {fd} is not open: {e}"))?;
-    if stat.st_mode & libc::S_IFMT != libc::S_IFIFO {
-        anyhow::bail!("fd {fd} is not a pipe");
-    }
-    fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    // SAFETY: graceexec's `spawn` put this pipe's read end here for this
-    // process, and nothing else in it owns the fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Block `signals` for the process (graceexec has one thread), so that
-/// they wait until the signalfd reads them. Children start with an empty
-/// mask (see `spawn`).
-pub fn block(signals: &[Signal]) -> nix::Result<SigSet> {
-    let mut mask = SigSet::empty();
-    for s in signals {
-        mask.add(*s);
-    }
-    mask.thread_block()?;
-    Ok(mask)
-}
-
-/// The signalfd that reads the signals blocked by `block`.
-pub fn signalfd(mask: &SigSet) -> nix::Result<SignalFd> {
-    SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-}
-
-/// Orphans of graceexec's children are re-parented to graceexec, which
-/// reaps them (prctl(2), PR_SET_CHILD_SUBREAPER).
-pub fn become_subreaper() -> nix::Result<()> {
-    nix::sys::prctl::set_child_subreaper(true)
-}
-
-/// Where a helper command's stdout or stderr goes.
-#[derive(Clone, Copy, Debug)]
-pub enum Out<'a> {
-    Null,
-    Inherit,
-    To(BorrowedFd<'a>),
-}
-
-/// Start `/bin/sh -c cmd` (a `--check` or an `exec:` probe) in its own
-/// process group, stdin /dev/null, with `env`. Its exit reaches the event
-/// loop's waitpid(-1); nothing here waits for it.
-///
-/// posix_spawn rather than std::process::Command: every signal graceexec
-/// handles is blocked for the signalfd, a blocked mask survives execve(2),
-/// and Command leaves the mask as it is (dash clears it at start-up, bash
-/// does not). POSIX_SPAWN_SETSIGMASK and SETSIGDEF give the child an empty
-/// mask and default dispositions (Rust ignores SIGPIPE, and an ignored
-/// signal stays ignored across exec), with no code of ours in the child.
-pub fn shell(cmd: &str, env: &[(OsString, OsString)], out: Out, err: Out) -> anyhow::Result<Pid> {
-    use anyhow::Context;
-    use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
-    let c = |b: &[u8]| CString::new(b).context("the command or environment contains a NUL byte");
-    let argv = [c(b"sh")?, c(b"-c")?, c(cmd.as_bytes())?];
-    let mut envp = Vec::with_capacity(env.len());
-    for (k, v) in env {
-        envp.push(c(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
-    }
-    let null = std::fs::File::options().read(true).write(true).open("/dev/null")?;
-    let mut actions = PosixSpawnFileActions::init()?;
-    actions.add_dup2(null.as_raw_fd(), 0)?;
-    for (target, o) in [(1, out), (2, err)] {
-        match o {
-            Out::Null => actions.add_dup2(null.as_raw_fd(), target)?,
-            Out::Inherit => {}
-            Out::To(fd) => actions.add_dup2(fd.as_raw_fd(), target)?,
-        }
-    }
-    let mut attr = PosixSpawnAttr::init()?;
-    attr.set_flags(
-        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
-            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-    )?;
-    attr.set_pgroup(Pid::from_raw(0))?;
-    attr.set_sigmask(&SigSet::empty())?;
-    attr.set_sigdefault(&SigSet::all())?;
-    posix_spawn(c"/bin/sh", &actions, &attr, &argv, &envp).context("cannot run /bin/sh")
 }

@@ -1,0 +1,103 @@
+//! One configuration for the run form, from the command line: what the
+//! supervisor decides with (its `Policy`) and what the loop needs to start
+//! generations.
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Restart};
+use crate::env::{Vars, Workdir};
+use crate::readiness::Mode;
+use crate::supervisor::Policy;
+use crate::sys::spawn::SpawnError;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    /// COMMAND and its arguments; argv[0] is COMMAND as written.
+    pub command: Vec<OsString>,
+    pub policy: Policy,
+    pub ready: Option<Mode>,
+    pub verbose: bool,
+    pub log_prefix: bool,
+    pub check: Option<String>,
+    pub workdir: Workdir,
+    /// Set for every process graceexec starts (`--user`'s HOME, USER...).
+    pub user_env: Vars,
+    /// Inherited variables not passed on.
+    pub env_remove: Vec<&'static str>,
+    /// SERVER_STARTER_PORT's value under `--compat server-starter`, once
+    /// the sockets are bound.
+    pub server_starter: Option<String>,
+}
+
+impl Config {
+    pub fn new(cli: &Cli, name: String) -> Config {
+        Config {
+            name,
+            command: cli.command.clone(),
+            policy: Policy {
+                ready: Mode::policy(cli.ready.as_ref()),
+                ready_timeout: cli.ready_timeout,
+                stop_timeout: cli.stop_timeout,
+                stop_signal: cli.stop_signal,
+                restart: cli.restart == Restart::Always,
+                check: cli.check.is_some(),
+            },
+            ready: cli.ready.clone(),
+            verbose: cli.verbose,
+            log_prefix: cli.log_prefix,
+            check: cli.check.clone(),
+            workdir: Workdir::detect(cli.chdir.as_deref()),
+            user_env: Vec::new(),
+            env_remove: Vec::new(),
+            server_starter: None,
+        }
+    }
+
+    /// Find COMMAND the way a shell would, anew at every start: in PATH if
+    /// it has no slash, else relative to the working directory.
+    pub fn resolve_command(&self) -> Result<PathBuf, SpawnError> {
+        let command = &self.command[0];
+        let shown = command.to_string_lossy();
+        let has_slash = shown.contains('/');
+        let found = if has_slash {
+            let p = self.workdir.join(command.as_ref());
+            std::fs::metadata(&p).ok().filter(|m| m.is_file()).map(|_| p)
+        } else {
+            which::which(command).ok()
+        };
+        match found {
+            Some(p) => {
+                let mode = std::fs::metadata(&p).map(|m| m.permissions().mode()).unwrap_or(0);
+                if mode & 0o111 == 0 {
+                    return Err(SpawnError {
+                        code: 126,
+                        message: format!(
+                            "cannot execute {shown}: Permission denied (not an executable file)"
+                        ),
+                    });
+                }
+                Ok(p)
+            }
+            None if has_slash => {
+                let p = self.workdir.join(command.as_ref());
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_dir() => Err(SpawnError {
+                        code: 126,
+                        message: format!("cannot execute {shown}: it is a directory"),
+                    }),
+                    _ => Err(SpawnError {
+                        code: 127,
+                        message: format!("command not found: {shown}: No such file"),
+                    }),
+                }
+            }
+            None => Err(SpawnError {
+                code: 127,
+                message: format!("command not found: {shown} (not in PATH)"),
+            }),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The phases of an instance and what each one holds. A generation id is in
+//! exactly one place: a phase's candidate, a phase's current, or the
+//! draining map; a phase without a field for something cannot hold it.
+
+use std::time::{Duration, Instant};
+
+use super::{GenId, Waiter};
+
+pub(super) enum Phase {
+    /// Before `Start`.
+    Idle,
+    /// The first generation is starting; nothing has served yet.
+    Booting(Attempt),
+    Serving(Current),
+    /// A reload: the check or the candidate, while `Current` serves.
+    Reloading(Current, Attempt),
+    /// Nothing serves: the current generation died.
+    Recovering(Recovery),
+    Stopping(Stopping),
+    /// `Exit` has been emitted; nothing happens any more.
+    Done,
+}
+
+/// The generation that serves.
+pub(super) struct Current {
+    pub id: GenId,
+    pub spawned_at: Instant,
+    pub ready_after: Duration,
+}
+
+/// Getting a new generation ready: a reload, the first start, a restart.
+pub(super) struct Attempt {
+    pub step: Step,
+    /// Requests that came while this attempt ran: one more reload once it
+    /// ends, for these waiters (a reload that started after they asked).
+    pub follow_up: Option<Vec<Waiter>>,
+}
+
+pub(super) enum Step {
+    /// `--check` runs; generation `gen` starts if it passes.
+    /// `deadline` is None once the check has been cancelled.
+    Checking {
+        gen: GenId,
+        waiters: Vec<Waiter>,
+        deadline: Option<Instant>,
+    },
+    Starting(Candidate),
+}
+
+pub(super) struct Candidate {
+    pub id: GenId,
+    pub spawned_at: Instant,
+    /// Not ready by then: failed (`--ready-timeout`).
+    pub deadline: Instant,
+    pub waiters: Vec<Waiter>,
+    /// Started by a reload (its outcome is the last reload's), not by the
+    /// first start or a crash restart nobody asked for.
+    pub reload: bool,
+}
+
+pub(super) enum Recovery {
+    /// The restart is due at `at`; `waiters` asked for a reload meanwhile
+    /// and get the outcome of this start.
+    Backoff {
+        at: Instant,
+        waiters: Vec<Waiter>,
+    },
+    Trying(Attempt),
+}
+
+pub(super) struct Stopping {
+    /// `graceexec stop` clients, told the exit code.
+    pub waiters: Vec<Waiter>,
+    /// The generation whose status becomes the exit code.
+    pub final_gen: Option<GenId>,
+    /// The one that was serving, which forwarded signals still reach.
+    pub serving: Option<GenId>,
+    /// The exit code of a start-up failure or of `--restart never`.
+    pub forced: Option<i32>,
+    /// A second stop signal has SIGKILLed every group.
+    pub escalated: bool,
+}
+
+/// A generation that has been sent the stop signal.
+pub(super) struct Draining {
+    pub spawned_at: Instant,
+    pub ready_after: Option<Duration>,
+    /// SIGKILL to its group then, unless `killed`.
+    pub kill_at: Instant,
+    pub killed: bool,
+}
+
+impl Draining {
+    pub fn kill_at(&self) -> Option<Instant> {
+        (!self.killed).then_some(self.kill_at)
+    }
+}
+
+impl Attempt {
+    pub fn candidate(&self) -> Option<&Candidate> {
+        match &self.step {
+            Step::Starting(c) => Some(c),
+            Step::Checking { .. } => None,
+        }
+    }
+}
+
+impl Phase {
+    pub fn attempt(&self) -> Option<&Attempt> {
+        match self {
+            Phase::Booting(a) | Phase::Reloading(_, a) | Phase::Recovering(Recovery::Trying(a)) => {
+                Some(a)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn candidate(&self) -> Option<&Candidate> {
+        self.attempt().and_then(Attempt::candidate)
+    }
+
+    pub fn checking(&self) -> bool {
+        self.attempt().is_some_and(|a| matches!(a.step, Step::Checking { .. }))
+    }
+
+    pub fn current(&self) -> Option<&Current> {
+        match self {
+            Phase::Serving(c) | Phase::Reloading(c, _) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The phase's name in `status`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Idle | Phase::Booting(_) => "starting",
+            Phase::Serving(_) => "serving",
+            Phase::Reloading(..) => "reloading",
+            Phase::Recovering(_) => "recovering",
+            Phase::Stopping(_) | Phase::Done => "stopping",
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Every `unsafe` block of graceexec, and nothing that could be safe: the
+//! crate root denies `unsafe_code` everywhere but here.
+//!
+//! - spawn.rs: fork and exec with the socket-activation fd layout;
+//! - taking ownership of an fd graceexec inherited (systemd's sockets, the
+//!   watchdog's pipe), after the caller's checks on a borrow;
+//! - signals by number (nix's `Signal` has no real-time signals);
+//! - TCP_INFO, which nix does not wrap.
+
+pub mod spawn;
+
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::libc;
+
+use crate::units::SigNo;
+
+/// Take ownership of `fd`, inherited from whoever started graceexec, once
+/// `check` accepts it. Until then it is only borrowed: a wrong LISTEN_FDS
+/// or a stray fd 3 is never closed, so graceexec never closes an fd that
+/// something else in the process uses.
+pub fn claim_fd(
+    fd: RawFd,
+    check: impl FnOnce(BorrowedFd<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<OwnedFd> {
+    if fd < 0 {
+        anyhow::bail!("fd {fd} is not a file descriptor");
+    }
+    // SAFETY: the borrow lives only for the checks below, while the fd
+    // number cannot change owner (graceexec is single-threaded here). An fd
+    // that is not open makes F_GETFD fail with EBADF before anything else
+    // uses the borrow.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(borrowed, FcntlArg::F_GETFD).map_err(|e| anyhow::anyhow!("fd {fd} is not open: {e}"))?;
+    check(borrowed)?;
+    // SAFETY: the fd is open, and was passed to this process for graceexec
+    // (LISTEN_FDS naming this pid, or the watchdog's layout); nothing else
+    // in graceexec owns it, so this becomes its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Send signal number `sig` to `pid`; real-time signals included.
+pub fn kill(pid: i32, sig: SigNo) -> Result<(), Errno> {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    let r = unsafe { libc::kill(pid, sig) };
+    Errno::result(r).map(drop)
+}
+
+/// Whether the process has one thread: fork copies only the calling one,
+/// so with others a lock they held stays locked in the child forever.
+pub fn one_thread() -> bool {
+    std::fs::read_dir("/proc/self/task").map_or(true, |d| d.count() == 1)
+}
+
+/// The accept-queue length of a listening TCP socket: `tcpi_unacked` of
+/// TCP_INFO (tcp(7); on a listener the kernel reports its queue there).
+#[allow(dead_code)]
+pub fn accept_queue_len(fd: BorrowedFd<'_>) -> Result<u32, Errno> {
+    use std::os::fd::AsRawFd;
+    // struct tcp_info is at least 104 bytes on any kernel that has
+    // tcpi_unacked; its first 32 are what this reads.
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `buf`, which is
+    // that long, and stores the length it wrote in `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    Errno::result(r)?;
+    if (len as usize) < 28 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(u32::from_ne_bytes(buf[24..28].try_into().expect("4 bytes")))
+}
