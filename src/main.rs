@@ -10,6 +10,7 @@ mod log;
 mod notify;
 mod output;
 mod pidfile;
+mod procfs;
 mod readiness;
 mod sockfile;
 mod spawn;
