@@ -196,7 +196,7 @@ impl Runtime {
         let Some(io) = self.gens.get_mut(&gen) else {
             return;
         };
-        for m in io.notify.drain() {
+        for crate::notify::Received { message: m, .. } in io.notify.drain() {
             if let Some(s) = &m.status {
                 log::info(&format!("generation {gen} status: {s}"));
                 io.status = Some(s.clone());
