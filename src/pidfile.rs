@@ -77,7 +77,11 @@ fn create_temporary(path: &Path, name: &std::ffi::OsStr) -> Result<(PathBuf, Fil
         match opened {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(format!("cannot create {}: {e}", tmp.display())),
+            Err(e) => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                let dir = dir.unwrap_or(Path::new("."));
+                return Err(format!("cannot create a file in {}: {e}", dir.display()));
+            }
         }
     }
     Err(format!("{ATTEMPTS} temporary names beside it were all taken"))
