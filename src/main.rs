@@ -14,6 +14,7 @@ mod log;
 mod notify;
 mod output;
 mod pidfile;
+mod procfs;
 mod readiness;
 mod shell;
 mod signals;

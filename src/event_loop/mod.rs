@@ -14,6 +14,7 @@
 //! is reaped (reap.rs), so that the group is killed while its id cannot
 //! have been reused.
 
+mod notified;
 mod reap;
 mod requests;
 mod wait;

@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 
 use super::Runtime;
 use crate::log;
+use crate::procfs;
 use crate::supervisor::{Event, GenId, ReadySource, Status};
 
 impl Runtime {
@@ -77,7 +78,7 @@ impl Runtime {
             // The leader of a MAINPID hand-off. If the main process has
             // already gone with it (the leader reaped it: it was its
             // child), the generation has ended, with the leader's status.
-            if !alive(main) {
+            if !procfs::stat(main).is_some_and(|s| !s.zombie()) {
                 self.dispatch(Event::Exited { gen, pid: main, status });
             }
             return;
@@ -111,30 +112,5 @@ impl Runtime {
             }
             None => log::debug(&format!("reaped pid {pid} ({status})")),
         }
-    }
-
-    /// What generation `gen` sent on its notify socket.
-    pub(super) fn read_notify(&mut self, gen: GenId) {
-        let Some(io) = self.gens.get_mut(&gen) else { return };
-        for m in io.notify.drain() {
-            if let Some(s) = &m.status {
-                log::info(&format!("generation {gen} status: {s}"));
-                io.status = Some(s.clone());
-            }
-            for other in &m.other {
-                log::debug(&format!("generation {gen} notify: {other}"));
-            }
-            if m.ready {
-                self.queue.push_back(Event::Ready { gen, by: ReadySource::Notify });
-            }
-        }
-    }
-}
-
-/// Whether `pid` is a live process (not gone, not a zombie).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
     }
 }

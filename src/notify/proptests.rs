@@ -5,8 +5,9 @@ use proptest::prelude::*;
 use super::{parse, Message};
 
 /// What sd_notify(3) says the lines mean, written the plain way: only an
-/// exact `READY=1` counts, the last `STATUS=` wins, everything else is
-/// kept in order.
+/// exact `READY=1` counts, the last `STATUS=` wins, the last `MAINPID=`
+/// that is a pid (decimal, 1 to i32::MAX) wins and any other is refused,
+/// everything else is kept in order.
 fn model(lines: &[String]) -> Message {
     let mut m = Message::default();
     for line in lines.iter().filter(|l| !l.is_empty()) {
@@ -14,6 +15,15 @@ fn model(lines: &[String]) -> Message {
             m.ready = true;
         } else if let Some(s) = line.strip_prefix("STATUS=") {
             m.status = Some(s.to_string());
+        } else if let Some(v) = line.strip_prefix("MAINPID=") {
+            let pid = match v.chars().all(|c| c.is_ascii_digit()) {
+                true => v.parse::<u64>().ok().filter(|p| (1..=i32::MAX as u64).contains(p)),
+                false => None,
+            };
+            match pid {
+                Some(p) => m.main_pid = Some(p as i32),
+                None => m.refused.push(line.clone()),
+            }
         } else {
             m.other.push(line.clone());
         }
@@ -34,7 +44,14 @@ fn line() -> impl Strategy<Value = String> {
         Just("READY "),
         Just(""),
     ];
-    let value = prop_oneof![Just("1".to_string()), Just("0".to_string()), "[^\n]{0,12}"];
+    let value = prop_oneof![
+        Just("1".to_string()),
+        Just("0".to_string()),
+        Just("-3".to_string()),
+        Just("2147483648".to_string()),
+        "[0-9]{1,11}",
+        "[^\n]{0,12}",
+    ];
     prop_oneof![
         4 => (key, value).prop_map(|(k, v)| format!("{k}={v}")),
         1 => "[^\n=]{0,12}",

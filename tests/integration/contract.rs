@@ -32,7 +32,8 @@ fn child_gets_exactly_the_systemd_contract() {
     assert_eq!(info["fds"], "0,1,2,3,4", "the sockets at 3 and 4 and no other fd");
     assert_eq!(info["cloexec"], "");
     assert_eq!(info["gen"], "1");
-    assert!(info["notify_socket"].ends_with("notify-1.sock"), "{}", info["notify_socket"]);
+    let notify = &info["notify_socket"];
+    assert!(notify.contains("/notify-1-") && notify.ends_with(".sock"), "{notify}");
     // Both sockets are listening.
     let body = get_unix(&sock, "/").unwrap();
     assert_eq!(pid_of(&body), pid);

@@ -5,6 +5,7 @@ mod bad_input;
 mod contract;
 mod control;
 mod faults;
+mod files;
 mod harness;
 mod hooks;
 mod lifecycle;
