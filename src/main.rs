@@ -13,6 +13,8 @@ mod pidfile;
 mod readiness;
 mod sockfile;
 mod spawn;
+#[allow(dead_code)]
+mod steer;
 mod supervisor;
 mod user;
 mod watch;
