@@ -10,3 +10,5 @@
 //!   draining generation is stopped only once it has nothing left.
 
 pub mod bpf;
+pub mod pool;
+mod sys;
