@@ -10,5 +10,6 @@
 //!   draining generation is stopped only once it has nothing left.
 
 pub mod bpf;
+pub mod conns;
 pub mod pool;
 mod sys;
