@@ -8,6 +8,10 @@
 //!   socket's accept queue;
 //! - `conns` counts the connections a process group still holds, so a
 //!   draining generation is stopped only once it has nothing left.
+//!
+//! A drain is done when, in this order, the old socket's `queue_len` is 0
+//! and then `Scanner::count` for the old group is 0: a connection leaves
+//! the queue only by being accepted, and is in an fd table from then on.
 
 pub mod bpf;
 pub mod conns;
