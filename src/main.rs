@@ -20,6 +20,8 @@ mod shell;
 mod signals;
 mod sockfile;
 mod startup;
+#[allow(dead_code)]
+mod steer;
 mod supervisor;
 #[allow(unsafe_code)]
 mod sys;

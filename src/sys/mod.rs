@@ -54,17 +54,19 @@ pub fn one_thread() -> bool {
     std::fs::read_dir("/proc/self/task").map_or(true, |d| d.count() == 1)
 }
 
-/// The accept-queue length of a listening TCP socket: `tcpi_unacked` of
-/// TCP_INFO (tcp(7); on a listener the kernel reports its queue there).
-#[allow(dead_code)]
-pub fn accept_queue_len(fd: BorrowedFd<'_>) -> Result<u32, Errno> {
+/// `getsockopt(fd, IPPROTO_TCP, TCP_INFO)` into `buf`: the number of bytes
+/// of `struct tcp_info` the kernel filled (fewer than `buf.len()` when its
+/// struct is shorter). On a listening socket, `tcpi_unacked` is the
+/// accept queue's length (tcp(7) does not say so; the kernel's
+/// tcp_get_info() does).
+pub fn tcp_info(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
-    // struct tcp_info is at least 104 bytes on any kernel that has
-    // tcpi_unacked; its first 32 are what this reads.
-    let mut buf = [0u8; 256];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `buf`, which is
-    // that long, and stores the length it wrote in `len`.
+    let mut len = libc::socklen_t::try_from(buf.len())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `buf` is valid for writes of `len` bytes for the whole call,
+    // and getsockopt(2) writes at most `len` bytes to it, then stores the
+    // count in `len`, a live local; `fd` is an open descriptor borrowed for
+    // the call. tcp_info has no alignment need here: the kernel copies bytes.
     let r = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
@@ -74,9 +76,8 @@ pub fn accept_queue_len(fd: BorrowedFd<'_>) -> Result<u32, Errno> {
             &mut len,
         )
     };
-    Errno::result(r)?;
-    if (len as usize) < 28 {
-        return Err(Errno::EINVAL);
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(u32::from_ne_bytes(buf[24..28].try_into().expect("4 bytes")))
+    Ok((len as usize).min(buf.len()))
 }

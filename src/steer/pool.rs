@@ -1,0 +1,207 @@
+//! A pool of listening TCP sockets on one address, in one SO_REUSEPORT
+//! group, with the steering program attached.
+//!
+//! Two kernel rules shape it (verified on Linux 6.18, see
+//! shared/design/steering-facts.md):
+//! - A socket's index in the group is the order of its `listen()`; when a
+//!   socket leaves the group (its last fd closed), the *last* socket moves
+//!   into the freed slot. So the pool never closes a socket before it is
+//!   dropped, and only grows at the end: index `i` is `socket(i)` for the
+//!   pool's whole life.
+//! - Without a program, the kernel hashes new connections over every
+//!   socket. So the first socket gets a program (`Route::all(0)`) before
+//!   any second socket listens: no connection ever lands in a socket that
+//!   no generation accepts from.
+//!
+//! Every socket has SO_REUSEPORT, so another process of the *same uid*
+//! that sets it too can bind the address and join the group, at the next
+//! index; and when it leaves, the pool's last socket moves into its slot.
+//! A socket without SO_REUSEPORT, or from another uid, gets EADDRINUSE as
+//! before.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::socket::{
+    bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
+    SockType, SockaddrStorage,
+};
+
+use super::bpf::{Family, Program, Route, RouteError};
+use crate::sys;
+
+/// The group's listening sockets; index `i` is the `i`th to listen.
+#[derive(Debug)]
+pub struct Pool {
+    /// The address every socket is bound to, port 0 resolved.
+    addr: SocketAddr,
+    family: Family,
+    backlog: Backlog,
+    sockets: Vec<OwnedFd>,
+}
+
+/// Why a pool could not be made, grown or steered.
+#[derive(Debug)]
+pub enum PoolError {
+    /// socket(), bind() or listen() failed: the address is taken, a
+    /// privileged port after `--user` dropped root, another uid's group...
+    Bind(io::Error),
+    /// The kernel refused SO_ATTACH_REUSEPORT_CBPF (older than 4.5, or a
+    /// seccomp or LSM policy). From `Pool::bind`: nothing is left bound;
+    /// bind the address the usual way and share that one socket between
+    /// generations. From `attach`: the group keeps its previous program, so
+    /// connections go where they went before.
+    Refused(io::Error),
+    /// The route names a socket the pool does not have (or is otherwise
+    /// malformed): a bug in the caller. Nothing was attached.
+    Route(RouteError),
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::Bind(e) => write!(f, "cannot bind a steered socket: {e}"),
+            PoolError::Refused(e) => write!(f, "the kernel refused the steering program: {e}"),
+            PoolError::Route(e) => write!(f, "bad steering route: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PoolError::Bind(e) | PoolError::Refused(e) => Some(e),
+            PoolError::Route(e) => Some(e),
+        }
+    }
+}
+
+fn bind_error(e: Errno) -> PoolError {
+    PoolError::Bind(e.into())
+}
+
+/// TCP_INFO's `tcpi_state` of a listening socket (TCP_LISTEN).
+const TCP_LISTEN: u8 = 10;
+
+impl Pool {
+    /// Binds `count` sockets (at least one) to `addr`, IPv4 or IPv6; with
+    /// port 0, the first socket picks the port and the others bind it too.
+    /// The group starts with `Route::all(0)`.
+    ///
+    /// `PoolError::Refused` means this kernel cannot steer: fall back to
+    /// one shared socket. Nothing of the pool stays bound.
+    pub fn bind(addr: SocketAddr, backlog: i32, count: u32) -> Result<Pool, PoolError> {
+        let backlog = Backlog::new(backlog).map_err(bind_error)?;
+        let family = if addr.is_ipv4() { Family::V4 } else { Family::V6 };
+        let first = open(addr, backlog).map_err(bind_error)?;
+        let addr = local_addr(first.as_fd()).map_err(bind_error)?;
+        let mut pool = Pool { addr, family, backlog, sockets: vec![first] };
+        // Before a second socket listens, or the kernel would hash new
+        // connections onto it while no generation accepts there.
+        pool.attach(&Route::all(0))?;
+        for _ in 1..count {
+            pool.grow()?;
+        }
+        Ok(pool)
+    }
+
+    /// One more socket, at index `len()`, which it returns. The program in
+    /// place never names it, so it gets no connection until a route does.
+    /// Fails after `--user` has dropped root (the group belongs to root's
+    /// uid, and a privileged port needs root): share a socket then.
+    pub fn grow(&mut self) -> Result<u32, PoolError> {
+        let index = self.len();
+        let fd = open(self.addr, self.backlog).map_err(bind_error)?;
+        self.sockets.push(fd);
+        Ok(index)
+    }
+
+    pub fn len(&self) -> u32 {
+        self.sockets.len() as u32
+    }
+
+    /// The bound address, with the real port where 0 was asked for.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Socket `index`, to dup into a generation (at fd 3). Its index never
+    /// changes while the pool lives.
+    pub fn socket(&self, index: u32) -> Option<BorrowedFd<'_>> {
+        self.sockets.get(index as usize).map(|s| s.as_fd())
+    }
+
+    /// Replaces the group's program with `route`'s, in one setsockopt:
+    /// every connection whose SYN arrives after this returns follows the
+    /// new route; those already queued stay where they are.
+    pub fn attach(&self, route: &Route) -> Result<(), PoolError> {
+        let program = Program::build(route, self.family, self.len()).map_err(PoolError::Route)?;
+        self.attach_program(&program)
+    }
+
+    fn attach_program(&self, program: &Program) -> Result<(), PoolError> {
+        let filters = program.to_filters();
+        let fprog = libc::sock_fprog {
+            // At most BPF_MAXINSNS (4096) by construction.
+            len: filters.len() as u16,
+            // The kernel copies the program and never writes through this.
+            filter: filters.as_ptr().cast_mut(),
+        };
+        // From any member: the program belongs to the group.
+        setsockopt(&self.sockets[0], sockopt::AttachReusePortCbpf, &fprog)
+            .map_err(|e| PoolError::Refused(e.into()))
+    }
+
+    /// How many connections wait in socket `index`'s accept queue: the
+    /// handshake is done and nobody has accepted them yet. (A SYN routed
+    /// here whose handshake is still under way joins the queue later.)
+    pub fn queue_len(&self, index: u32) -> io::Result<u32> {
+        let fd = self.socket(index).ok_or(io::ErrorKind::InvalidInput)?;
+        let mut info = [0u8; 256];
+        let n = sys::tcp_info(fd, &mut info)?;
+        accept_queue(&info[..n]).ok_or_else(|| io::Error::other("TCP_INFO: not a listening socket"))
+    }
+}
+
+/// `tcpi_unacked` (offset 24 of `struct tcp_info`), which on a listening
+/// socket is the accept queue's length; None unless `tcpi_state` (offset
+/// 0) is LISTEN, where the field means unacknowledged segments instead.
+fn accept_queue(info: &[u8]) -> Option<u32> {
+    let unacked = info.get(24..28)?;
+    (info[0] == TCP_LISTEN).then(|| u32::from_ne_bytes(unacked.try_into().unwrap()))
+}
+
+/// A listening socket in `addr`'s group: SO_REUSEADDR as `listen.rs` sets
+/// it (restarts while old connections sit in TIME_WAIT), SO_REUSEPORT to
+/// join the group, IPv6 only on an IPv6 address, close-on-exec.
+fn open(addr: SocketAddr, backlog: Backlog) -> nix::Result<OwnedFd> {
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    if addr.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    listen(&fd, backlog)?;
+    Ok(fd)
+}
+
+fn local_addr(fd: BorrowedFd<'_>) -> nix::Result<SocketAddr> {
+    let ss: SockaddrStorage = getsockname(fd.as_raw_fd())?;
+    if let Some(v4) = ss.as_sockaddr_in() {
+        return Ok(SocketAddr::V4((*v4).into()));
+    }
+    ss.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())).ok_or(Errno::EAFNOSUPPORT)
+}
+
+#[cfg(test)]
+mod tests;
