@@ -8,6 +8,7 @@ mod event_loop;
 mod listen;
 mod log;
 mod notify;
+mod outbox;
 mod output;
 mod pidfile;
 mod readiness;
@@ -29,6 +30,9 @@ const EXIT_USAGE: i32 = 2;
 
 fn main() {
     let code = run();
+    // The last lines ("exiting with status 0") still reach a slow reader;
+    // a stalled one holds the exit no longer than this.
+    outbox::flush_before_exit(std::time::Instant::now() + outbox::EXIT_FLUSH);
     std::process::exit(code);
 }
 
@@ -93,6 +97,9 @@ fn serve(cli: Cli) -> i32 {
     } else {
         None
     };
+    // From here on, graceexec's output never blocks. After the adoption:
+    // it opens fds.
+    outbox::init(true);
     let control_path = match &cli.control {
         Some(p) => p.clone(),
         None => {
