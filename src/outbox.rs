@@ -90,8 +90,8 @@ static OUTBOX: OnceLock<[Slot; 2]> = OnceLock::new();
 /// take a number LISTEN_FDS names. A second call changes nothing.
 pub fn init(nonblocking: bool) {
     if nonblocking {
-        let out = Slot::open(std::io::stdout().as_fd(), Stream::Stdout);
-        let err = Slot::open(std::io::stderr().as_fd(), Stream::Stderr);
+        let out = Slot::std(Target::Stdout(std::io::stdout()), Stream::Stdout);
+        let err = Slot::std(Target::Stderr(std::io::stderr()), Stream::Stderr);
         let _ = OUTBOX.set([out, err]);
     }
 }
@@ -164,7 +164,7 @@ pub fn flush_before_exit(deadline: Instant) {
 /// (after `--user`, /proc/self/fd of the root-owned pipe is out of reach).
 pub fn helper_fd(stream: Stream) -> Option<BorrowedFd<'static>> {
     match slot(stream)? {
-        s if s.kind == Kind::Reopened => s.fd.as_ref().map(AsFd::as_fd),
+        s if s.kind == Kind::Reopened => s.fd.as_ref().map(Target::as_fd),
         _ => None,
     }
 }
@@ -188,12 +188,13 @@ fn write_blocking(stream: Stream, bytes: &[u8]) {
 enum Kind {
     /// Our own O_NONBLOCK description of a pipe, FIFO or device.
     Reopened,
-    /// send(MSG_DONTWAIT | MSG_NOSIGNAL) on a copy of the fd.
+    /// send(MSG_DONTWAIT | MSG_NOSIGNAL) on the fd.
     Socket,
-    /// write(2) on a copy of the fd, sharing its offset and O_APPEND.
+    /// write(2) on the fd: its offset and O_APPEND, shared.
     File,
-    /// Could not reopen, but the shared description already has
-    /// O_NONBLOCK (whoever set it did so for everyone): write as it is.
+    /// A pipe, FIFO or device whose shared description already has
+    /// O_NONBLOCK (whoever set it did so for everyone; the watchdog is
+    /// handed graceexec's own): written as it is, with no fd of our own.
     AlreadyNonBlocking,
     /// Could not reopen, and the description blocks: poll(2) for POLLOUT
     /// with a zero timeout, then write at most PIPE_BUF bytes. A pipe
@@ -209,18 +210,52 @@ enum Kind {
     Closed,
 }
 
+/// What a stream is written through: a description of our own, or the
+/// original fd (the std handle stands for fds 1 and 2, which nothing
+/// closes, and lends them for as long as the OnceLock lives).
+enum Target {
+    Own(OwnedFd),
+    Stdout(std::io::Stdout),
+    Stderr(std::io::Stderr),
+}
+
+impl Target {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Target::Own(fd) => fd.as_fd(),
+            Target::Stdout(s) => s.as_fd(),
+            Target::Stderr(s) => s.as_fd(),
+        }
+    }
+}
+
 /// One stream: how it is written, and what waits.
 struct Slot {
-    fd: Option<OwnedFd>,
+    /// None: not open at start-up.
+    fd: Option<Target>,
     kind: Kind,
     stream: Stream,
     queue: Mutex<Queue>,
 }
 
 impl Slot {
-    fn open(fd: BorrowedFd<'_>, stream: Stream) -> Slot {
-        let (fd, kind) = classify(fd);
+    /// graceexec's own stdout or stderr.
+    fn std(original: Target, stream: Stream) -> Slot {
+        let (kind, reopened) = classify(original.as_fd());
+        let fd = match (kind, reopened) {
+            (Kind::Closed, _) => None,
+            (_, Some(own)) => Some(Target::Own(own)),
+            (_, None) => Some(original),
+        };
         Slot { fd, kind, stream, queue: Mutex::new(Queue::new()) }
+    }
+
+    /// Any fd (the tests'): written through a copy when not reopened.
+    #[cfg(test)]
+    fn open(fd: BorrowedFd<'_>, stream: Stream) -> Slot {
+        let (kind, reopened) = classify(fd);
+        let own = reopened.unwrap_or_else(|| fd.try_clone_to_owned().unwrap());
+        Slot { fd: Some(Target::Own(own)), kind, stream, queue: Mutex::new(Queue::new()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -259,12 +294,12 @@ impl Slot {
     }
 
     fn poll_fd(&self) -> Option<(BorrowedFd<'_>, PollFlags)> {
-        let fd = self.fd.as_ref()?;
-        (self.queued() > 0).then(|| (fd.as_fd(), PollFlags::POLLOUT))
+        let fd = self.fd.as_ref()?.as_fd();
+        (self.queued() > 0).then_some((fd, PollFlags::POLLOUT))
     }
 
     fn write(&self, bytes: &[u8]) -> Wrote {
-        let Some(fd) = self.fd.as_ref() else {
+        let Some(fd) = self.fd.as_ref().map(Target::as_fd) else {
             return Wrote::Failed;
         };
         loop {
@@ -276,7 +311,7 @@ impl Slot {
                     send(fd.as_raw_fd(), bytes, flags)
                 }
                 Kind::Guarded => {
-                    let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+                    let mut p = [PollFd::new(fd, PollFlags::POLLOUT)];
                     let _ = poll(&mut p, PollTimeout::ZERO);
                     // POLLERR (no reader left) goes on to the write, which
                     // says why.
@@ -313,42 +348,30 @@ fn guarded_piece(bytes: &[u8]) -> &[u8] {
     }
 }
 
-/// How to write `fd` without blocking, and the fd to write it through.
-fn classify(fd: BorrowedFd<'_>) -> (Option<OwnedFd>, Kind) {
+/// How to write `fd` without blocking; the description opened anew for
+/// `Kind::Reopened`.
+fn classify(fd: BorrowedFd<'_>) -> (Kind, Option<OwnedFd>) {
     let Ok(stat) = fstat(fd) else {
-        return (None, Kind::Closed);
+        return (Kind::Closed, None);
     };
-    let (kind, reopen) = match stat.st_mode & libc::S_IFMT {
-        libc::S_IFIFO | libc::S_IFCHR => (Kind::Reopened, true),
-        libc::S_IFSOCK => (Kind::Socket, false),
-        libc::S_IFREG => (Kind::File, false),
-        _ => (Kind::Guarded, false),
-    };
-    if reopen {
-        // O_NOCTTY: a terminal opened anew must not become graceexec's
-        // controlling terminal. A pipe with no reader left opens fine and
-        // fails later with EPIPE, like the original.
-        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        let flags = OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
-        if let Ok(own) = open(path.as_str(), flags, Mode::empty()) {
-            return (Some(own), Kind::Reopened);
-        }
-    }
-    let kind = match kind {
-        Kind::Reopened | Kind::Guarded => {
-            let flags = fcntl(fd, FcntlArg::F_GETFL).map(OFlag::from_bits_truncate);
-            match flags {
-                Ok(f) if f.contains(OFlag::O_NONBLOCK) => Kind::AlreadyNonBlocking,
-                _ => Kind::Guarded,
+    let nonblocking = fcntl(fd, FcntlArg::F_GETFL)
+        .is_ok_and(|f| OFlag::from_bits_truncate(f).contains(OFlag::O_NONBLOCK));
+    match stat.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => (Kind::Socket, None),
+        libc::S_IFREG => (Kind::File, None),
+        _ if nonblocking => (Kind::AlreadyNonBlocking, None),
+        libc::S_IFIFO | libc::S_IFCHR => {
+            // O_NOCTTY: a terminal opened anew must not become graceexec's
+            // controlling terminal. A pipe with no reader left opens fine
+            // and fails later with EPIPE, like the original.
+            let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            let flags = OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+            match open(path.as_str(), flags, Mode::empty()) {
+                Ok(own) => (Kind::Reopened, Some(own)),
+                Err(_) => (Kind::Guarded, None),
             }
         }
-        other => other,
-    };
-    // A copy (F_DUPFD_CLOEXEC) shares the description: same offset, same
-    // flags. Failing that (no fd left at start-up) the stream is lost.
-    match fd.try_clone_to_owned() {
-        Ok(own) => (Some(own), kind),
-        Err(_) => (None, Kind::Closed),
+        _ => (Kind::Guarded, None),
     }
 }
 

@@ -166,14 +166,15 @@ const OWN_LINE: u64 = 4 + 6 + 1 + 80 + 1;
 /// and the own lines that were not dropped come out whole and in order,
 /// then the note with the count.
 fn stalled(writer: OwnedFd, reader: OwnedFd, kind: Kind) {
+    let flags_before = nonblocking(writer.as_fd());
     let mut slot = Slot::open(writer.as_fd(), Stream::Stderr);
     if kind == Kind::Guarded {
         // The fallback, on the same blocking description.
-        slot = Slot { fd: Some(writer.try_clone().unwrap()), kind, ..slot };
+        slot = Slot { fd: Some(Target::Own(writer.try_clone().unwrap())), kind, ..slot };
     }
     assert_eq!(slot.kind, kind);
-    assert!(!nonblocking(writer.as_fd()), "the shared description was changed");
     let (slot, children) = flood(slot, LINES);
+    assert_eq!(nonblocking(writer.as_fd()), flags_before, "the shared description was changed");
     let queued = slot.queued();
     assert!((SOFT_BOUND..=HARD_BOUND).contains(&queued), "{queued}");
     assert!(!slot.accepting() && slot.poll_fd().is_some());
@@ -223,6 +224,14 @@ fn a_stalled_pipe_never_blocks_a_write() {
 fn the_guarded_fallback_never_blocks_on_a_stalled_pipe() {
     let (r, w) = unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
     stalled(w, r, Kind::Guarded);
+}
+
+#[test]
+fn a_pipe_already_nonblocking_is_written_as_it_is() {
+    // What the watchdog is handed: graceexec's own reopened description.
+    let (r, w) = unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+    fcntl(&r, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    stalled(w, r, Kind::AlreadyNonBlocking);
 }
 
 #[test]

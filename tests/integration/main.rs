@@ -11,4 +11,5 @@ mod lifecycle;
 mod readiness;
 mod reload;
 mod sockets;
+mod stalled;
 mod watchdog;
