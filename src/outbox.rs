@@ -17,6 +17,8 @@
 //! - a regular file is written as it is: a write to a file waits for no
 //!   reader, and a second description would have its own offset and
 //!   maybe no O_APPEND, writing over what the others append;
+//! - a pipe, FIFO or terminal whose description already has O_NONBLOCK
+//!   (the watchdog is handed graceexec's own) is written as it is;
 //! - if reopening fails (no /proc, or a uid change that lost access to the
 //!   pipe's inode), see `Kind::Guarded`.
 //!
