@@ -1,11 +1,14 @@
 //! Lifecycle lines on stderr: `graceexec[PID]: message`.
 //!
-//! Write errors are ignored on purpose: stderr may be a pipe whose reader
-//! has gone, and graceexec must keep supervising rather than panic the way
-//! `eprintln!` does.
+//! They go through outbox.rs, in order with the children's lines: never a
+//! blocking write in the long-running instance, dropped and counted if
+//! stderr stays backed up. Write errors are ignored on purpose: stderr may
+//! be a pipe whose reader has gone, and graceexec must keep supervising
+//! rather than panic the way `eprintln!` does.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::outbox::{self, Stream};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -34,7 +37,7 @@ fn enabled(level: Level) -> bool {
 pub fn log(level: Level, msg: &str) {
     if enabled(level) {
         let line = format!("graceexec[{}]: {msg}\n", std::process::id());
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        outbox::own_line(Stream::Stderr, line.as_bytes());
     }
 }
 

@@ -12,6 +12,7 @@ mod event_loop;
 mod listen;
 mod log;
 mod notify;
+mod outbox;
 mod output;
 mod pidfile;
 mod procfs;
@@ -39,6 +40,9 @@ fn main() {
     // wait for the event loop, not kill graceexec with its default action.
     let before = signals::block_all();
     let code = run(before);
+    // The last lines ("exiting with status 0") still reach a slow reader;
+    // a stalled one holds the exit no longer than this.
+    outbox::flush_before_exit(std::time::Instant::now() + outbox::EXIT_FLUSH);
     std::process::exit(code);
 }
 

@@ -11,15 +11,21 @@
 //! generations running side by side during a reload never mix mid-line.
 //! Only a line longer than `MAX_HELD` (memory is bounded) and the last
 //! partial line at EOF are written out without their end.
+//!
+//! The lines go into outbox.rs's queues, which never block. While a queue
+//! is past its soft bound the pipes that feed it are not polled, and reads
+//! stop short of its hard bound: a child whose output nobody is taking
+//! then blocks in its own write, and graceexec goes on supervising.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use anyhow::Context;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd;
+
+use crate::outbox::{self, Stream};
 
 /// Stderr lines kept for the failure report.
 pub const TAIL_LINES: usize = 20;
@@ -30,12 +36,6 @@ const MAX_HELD: usize = 64 * 1024;
 const READ_BUDGET: usize = 256 * 1024;
 /// Bytes kept of each tail line: a report, not a copy of the output.
 const TAIL_LINE_BYTES: usize = 500;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
 
 /// The write ends, handed to `spawn::Child` and dropped by the caller right
 /// after the spawn: the read ends see EOF only once no copy is left outside
@@ -83,7 +83,7 @@ pub fn pipes(capture_stdout: bool, prefix: bool) -> anyhow::Result<(ChildEnds, C
         prefix,
         buf: vec![0; 64 * 1024],
         out: Vec::new(),
-        sink: write_own,
+        sink: outbox::child_output,
     };
     Ok((ChildEnds { stdout, stderr: err_write }, captured))
 }
@@ -94,23 +94,6 @@ fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = unistd::pipe2(OFlag::O_CLOEXEC).context("pipe for a generation's output")?;
     fcntl(&r, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).context("O_NONBLOCK on an output pipe")?;
     Ok((r, w))
-}
-
-/// Write errors are ignored: graceexec must keep supervising even when its
-/// own output has gone (SIGPIPE is ignored by the Rust runtime).
-fn write_own(stream: Stream, bytes: &[u8]) {
-    match stream {
-        Stream::Stdout => {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(bytes);
-            // Stdout is line-buffered; a forced-out partial line must not
-            // wait there for the next one.
-            let _ = out.flush();
-        }
-        Stream::Stderr => {
-            let _ = std::io::stderr().lock().write_all(bytes);
-        }
-    }
 }
 
 impl Captured {
@@ -134,9 +117,13 @@ impl Captured {
 
     /// The read ends still open, to poll for POLLIN (stdout first). A
     /// closed pipe polls as POLLHUP: read on any revents. Empty once both
-    /// reached EOF.
+    /// reached EOF, and without the pipes whose stream is backed up
+    /// (`outbox::accepting_child_output`): the back-pressure.
     pub fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.readers().filter_map(|r| r.fd.as_ref().map(AsFd::as_fd)).collect()
+        self.readers()
+            .filter(|r| outbox::accepting_child_output(r.stream))
+            .filter_map(|r| r.fd.as_ref().map(AsFd::as_fd))
+            .collect()
     }
 
     /// Read what is available now and pass the complete lines on. Returns
@@ -169,6 +156,13 @@ impl Reader {
     fn read_some(&mut self, buf: &mut [u8], out: &mut Vec<u8>, sink: Sink) {
         let Some(fd) = &self.fd else { return };
         out.clear();
+        // The loop reads only below the soft bound; a read outside poll (a
+        // released generation's last lines) stops at the hard bound, and
+        // the pipe stays open until the queue has drained.
+        let budget = READ_BUDGET.min(outbox::room_for_child_output(self.stream));
+        if budget == 0 {
+            return;
+        }
         let mut total = 0;
         let eof = loop {
             match unistd::read(fd, buf) {
@@ -176,7 +170,7 @@ impl Reader {
                 Ok(k) => {
                     self.lines.feed(&buf[..k], out);
                     total += k;
-                    if total >= READ_BUDGET {
+                    if total >= budget {
                         // The pipe is still readable: the next poll wakes us.
                         break false;
                     }

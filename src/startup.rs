@@ -131,6 +131,12 @@ impl SignalsBlocked {
         } else {
             None
         };
+        // Our output never blocks the loop from here on (outbox.rs). After
+        // adopting systemd's sockets: it opens fds, which must not take a
+        // number LISTEN_FDS names; before the watchdog, which is handed
+        // the non-blocking descriptions, and before --user drops the right
+        // to reopen them.
+        crate::outbox::init(true);
         // After adopting systemd's sockets, so it cannot take one of the
         // fds LISTEN_FDS names.
         let signals = signals::signalfd()

@@ -26,21 +26,31 @@
 //! pid has meanwhile gone to another process (told apart by its start
 //! time) had an empty group, and nothing is killed for it. Until then it
 //! sits in read(2).
+//!
+//! Neither side ever blocks on a write. graceexec's end of the pipe is
+//! O_NONBLOCK (the pipe is its own), and words the pipe has no room for
+//! wait in order until the event loop sees it writable. The watchdog
+//! kills first and tells after, through outbox.rs: a stalled stderr
+//! (which it shares with graceexec) loses lines, never a kill.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::wait::waitpid;
-use nix::unistd::Pid;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{self, Pid};
 
 use crate::log;
+use crate::outbox::{self, Stream};
 use crate::sys::spawn;
 
 /// argv[1] of the watchdog mode, checked before the command line is
@@ -52,15 +62,31 @@ const PIPE_FD: i32 = 3;
 
 /// graceexec is exiting of its own accord: nothing to do.
 const BYE: i32 = i32::MIN;
+/// Words waiting beyond this many make room by dropping forgets (see
+/// `send`). Watches are never dropped; a forget cancels its own watch
+/// while both wait, so watches waiting are about as many as live groups.
+const MAX_PENDING: usize = 1024;
+/// pipe(7): a write of at most this many bytes is atomic, all or EAGAIN,
+/// so never half a word.
+const PIPE_BUF: usize = 4096;
+/// How long `finish` waits for the goodbye to go through and the
+/// watchdog to exit.
+const FINISH_WAIT: Duration = Duration::from_millis(500);
 
 pub struct Watchdog {
     pid: Pid,
-    pipe: File,
+    /// The write end, O_NONBLOCK.
+    pipe: OwnedFd,
+    /// Words the pipe had no room for yet, oldest first.
+    pending: VecDeque<i32>,
 }
 
 impl Watchdog {
     pub fn start(stop_timeout: Duration) -> Result<Watchdog, String> {
         let (read, write) = spawn::pipe_above_stdio().map_err(|e| format!("pipe: {e}"))?;
+        // Only graceexec has this description of the write end: the flag
+        // is no one else's concern. The watchdog's read end stays blocking.
+        fcntl(&write, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(|e| format!("pipe: {e}"))?;
         let ms = stop_timeout.as_micros().div_ceil(1000).min(u64::MAX as u128);
         let args: Vec<OsString> =
             ["graceexec", MODE, TIMEOUT_FLAG, &ms.to_string()].map(OsString::from).into();
@@ -74,13 +100,15 @@ impl Watchdog {
             env,
             fds: &[read.as_fd()],
             listen_pid: false,
-            stdout: None,
-            stderr: None,
+            // graceexec's own non-blocking descriptions where it has them:
+            // the watchdog may be unable to reopen the streams itself.
+            stdout: outbox::helper_fd(Stream::Stdout),
+            stderr: outbox::helper_fd(Stream::Stderr),
             parent_death_signal: None,
             dir: None,
         })
         .map_err(|e| e.message)?;
-        Ok(Watchdog { pid, pipe: File::from(write) })
+        Ok(Watchdog { pid, pipe: write, pending: VecDeque::new() })
     }
 
     pub fn pid(&self) -> i32 {
@@ -97,22 +125,94 @@ impl Watchdog {
         self.send(-pid);
     }
 
+    /// Queue `word` behind those waiting, and write what the pipe takes.
+    /// A lost watch would leave a group unkilled after graceexec's death;
+    /// a lost forget only lets the watchdog look at a pid that has gone
+    /// (`leader` tells it apart), so only forgets are ever dropped.
     fn send(&mut self, word: i32) {
-        // 4 bytes, below PIPE_BUF: written whole or not at all. A watchdog
-        // that is gone (someone killed it) only costs this protection.
-        if let Err(e) = self.pipe.write_all(&word.to_ne_bytes()) {
-            log::debug(&format!("cannot reach the watchdog: {e}"));
+        if word != BYE && word < 0 {
+            // Its watch still waiting: the watchdog never heard of it.
+            let last = self.pending.iter().rposition(|&w| w == word || w == -word);
+            if let Some(i) = last.filter(|&i| self.pending[i] == -word) {
+                self.pending.remove(i);
+                return;
+            }
+        }
+        self.pending.push_back(word);
+        if self.pending.len() > MAX_PENDING {
+            if let Some(i) = self.pending.iter().position(|&w| w < 0 && w != BYE) {
+                self.pending.remove(i);
+                log::debug("the watchdog's pipe is full: dropped a forget");
+            }
+        }
+        self.on_writable();
+    }
+
+    /// The pipe, to poll for POLLOUT while words wait.
+    pub fn poll_fd(&self) -> Option<(BorrowedFd<'_>, PollFlags)> {
+        (!self.pending.is_empty()).then(|| (self.pipe.as_fd(), PollFlags::POLLOUT))
+    }
+
+    /// Write the words waiting, as many as the pipe takes now.
+    pub fn on_writable(&mut self) {
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(PIPE_BUF / 4);
+            let bytes: Vec<u8> =
+                self.pending.iter().take(n).flat_map(|w| w.to_ne_bytes()).collect();
+            match unistd::write(&self.pipe, &bytes) {
+                Ok(k) => {
+                    self.pending.drain(..k / 4);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return,
+                // A watchdog that is gone (someone killed it) only costs
+                // this protection; the loop reaps it and says so.
+                Err(e) => {
+                    log::debug(&format!("cannot reach the watchdog: {e}"));
+                    self.pending.clear();
+                    return;
+                }
+            }
         }
     }
 
     /// graceexec exits normally: the watchdog exits too, and is reaped
     /// before graceexec is gone, so nothing of it outlives graceexec.
     /// (Not called for a watchdog the event loop has already reaped.)
+    /// Bounded by `FINISH_WAIT`: a watchdog that is stopped, or a pipe
+    /// that stays full, must not hold graceexec's exit. A goodbye that did
+    /// not get through leaves it EOF, to which it answers as to graceexec's
+    /// death: the groups it knows of are empty by now, or ought to go.
     pub fn finish(mut self) {
+        let deadline = Instant::now() + FINISH_WAIT;
         self.send(BYE);
+        while let Some((fd, ev)) = self.poll_fd() {
+            let Some(ms) = ms_until(deadline) else { break };
+            let _ = poll(&mut [PollFd::new(fd, ev)], ms);
+            self.on_writable();
+        }
         drop(self.pipe);
-        while let Err(Errno::EINTR) = waitpid(self.pid, None) {}
+        // Not the loop's signalfd any more, and no pidfd in nix: a short
+        // poll of waitpid, bounded.
+        loop {
+            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
+                _ => return,
+            }
+            if ms_until(deadline).is_none() {
+                log::debug("the watchdog has not exited: leaving it behind");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
+}
+
+/// The poll timeout until `deadline`, rounded up; None once it passed.
+fn ms_until(deadline: Instant) -> Option<PollTimeout> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    (ms > 0).then(|| PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX))
 }
 
 /// `graceexec __watchdog ARGS`: the watchdog's own `main`; returns its exit
@@ -135,6 +235,8 @@ pub fn main(args: &[OsString]) -> i32 {
     // pending, forever; SIGTTOU too, so that its one warning line is
     // written even from a background group of a terminal with `stty
     // tostop`.
+    // The pipe first: outbox opens fds, which must not take fd 3 when it
+    // is missing (`graceexec __watchdog` run by hand).
     let pipe = crate::sys::claim_fd(PIPE_FD, |b| {
         let stat = nix::sys::stat::fstat(b)?;
         if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFIFO {
@@ -143,6 +245,7 @@ pub fn main(args: &[OsString]) -> i32 {
         nix::fcntl::fcntl(b, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
         Ok(())
     });
+    outbox::init(true);
     match pipe {
         Ok(fd) => watch(File::from(fd), Duration::from_millis(ms)),
         Err(e) => usage(&format!("{e:#}")),
@@ -163,7 +266,19 @@ fn watch(mut pipe: File, stop_timeout: Duration) -> i32 {
     }
     let end = Instant::now() + stop_timeout;
     loop {
-        sweep(&mut groups, Instant::now() >= end);
+        // Every kill of the round first, then the lines about them, which
+        // never block: a backed-up stderr drops them (outbox.rs).
+        for (pid, what) in sweep(&mut groups, Instant::now() >= end) {
+            match what {
+                Swept::Killed => log::warn(&format!(
+                    "graceexec is gone: killed what was left of the process group of pid {pid}"
+                )),
+                Swept::Gone => log::debug(&format!(
+                    "watchdog: pid {pid} is another process now; its group is gone"
+                )),
+            }
+        }
+        outbox::on_writable();
         if groups.is_empty() {
             return 0;
         }
@@ -188,9 +303,16 @@ impl Group {
     }
 }
 
+enum Swept {
+    Killed,
+    /// Its leader's pid names another process: nothing to kill.
+    Gone,
+}
+
 /// Kill the groups whose leader has exited, or all at the stop timeout;
-/// keep the others.
-fn sweep(groups: &mut Vec<Group>, timed_out: bool) {
+/// keep the others. Returns what it did, to be told once all is done.
+fn sweep(groups: &mut Vec<Group>, timed_out: bool) -> Vec<(i32, Swept)> {
+    let mut done = Vec::new();
     groups.retain(|g| {
         let pid = g.pid;
         match leader(g) {
@@ -199,21 +321,18 @@ fn sweep(groups: &mut Vec<Group>, timed_out: bool) {
             // the group was empty: nothing to kill, and a killpg could hit
             // a group that new process leads.
             Leader::Replaced => {
-                log::debug(&format!(
-                    "watchdog: pid {pid} is another process now; its group is gone"
-                ));
+                done.push((pid, Swept::Gone));
                 return false;
             }
             Leader::Running if !timed_out => return true,
             Leader::Running | Leader::Exited => {}
         }
         if killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-            log::warn(&format!(
-                "graceexec is gone: killed what was left of the process group of pid {pid}"
-            ));
+            done.push((pid, Swept::Killed));
         }
         false
     });
+    done
 }
 
 enum Leader {
@@ -256,46 +375,4 @@ fn stat(pid: i32) -> Option<Stat> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
-    use std::process::Command;
-
-    use super::*;
-
-    fn sleeper() -> std::process::Child {
-        Command::new("sleep").arg("1000").process_group(0).spawn().unwrap()
-    }
-
-    #[test]
-    fn a_pid_reused_by_another_process_is_not_killed() {
-        // Regression: the watchdog killed the group of whatever process
-        // had the pid by then, such as a later session leader that was
-        // given the number of a generation reaped by init.
-        let mut other = sleeper();
-        let pid = other.id() as i32;
-        let started = Group::named(pid).started;
-        assert!(started.is_some());
-        let before_it = started.map(|s| s - 1);
-        // A leader named when it ran (then reaped, its pid reused), and
-        // one already reaped when it was named.
-        let mut groups = vec![Group { pid, started: before_it }, Group { pid, started: None }];
-        sweep(&mut groups, true);
-        assert!(groups.is_empty());
-        // A SIGKILL sent by the sweep would be what it dies of, whatever
-        // comes after it.
-        kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
-        let status = other.wait().unwrap();
-        assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "killed the pid's new owner");
-    }
-
-    #[test]
-    fn a_running_leader_keeps_its_group_alive_until_the_stop_timeout() {
-        let mut server = sleeper();
-        let mut groups = vec![Group::named(server.id() as i32)];
-        sweep(&mut groups, false);
-        assert_eq!(groups.len(), 1);
-        sweep(&mut groups, true);
-        assert!(groups.is_empty());
-        assert_eq!(server.wait().unwrap().signal(), Some(Signal::SIGKILL as i32));
-    }
-}
+mod tests;

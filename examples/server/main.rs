@@ -7,7 +7,7 @@
 
 use std::env;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -130,6 +130,10 @@ fn main() {
         if let Err(e) = notify(&notify_socket, &msg) {
             eprintln!("server: cannot notify {notify_socket}: {e}");
         }
+    }
+
+    if let Some(path) = env::var_os("EXAMPLE_CHATTY_FILE") {
+        spawn(move || chatter(&path, pid));
     }
 
     wait_until(5, || TERM.load(SeqCst));
@@ -279,4 +283,16 @@ fn info(state: &State) -> String {
     // Counts this /info request too.
     let in_flight = InFlight::count();
     format!("{head}usr1={usr1}\nterm_ignored={ignored}\nin_flight={in_flight}\n")
+}
+
+/// EXAMPLE_CHATTY_FILE: once the file exists (and the server is ready), a
+/// stream of 1 KiB lines on stderr, as fast as it is taken.
+fn chatter(path: &std::ffi::OsStr, pid: u32) {
+    wait_until(5, || Path::new(path).exists());
+    let filler = "x".repeat(1000);
+    for n in 0u64.. {
+        if writeln!(io::stderr(), "server: pid {pid} line {n} {filler}").is_err() {
+            return;
+        }
+    }
 }

@@ -10,6 +10,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use super::Runtime;
 use crate::control::server::Key;
 use crate::log;
+use crate::outbox;
 use crate::readiness::Probe;
 use crate::supervisor::{Event, GenId, ReadySource};
 
@@ -21,6 +22,8 @@ enum Source {
     Control(Key),
     Watch,
     Check,
+    Outbox,
+    Watchdog,
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -78,6 +81,17 @@ impl Runtime {
             sources.push(Source::Check);
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
+        // Output waiting for a stalled reader, and words for the watchdog
+        // when its pipe was full. (The children's pipes are left out of
+        // the set while our output is backed up: output::Captured::poll_fds.)
+        for (fd, ev) in outbox::poll_fds() {
+            sources.push(Source::Outbox);
+            fds.push(PollFd::new(fd, ev));
+        }
+        if let Some((fd, ev)) = self.io.watchdog.as_ref().and_then(|w| w.poll_fd()) {
+            sources.push(Source::Watchdog);
+            fds.push(PollFd::new(fd, ev));
+        }
         if let Err(e) = poll(&mut fds, timeout) {
             if e != Errno::EINTR {
                 log::error(&format!("poll failed: {e}"));
@@ -109,6 +123,12 @@ impl Runtime {
                 Source::Check => {
                     if let Some(c) = self.check.as_mut() {
                         c.read_available();
+                    }
+                }
+                Source::Outbox => outbox::on_writable(),
+                Source::Watchdog => {
+                    if let Some(w) = self.io.watchdog.as_mut() {
+                        w.on_writable();
                     }
                 }
             }

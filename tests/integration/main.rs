@@ -12,4 +12,5 @@ mod lifecycle;
 mod readiness;
 mod reload;
 mod sockets;
+mod stalled;
 mod watchdog;

@@ -1,0 +1,296 @@
+//! The listening sockets graceexec holds, and which generation accepts
+//! from which.
+//!
+//! Each TCP address graceexec binds itself gets a pool of sockets in one
+//! SO_REUSEPORT group (steer/pool.rs); everything else is one socket that
+//! every generation shares, as before steering: UDP, unix and abstract
+//! sockets, sockets adopted from systemd, `--handover shared`, and a
+//! kernel that refuses the steering program.
+//!
+//! A *slot* is one index across every pool: a generation that has slot i
+//! gets socket i of each pool (and the shared sockets) at fds 3.., in
+//! `--listen` order, so a server cannot tell the difference. The route
+//! says which slots new connections go to; probes from a known source
+//! port go to the slot of the generation they probe.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::cli::Handover;
+use crate::listen::{bind_spec, Addr, Listener, Spec};
+use crate::log;
+use crate::steer::bpf::{Route, Split};
+use crate::steer::pool::{Pool, PoolError};
+use crate::supervisor::GenId;
+
+/// Sockets per pool at start-up: a serving generation, a candidate, one
+/// draining, and one for a crash restart while one drains. More are bound
+/// when needed, while graceexec still may (before `--user` drops root).
+pub const SLOTS: u32 = 4;
+
+const MILLION: u32 = 1_000_000;
+
+enum Entry {
+    Shared(Listener),
+    Steered { name: String, shown: String, pool: Pool },
+}
+
+pub struct Sockets {
+    entries: Vec<Entry>,
+    /// Which slot each running generation has.
+    slots: BTreeMap<GenId, u32>,
+    /// Where new connections go, as (generation, share per million).
+    shares: Vec<(GenId, u32)>,
+    /// Probe connections by TCP source port, to their generation's slot.
+    probes: BTreeMap<u16, GenId>,
+    /// The slot most new connections went to at the last attach: where a
+    /// crashed generation's clients queue until its restart takes it.
+    routed: Option<u32>,
+}
+
+/// What a generation got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Its own socket(s).
+    Own(u32),
+    /// The same socket(s) as another generation.
+    Shared(u32),
+    /// No steered socket at all: every generation shares.
+    None,
+}
+
+impl Sockets {
+    /// Bind every `--listen` address: steered pools for TCP (unless
+    /// `handover` is shared or the kernel refuses), single sockets else.
+    pub fn bind(specs: &[Spec], backlog: i32, unix_mode: Option<u32>, handover: Handover) -> anyhow::Result<Sockets> {
+        let mut entries = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let steerable = handover == Handover::Steer && matches!(spec.addr, Addr::Tcp(_));
+            let entry = match (&spec.addr, steerable) {
+                (Addr::Tcp(addr), true) => match Pool::bind(*addr, backlog, SLOTS) {
+                    Ok(pool) => {
+                        let shown = Addr::Tcp(pool.addr()).to_string();
+                        let name = spec.name.clone().unwrap_or_else(|| format!("tcp-{}", pool.addr().port()));
+                        Entry::Steered { name, shown, pool }
+                    }
+                    Err(PoolError::Refused(e)) => {
+                        log::warn(&format!(
+                            "{}: the kernel refused the steering program ({e}); every generation shares one socket",
+                            spec.addr
+                        ));
+                        Entry::Shared(bind_spec(spec, backlog, unix_mode)?)
+                    }
+                    Err(e) => anyhow::bail!("cannot bind {}: {e}", spec.addr),
+                },
+                _ => Entry::Shared(bind_spec(spec, backlog, unix_mode)?),
+            };
+            entries.push(entry);
+        }
+        Ok(Sockets::from_entries(entries))
+    }
+
+    /// Sockets adopted from systemd: shared, as systemd made them.
+    pub fn adopted(listeners: Vec<Listener>) -> Sockets {
+        Sockets::from_entries(listeners.into_iter().map(Entry::Shared).collect())
+    }
+
+    fn from_entries(entries: Vec<Entry>) -> Sockets {
+        let (slots, probes) = (BTreeMap::new(), BTreeMap::new());
+        Sockets { entries, slots, shares: Vec::new(), probes, routed: None }
+    }
+
+    /// Whether any socket is steered.
+    pub fn steering(&self) -> bool {
+        self.pools().next().is_some()
+    }
+
+    fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.entries.iter().filter_map(|e| match e {
+            Entry::Steered { pool, .. } => Some(pool),
+            Entry::Shared(_) => None,
+        })
+    }
+
+    fn pools_mut(&mut self) -> impl Iterator<Item = &mut Pool> {
+        self.entries.iter_mut().filter_map(|e| match e {
+            Entry::Steered { pool, .. } => Some(pool),
+            Entry::Shared(_) => None,
+        })
+    }
+
+    /// (LISTEN_FDNAMES name, address as shown) of each, in order.
+    pub fn describe(&self) -> Vec<(&str, &str, bool)> {
+        self.entries
+            .iter()
+            .map(|e| match e {
+                Entry::Shared(l) => (l.name.as_str(), l.shown.as_str(), false),
+                Entry::Steered { name, shown, .. } => (name.as_str(), shown.as_str(), true),
+            })
+            .collect()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.describe().into_iter().map(|(n, _, _)| n).collect()
+    }
+
+    /// The fds of the first socket of each entry, for SERVER_STARTER_PORT.
+    pub fn first_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.fds(0)
+    }
+
+    /// The local ports of the steered sockets.
+    pub fn steered_ports(&self) -> Vec<u16> {
+        self.pools().map(|p| p.addr().port()).collect()
+    }
+
+    /// Whether a connection to `addr` reaches a steered socket (a probe of
+    /// the address graceexec serves, or of loopback on a wildcard one).
+    pub fn steers(&self, addr: SocketAddr) -> bool {
+        self.pools().any(|p| {
+            let bound = p.addr();
+            bound.port() == addr.port()
+                && bound.is_ipv4() == addr.is_ipv4()
+                && (bound.ip() == addr.ip() || bound.ip().is_unspecified())
+        })
+    }
+
+    fn len(&self) -> u32 {
+        self.pools().map(Pool::len).min().unwrap_or(0)
+    }
+
+    fn users(&self, slot: u32) -> usize {
+        self.slots.values().filter(|s| **s == slot).count()
+    }
+
+    /// Give generation `gen` a slot: the one new connections go to if its
+    /// generation is gone (a crash restart serves what queued there), else
+    /// a free one with connections queued (nothing queued is dropped), else
+    /// the lowest free one, else a new one if the pools can grow; else it
+    /// shares the slot new connections go to, as before steering.
+    pub fn assign(&mut self, gen: GenId) -> Slot {
+        if !self.steering() {
+            return Slot::None;
+        }
+        let free: Vec<u32> = (0..self.len()).filter(|s| self.users(*s) == 0).collect();
+        let pick = self
+            .routed
+            .filter(|s| free.contains(s))
+            .or_else(|| free.iter().copied().find(|s| self.queued(*s) > 0))
+            .or_else(|| free.first().copied())
+            .or_else(|| self.grow());
+        if let Some(slot) = pick {
+            self.slots.insert(gen, slot);
+            return Slot::Own(slot);
+        }
+        let shared = self.routed.unwrap_or(0);
+        log::warn(&format!(
+            "generation {gen}: no socket of its own left; it shares socket {shared} with the generation it replaces"
+        ));
+        self.slots.insert(gen, shared);
+        Slot::Shared(shared)
+    }
+
+    fn grow(&mut self) -> Option<u32> {
+        let len = self.len();
+        let mut grown = None;
+        for pool in self.pools_mut() {
+            match pool.grow() {
+                Ok(i) => grown = Some(i),
+                Err(e) => {
+                    log::debug(&format!("cannot add a socket to the group: {e}"));
+                    return None;
+                }
+            }
+        }
+        grown.filter(|i| *i == len)
+    }
+
+    /// The fds a generation with `slot` gets, in `--listen` order.
+    pub fn fds(&self, slot: u32) -> Vec<BorrowedFd<'_>> {
+        self.entries
+            .iter()
+            .map(|e| match e {
+                Entry::Shared(l) => l.fd.as_fd(),
+                Entry::Steered { pool, .. } => pool.socket(slot).expect("slots are bounded by the pool"),
+            })
+            .collect()
+    }
+
+    pub fn slot_of(&self, gen: GenId) -> Option<u32> {
+        self.slots.get(&gen).copied()
+    }
+
+    /// Whether `gen` shares its socket with another running generation.
+    pub fn sharing(&self, gen: GenId) -> bool {
+        self.slot_of(gen).is_some_and(|s| self.users(s) > 1)
+    }
+
+    /// `gen` has exited: its slot is free (and keeps what is queued in it
+    /// for whoever gets it next).
+    pub fn release(&mut self, gen: GenId) {
+        self.slots.remove(&gen);
+    }
+
+    /// Connections queued in `slot`, over every pool.
+    pub fn queued(&self, slot: u32) -> u32 {
+        self.pools().map(|p| p.queue_len(slot).unwrap_or(0)).sum()
+    }
+
+    /// The share of new connections each generation gets from now on.
+    pub fn set_shares(&mut self, shares: &[(GenId, u32)]) {
+        self.shares = shares.to_vec();
+        self.attach();
+    }
+
+    pub fn share_of(&self, gen: GenId) -> u32 {
+        self.shares.iter().find(|(g, _)| *g == gen).map_or(0, |(_, s)| *s)
+    }
+
+    /// Send connections from TCP source `port` to `gen`'s socket.
+    pub fn route_probe(&mut self, port: u16, gen: GenId) {
+        self.probes.insert(port, gen);
+        self.attach();
+    }
+
+    pub fn unroute_probe(&mut self, port: u16) {
+        if self.probes.remove(&port).is_some() {
+            self.attach();
+        }
+    }
+
+    /// The route the shares and probes make, in slots. Generations without
+    /// a slot (not started, gone) are left out; with nothing left, the
+    /// route stays where it was.
+    fn route(&self) -> Option<Route> {
+        let slot = |g: &GenId| self.slots.get(g).copied();
+        let routed: Vec<(u32, u32)> =
+            self.shares.iter().filter_map(|(g, s)| slot(g).map(|sl| (sl, *s))).collect();
+        let split = match routed.as_slice() {
+            [] => return None,
+            [(a, _)] => Split::All(*a),
+            [(a, _), (b, share_b), ..] => Split::Share { a: *a, b: *b, b_per_million: (*share_b).min(MILLION) },
+        };
+        let probes = self.probes.iter().filter_map(|(p, g)| slot(g).map(|s| (*p, s))).collect();
+        Some(Route { probes, split })
+    }
+
+    fn attach(&mut self) {
+        let Some(route) = self.route() else { return };
+        self.routed = Some(match route.split {
+            Split::All(a) => a,
+            Split::Share { a, b, b_per_million } => {
+                if b_per_million > MILLION / 2 {
+                    b
+                } else {
+                    a
+                }
+            }
+        });
+        for pool in self.pools() {
+            if let Err(e) = pool.attach(&route) {
+                log::warn(&format!("cannot steer {}: {e}", pool.addr()));
+            }
+        }
+    }
+}
