@@ -2,13 +2,17 @@
 //! sockets on loopback. One binary, in the ripgrep style.
 
 mod bad_input;
+mod chdir;
 mod contract;
 mod control;
 mod faults;
 mod harness;
 mod hooks;
 mod lifecycle;
+mod notify_auth;
+mod probe_env;
 mod readiness;
 mod reload;
+mod signals;
 mod sockets;
 mod watchdog;
