@@ -131,8 +131,8 @@ fn a_mainpid_hand_off_is_honoured() {
 #[test]
 fn a_mainpid_outside_the_generations_group_is_refused_with_a_warning() {
     let name = "stranger";
-    let mut stranger = Command::new("sleep").arg("300").spawn().unwrap();
-    let stranger_pid = stranger.id().to_string();
+    let stranger = Stranger(Command::new("sleep").arg("300").spawn().unwrap());
+    let stranger_pid = stranger.0.id().to_string();
     let mut ge = Ge::start(
         &["-l", "127.0.0.1:0", "--ready", "notify", "--name", name],
         &[("EXAMPLE_MAINPID", &stranger_pid)],
@@ -145,7 +145,16 @@ fn a_mainpid_outside_the_generations_group_is_refused_with_a_warning() {
     assert_eq!(pid_of(&get(addr, "/").unwrap()), started);
     ge.signal(Signal::SIGTERM);
     assert_eq!(ge.wait_exit(), 0, "{}", ge.log());
-    assert!(running(stranger.id() as i32), "graceexec stopped a process not its own");
-    stranger.kill().unwrap();
-    stranger.wait().unwrap();
+    assert!(running(stranger.0.id() as i32), "graceexec stopped a process not its own");
+}
+
+/// A process of the test's, outside every group of graceexec's; killed
+/// when the test ends, however it ends.
+struct Stranger(std::process::Child);
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
