@@ -18,36 +18,73 @@ fn rt_signals() -> (i32, i32) {
     (nix::libc::SIGRTMIN(), nix::libc::SIGRTMAX())
 }
 
+/// Whether `sig` is blocked or ignored by `pid` (its main thread's
+/// SigBlk and SigIgn in /proc/PID/status): then it cannot kill it.
+fn held(pid: i32, sig: Signal) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = |key: &str| {
+        let line = status.lines().find_map(|l| l.strip_prefix(key)).unwrap_or("0");
+        u64::from_str_radix(line.trim(), 16).unwrap_or(0)
+    };
+    let bit = 1u64 << (sig as i32 - 1);
+    (mask("SigBlk:") | mask("SigIgn:")) & bit != 0
+}
+
+/// A reload signal while graceexec is still starting (here: resolving a
+/// --listen host name while it parses its arguments) is held, not fatal.
+/// glibc's resolver opens $HOSTALIASES for a name without a dot before it
+/// sends any query; a FIFO there holds graceexec in that open, and then
+/// in its read for as long as the test keeps the writing end open, all
+/// without root or network.
+///
+/// The issue asked for SIGHUP "the instant graceexec has exec'd", 50
+/// times. No program can survive that: Command::spawn returns while the
+/// child is still inside execve (its close-on-exec pipe closes there), so
+/// the signal is delivered before the first user-space instruction; a C
+/// program that blocks SIGHUP in a constructor died of it in 194 of 200
+/// tries here. The FIFO gives a point that is surely graceexec's own code.
 #[test]
-fn sighup_at_the_instant_of_exec_never_kills_graceexec() {
-    let name = "hup-at-exec";
-    for round in 1..=50 {
-        let srv = server();
-        let args = ["-l", "127.0.0.1:0", "--ready", "notify", "--name", name, "--"];
-        let mut c = command(&args);
-        c.arg(&srv);
-        let mut ge = Ge::spawn_then(c, |pid| kill(Pid::from_raw(pid), Signal::SIGHUP).unwrap());
-        let ok = poll_until(LONG, || {
-            let exited = ge.try_status().is_some();
-            let ready = status_json(name).is_some_and(|s| {
-                let gens = gens_in_status(&s);
-                gens.iter().any(|g| gen_in_status(&s, *g).is_some_and(|(_, st)| st == "ready"))
-            });
-            exited || ready
-        });
-        assert!(ok, "round {round}: no generation ever ready; log:\n{}", ge.log());
-        if let Some(st) = ge.try_status() {
-            panic!(
-                "round {round}: graceexec ended ({st}; signal {:?}) instead of surviving a SIGHUP sent as it exec'd; log:\n{}",
-                st.signal(),
-                ge.log()
-            );
-        }
-        ge.signal(Signal::SIGTERM);
-        wait_until("graceexec to exit", LONG, || ge.try_status().is_some());
-        let st = ge.try_status().unwrap();
-        assert_eq!(st.code(), Some(0), "round {round}: {st}; log:\n{}", ge.log());
+#[cfg_attr(not(target_env = "gnu"), ignore = "needs glibc's HOSTALIASES")]
+fn a_sighup_while_graceexec_resolves_its_listen_address_does_not_kill_it() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = TempDir::new();
+    let fifo = dir.path("hostaliases");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let srv = server();
+    let mut c = command(&["-l", "graceexecnodotname:0", "--", srv.to_str().unwrap()]);
+    c.env("HOSTALIASES", &fifo);
+    let mut ge = Ge::spawn_then(c, |_| {});
+    // A writer's non-blocking open fails (ENXIO) until a reader has the
+    // FIFO open; holding the writing end keeps graceexec in its read.
+    let mut writer = None;
+    let opened = poll_until(LONG, || {
+        ge.assert_up("graceexec to open $HOSTALIASES");
+        let w =
+            std::fs::OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo);
+        writer = w.ok();
+        writer.is_some()
+    });
+    assert!(
+        opened,
+        "graceexec never opened $HOSTALIASES (glibc, and 'dns' on the hosts line of /etc/nsswitch.conf, are needed)"
+    );
+    // From here graceexec cannot leave getaddrinfo: it reads the FIFO.
+    ge.signal(Signal::SIGHUP);
+    let mut outcome = None;
+    wait_until("the SIGHUP to be held or fatal", LONG, || {
+        outcome = match ge.try_status() {
+            Some(st) => Some(Err(st)),
+            None => held(ge.pid(), Signal::SIGHUP).then_some(Ok(())),
+        };
+        outcome.is_some()
+    });
+    if let Some(Err(st)) = outcome {
+        panic!("graceexec ended ({st}) of a SIGHUP while resolving --listen");
     }
+    // Held: it would be acted on once graceexec runs its loop. Nothing is
+    // released into a real DNS query: graceexec ends here.
+    ge.signal(Signal::SIGKILL);
+    drop(writer);
 }
 
 /// Inside `unshare -mn`: a fresh network namespace with `lo` up, where
