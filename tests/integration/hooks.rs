@@ -99,7 +99,7 @@ fn watch_reloads_when_the_file_is_replaced() {
 /// Another file in the watched file's directory changes nothing. That
 /// nothing happened needs a witness that the 300 ms debounce could have
 /// fired: a reload whose candidate is never ready, which fails only after
-/// --ready-timeout (1 s) on graceexec's own clock. A reload armed by the
+/// --ready-timeout (2 s) on graceexec's own clock. A reload armed by the
 /// unrelated write would have come due during it and, merged into its
 /// follow-up, started generation 3 as soon as generation 2 failed.
 #[test]
@@ -109,7 +109,7 @@ fn watch_ignores_other_files_in_the_same_directory() {
     std::fs::write(&watched, "v1").unwrap();
     let name = "watch-other";
     let w = watched.to_str().unwrap();
-    let args = ["-l", "127.0.0.1:0", "--ready", "notify", "--ready-timeout", "1s", "--watch", w];
+    let args = ["-l", "127.0.0.1:0", "--ready", "notify", "--ready-timeout", "2s", "--watch", w];
     let mut args = args.to_vec();
     args.extend(["--name", name]);
     let mut ge = Ge::start(&args, &[("EXAMPLE_NEVER_READY_GEN", "2")]);
