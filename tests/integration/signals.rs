@@ -121,15 +121,12 @@ fn sighup_while_a_listen_name_is_resolving_does_not_kill_graceexec() {
     let mut ge = Ge::spawn_then(c, |_| {});
     let queried = poll_until(LONG, || dir.path("queries").exists() || ge.try_status().is_some());
     let holder = std::fs::read_to_string(dir.path("holder.pid")).ok();
-    let holder: Option<i32> = holder.and_then(|p| p.trim().parse().ok());
+    let _holder = KillOnDrop(holder.and_then(|p| p.trim().parse().ok()));
     assert!(queried && ge.try_status().is_none(), "no DNS query was seen; log:\n{}", ge.log());
     let exe = std::fs::read_link(format!("/proc/{}/exe", ge.pid())).unwrap();
     assert_eq!(exe, bin().canonicalize().unwrap(), "graceexec is what asked");
     ge.signal(Signal::SIGHUP);
     wait_until("graceexec to exit", LONG, || ge.try_status().is_some());
-    if let Some(p) = holder {
-        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-    }
     let st = ge.try_status().unwrap();
     assert_eq!(st.signal(), None, "graceexec died of signal {:?}; log:\n{}", st.signal(), ge.log());
     let code = ge.wait_exit();
@@ -137,6 +134,17 @@ fn sighup_while_a_listen_name_is_resolving_does_not_kill_graceexec() {
     assert_eq!(code, 2, "{log}");
     assert_eq!(log.lines().count(), 1, "one line: {log}");
     assert!(log.contains("cannot resolve"), "{log}");
+}
+
+/// The silent DNS server, killed however the test ends.
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
 }
 
 /// Files graceexec left under `dir`: anything but empty directories named
