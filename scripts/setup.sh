@@ -8,6 +8,6 @@ if ! perl -MServer::Starter -e1 2>/dev/null; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libserver-starter-perl >/dev/null
     else
-        echo "setup: Server::Starter is missing (apt-get install libserver-starter-perl); its interop test will be skipped" >&2
+        echo "setup: Server::Starter is missing (apt-get install libserver-starter-perl); its interop test (run with --ignored) will fail" >&2
     fi
 fi

@@ -20,10 +20,13 @@ use std::time::Duration;
 mod shared;
 use shared::{drain, notify, read_request_line, respond, Conn, InFlight};
 
+mod modes;
 mod sys;
 
 static TERM: AtomicBool = AtomicBool::new(false);
 static USR1_COUNT: AtomicUsize = AtomicUsize::new(0);
+static RTMIN_COUNT: AtomicUsize = AtomicUsize::new(0);
+static RTMAX_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,6 +45,7 @@ pub enum Inherited {
 }
 
 fn main() {
+    modes::helper_main();
     // Taken before we open anything, so /info shows exactly the fds the
     // supervisor passed or leaked to us.
     let (fds, cloexec) = snapshot_fds();
@@ -62,6 +66,9 @@ fn main() {
         eprintln!("server: failing at start-up as asked");
         exit(3);
     }
+    // Before any thread exists; only the child comes back.
+    let handoff = modes::handoff_if_asked(&gen);
+    let pid = std::process::id();
     if let Ok(text) = env::var("EXAMPLE_STDERR_AT_START") {
         eprintln!("{text}");
     }
@@ -89,9 +96,11 @@ fn main() {
             "pid={pid}\ngen={gen}\nlisten_pid={listen_pid}\nlisten_fds={listen_fds}\n\
              listen_fdnames={fdnames}\nnotify_socket={notify_socket}\n\
              fds={fds}\ncloexec={cloexec}\nserver_starter_port={}\n\
-             server_starter_generation={}\n",
+             server_starter_generation={}\ncwd={}\nexe={}\n",
             var("SERVER_STARTER_PORT"),
             var("SERVER_STARTER_GENERATION"),
+            env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+            fs::read_link("/proc/self/exe").map(|e| e.display().to_string()).unwrap_or_default(),
         ),
         term_ignored,
     }));
@@ -126,11 +135,17 @@ fn main() {
     eprintln!("server: pid {pid} gen {gen} serving {count} sockets");
 
     if !notify_socket.is_empty() && !never_ready && !TERM.load(SeqCst) {
-        let msg = format!("READY=1\nSTATUS=serving gen {gen} pid {pid}");
-        if let Err(e) = notify(&notify_socket, &msg) {
+        let mainpid = modes::mainpid_line(&handoff);
+        let msg = format!("{mainpid}READY=1\nSTATUS=serving gen {gen} pid {pid}");
+        let sent = match modes::ready_from_helper(&gen) {
+            true => modes::notify_from_helper(&msg),
+            false => notify(&notify_socket, &msg),
+        };
+        if let Err(e) = sent {
             eprintln!("server: cannot notify {notify_socket}: {e}");
         }
     }
+    modes::handoff_done(handoff);
 
     if let Some(path) = env::var_os("EXAMPLE_CHATTY_FILE") {
         spawn(move || chatter(&path, pid));
@@ -279,10 +294,14 @@ fn route(request_line: &str, state: &State) -> (&'static str, String) {
 
 fn info(state: &State) -> String {
     let (head, usr1) = (&state.info_head, USR1_COUNT.load(SeqCst));
+    let (rtmin, rtmax) = (RTMIN_COUNT.load(SeqCst), RTMAX_COUNT.load(SeqCst));
     let ignored = u8::from(state.term_ignored);
     // Counts this /info request too.
     let in_flight = InFlight::count();
-    format!("{head}usr1={usr1}\nterm_ignored={ignored}\nin_flight={in_flight}\n")
+    format!(
+        "{head}usr1={usr1}\nrtmin={rtmin}\nrtmax={rtmax}\nterm_ignored={ignored}\n\
+         in_flight={in_flight}\n"
+    )
 }
 
 /// EXAMPLE_CHATTY_FILE: once the file exists (and the server is ready), a

@@ -1,6 +1,6 @@
 //! The only code that talks to libc directly.
 
-use super::{Inherited, SeqCst, TERM, USR1_COUNT};
+use super::{Inherited, SeqCst, RTMAX_COUNT, RTMIN_COUNT, TERM, USR1_COUNT};
 use std::ffi::{c_int, c_void};
 use std::io;
 use std::net::{TcpListener, UdpSocket};
@@ -28,6 +28,11 @@ extern "C" {
     // glibc and musl both give signal() BSD semantics (SA_RESTART, the
     // handler stays installed), which spares us spelling out sigaction.
     fn signal(signum: c_int, handler: usize) -> usize;
+    fn fork() -> c_int;
+    // SIGRTMIN and SIGRTMAX are functions in C: the C library keeps the
+    // lowest real-time signals for itself. glibc and musl both export these.
+    fn __libc_current_sigrtmin() -> c_int;
+    fn __libc_current_sigrtmax() -> c_int;
 }
 
 fn sockopt(fd: RawFd, name: c_int) -> Result<c_int, String> {
@@ -85,13 +90,25 @@ extern "C" fn on_usr1(_: c_int) {
     USR1_COUNT.fetch_add(1, SeqCst);
 }
 
+extern "C" fn on_rtmin(_: c_int) {
+    RTMIN_COUNT.fetch_add(1, SeqCst);
+}
+
+extern "C" fn on_rtmax(_: c_int) {
+    RTMAX_COUNT.fetch_add(1, SeqCst);
+}
+
 pub fn install_handlers(ignore_term: bool) -> io::Result<()> {
     let usr1 = on_usr1 as extern "C" fn(c_int) as usize;
+    let on_rtmin = on_rtmin as extern "C" fn(c_int) as usize;
+    let on_rtmax = on_rtmax as extern "C" fn(c_int) as usize;
     let term = match ignore_term {
         true => SIG_IGN,
         false => on_term as extern "C" fn(c_int) as usize,
     };
-    for (sig, handler) in [(SIGTERM, term), (SIGUSR1, usr1)] {
+    // SAFETY: both only return numbers the C library fixed at start-up.
+    let (rtmin, rtmax) = unsafe { (__libc_current_sigrtmin(), __libc_current_sigrtmax()) };
+    for (sig, handler) in [(SIGTERM, term), (SIGUSR1, usr1), (rtmin, on_rtmin), (rtmax, on_rtmax)] {
         // SAFETY: each handler only touches lock-free atomics, which is
         // async-signal-safe, and SIG_IGN is valid for any catchable signal.
         if unsafe { signal(sig, handler) } == SIG_ERR {
@@ -99,4 +116,16 @@ pub fn install_handlers(ignore_term: bool) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// fork(2): Ok(0) in the child, Ok(child pid) in the parent. Call it only
+/// while the process has one thread, so that the child, which has only
+/// the calling thread, may go on to run any code.
+pub fn fork_single_threaded() -> io::Result<u32> {
+    // SAFETY: with one thread there is no lock another thread could hold
+    // across the fork, so both processes continue in a consistent state.
+    match unsafe { fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        pid => Ok(pid as u32),
+    }
 }

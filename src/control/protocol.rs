@@ -133,6 +133,10 @@ pub struct GenStatus {
     pub generation: u32,
     /// Its main process.
     pub pid: Option<i32>,
+    /// The process graceexec started, whose process group the generation
+    /// is; another pid than `pid` after a MAINPID= hand-off.
+    #[serde(default)]
+    pub leader: Option<i32>,
     /// starting, ready or draining.
     pub state: String,
     pub age_ms: u64,

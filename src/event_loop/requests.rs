@@ -69,6 +69,7 @@ impl Runtime {
         for g in &mut status.generations {
             if let Some(io) = self.gens.get(&g.generation) {
                 g.pid = Some(io.main);
+                g.leader = Some(io.leader);
                 g.status.clone_from(&io.status);
                 if g.state == "starting" {
                     g.waiting = Some(match io.probe.as_ref().and_then(|p| p.last_failure()) {
@@ -101,6 +102,7 @@ impl From<View> for Status {
             .map(|g| GenStatus {
                 generation: g.id,
                 pid: g.pid,
+                leader: None,
                 state: g.role.as_str().into(),
                 age_ms: ms(g.age),
                 ready_ms: g.ready_after.map(ms),

@@ -193,25 +193,24 @@ fn a_unix_path_longer_than_sun_path_exits_1() {
 }
 
 #[test]
+#[ignore = "needs port 1 privileged (net.ipv4.ip_unprivileged_port_start > 1) and, as root, setpriv: run with --ignored"]
 fn a_privileged_port_without_root_exits_1() {
     // CI runs as root, so drop to nobody for this one; as any other user,
     // run as is.
     let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start");
-    if start.ok().and_then(|s| s.trim().parse::<u32>().ok()).is_some_and(|p| p <= 1) {
-        eprintln!("skipped: net.ipv4.ip_unprivileged_port_start lets anyone bind port 1");
-        return;
-    }
+    let start = start.ok().and_then(|s| s.trim().parse::<u32>().ok());
+    assert!(
+        start.is_some_and(|p| p > 1),
+        "net.ipv4.ip_unprivileged_port_start={start:?} lets anyone bind port 1"
+    );
     let a = Attempt::new();
     let mut args = a.args(&["-l", "127.0.0.1:1", "--"]);
     args.extend(a.marker_command());
     let c = if nix::unistd::geteuid().is_root() {
-        let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
-        else {
-            eprintln!("skipped: running as root and no setpriv to drop privileges");
-            return;
-        };
+            .expect("running as root, setpriv is needed to drop privileges");
         let mut c = Command::new(setpriv);
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(bin()).args(&args);
         c.env("XDG_RUNTIME_DIR", &a.dir.0).stdin(std::process::Stdio::null());

@@ -2,6 +2,7 @@
 //! sockets on loopback. One binary, in the ripgrep style.
 
 mod bad_input;
+mod chdir;
 mod contract;
 mod control;
 mod faults;
@@ -9,8 +10,11 @@ mod files;
 mod harness;
 mod hooks;
 mod lifecycle;
+mod notify_auth;
+mod probe_env;
 mod readiness;
 mod reload;
+mod signals;
 mod sockets;
 mod stalled;
 mod watchdog;

@@ -2,15 +2,12 @@
 //! temp dir per test, and `wait_until(condition, deadline)` instead of
 //! sleeps.
 
-use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -141,7 +138,13 @@ impl Ge {
         Ge::spawn(command(&full), env)
     }
 
-    pub fn spawn(mut c: Command, env: &[(&str, &str)]) -> Ge {
+    pub fn spawn(c: Command, env: &[(&str, &str)]) -> Ge {
+        Ge::spawn_with(c, env, |_| {})
+    }
+
+    /// `spawn`, running `first` on graceexec's pid the moment
+    /// `Command::spawn` returns.
+    pub fn spawn_with(mut c: Command, env: &[(&str, &str)], first: impl FnOnce(i32)) -> Ge {
         for (k, v) in env {
             c.env(k, v);
         }
@@ -158,6 +161,7 @@ impl Ge {
             .and_then(|(_, v)| v.map(PathBuf::from))
             .unwrap_or_else(runtime_dir);
         let mut child = c.spawn().unwrap();
+        first(child.id() as i32);
         let log = Arc::new(Mutex::new(String::new()));
         for stream in [
             child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
@@ -247,6 +251,17 @@ impl Ge {
         let seen = |g: &&Value| g["generation"].as_u64() == Some(gen) && g["pid"].is_i64();
         let g = generations(&s).find(seen).or_else(|| exits(&s).find(seen)).unwrap();
         g["pid"].as_i64().unwrap() as i32
+    }
+
+    /// The pid graceexec started generation `gen` as (its process group),
+    /// which is not its main process after a MAINPID= hand-off.
+    pub fn leader_pid(&self, gen: u32) -> i32 {
+        let gen = u64::from(gen);
+        let s = self.wait_status(&format!("generation {gen} to run"), |s| {
+            generations(s).any(|g| g["generation"].as_u64() == Some(gen) && g["leader"].is_i64())
+        });
+        let g = generations(&s).find(|g| g["generation"].as_u64() == Some(gen)).unwrap();
+        g["leader"].as_i64().unwrap() as i32
     }
 
     /// Wait until generation `gen` has exited: how ("status 0", "signal
@@ -355,129 +370,6 @@ pub fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
 
-fn exchange<S: Read + Write>(mut s: S, path: &str) -> std::io::Result<String> {
-    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    match resp.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-        _ => Err(std::io::Error::other(format!("bad response: {resp:?}"))),
-    }
-}
-
-/// One request on a new connection; the body of a 200 answer.
-pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    exchange(s, path)
-}
-
-pub fn get_unix(path: &Path, url: &str) -> std::io::Result<String> {
-    let s = UnixStream::connect(path)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    exchange(s, url)
-}
-
-/// The example server's `/info` as key=value pairs.
-pub fn info(addr: SocketAddr) -> HashMap<String, String> {
-    parse_info(&get(addr, "/info").unwrap())
-}
-
-pub fn parse_info(body: &str) -> HashMap<String, String> {
-    body.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// The pid in a `pid=P gen=G` body.
-pub fn pid_of(body: &str) -> i32 {
-    parse_info(&body.replace(' ', "\n"))["pid"].parse().unwrap()
-}
-
-/// Clients that each open a new connection per request, until stopped or
-/// bounded by count and time.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    pub ok: Arc<AtomicU64>,
-    failed: Arc<Mutex<Vec<String>>>,
-    pids: Arc<Mutex<BTreeSet<i32>>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-pub struct LoadResult {
-    pub ok: u64,
-    pub failed: Vec<String>,
-    pub pids: BTreeSet<i32>,
-}
-
-impl Load {
-    pub fn start(addr: SocketAddr, clients: usize) -> Load {
-        const MAX_PER_CLIENT: u64 = 200_000;
-        const MAX_TIME: Duration = Duration::from_secs(120);
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let pids = Arc::new(Mutex::new(BTreeSet::new()));
-        let end = Instant::now() + MAX_TIME;
-        let threads = (0..clients)
-            .map(|_| {
-                let (stop, ok, failed, pids) =
-                    (stop.clone(), ok.clone(), failed.clone(), pids.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..MAX_PER_CLIENT {
-                        if stop.load(Ordering::SeqCst) || Instant::now() > end {
-                            break;
-                        }
-                        match get(addr, "/") {
-                            Ok(body) => {
-                                ok.fetch_add(1, Ordering::SeqCst);
-                                pids.lock().unwrap().insert(pid_of(&body));
-                            }
-                            Err(e) => failed.lock().unwrap().push(e.to_string()),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, ok, failed, pids, threads }
-    }
-
-    pub fn served(&self) -> u64 {
-        self.ok.load(Ordering::SeqCst)
-    }
-
-    /// Wait until `n` more requests have been served.
-    pub fn wait_more(&self, n: u64) {
-        let target = self.served() + n;
-        wait_until("load to make progress", LONG, || self.served() >= target);
-    }
-
-    pub fn finish(self) -> LoadResult {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        let failed = self.failed.lock().unwrap().clone();
-        let pids = self.pids.lock().unwrap().clone();
-        LoadResult { ok: self.ok.load(Ordering::SeqCst), failed, pids }
-    }
-}
-
-impl LoadResult {
-    /// No request failed, and some were served.
-    pub fn assert_clean(&self) {
-        assert!(
-            self.failed.is_empty(),
-            "{} of {} requests failed: {:?}",
-            self.failed.len(),
-            self.failed.len() as u64 + self.ok,
-            &self.failed[..self.failed.len().min(5)]
-        );
-        assert!(self.ok > 0, "no request was served");
-    }
-}
-
 /// Whether `pid` is a live process (not gone, not a zombie awaiting reaping
 /// by whoever inherited it).
 pub fn running(pid: i32) -> bool {
@@ -486,3 +378,8 @@ pub fn running(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+mod extra;
+mod load;
+pub use extra::*;
+pub use load::*;
