@@ -59,7 +59,7 @@ _graceexec() {
 
     case "${cmd}" in
         graceexec)
-            opts="-l -q -v -h -V --name --control --pid-file --log-prefix --user --compat --check --chdir --watch --listen --backlog --unix-mode --ready --ready-timeout --stop-signal --stop-timeout --restart --quiet --verbose --help --version reload status stop list completions help"
+            opts="-l -q -v -h -V --name --control --pid-file --log-prefix --user --compat --check --chdir --watch --listen --handover --backlog --unix-mode --ready --ready-timeout --stop-signal --drain-wait --stop-timeout --restart --quiet --verbose --help --version reload status stop list completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -105,6 +105,10 @@ _graceexec() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --handover)
+                    COMPREPLY=($(compgen -W "steer shared" -- "${cur}"))
+                    return 0
+                    ;;
                 --backlog)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -122,6 +126,10 @@ _graceexec() {
                     return 0
                     ;;
                 --stop-signal)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain-wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -92,6 +92,12 @@ pub enum Sub {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Handover {
+    Steer,
+    Shared,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Restart {
     /// Start a new generation, with backoff, when the current one dies.
     Always,
@@ -173,6 +179,13 @@ pub struct Cli {
     #[arg(short, long, value_name = "[NAME=]ADDR", value_parser = parse_spec)]
     pub listen: Vec<Spec>,
 
+    /// How a new generation takes over TCP sockets graceexec binds: steer
+    /// (each generation its own socket; new connections steered to the new
+    /// one, the old one stopped once it has nothing left) or shared (one
+    /// socket for all, as systemd or a peer would pass it).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = Handover::Steer)]
+    pub handover: Handover,
+
     /// Listen backlog of TCP and unix stream sockets.
     #[arg(long, value_name = "N", default_value_t = nix::libc::SOMAXCONN,
           value_parser = clap::value_parser!(i32).range(1..))]
@@ -195,6 +208,12 @@ pub struct Cli {
     /// Signal that asks a generation to drain and exit.
     #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
     pub stop_signal: SigNo,
+
+    /// With steering: how long a generation that new connections no longer
+    /// go to may take to finish what it has before it is sent the stop
+    /// signal anyway (idle keep-alive connections hold it that long).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain_wait: Duration,
 
     /// Time a stopping generation has before its process group gets SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]

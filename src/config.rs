@@ -44,6 +44,9 @@ impl Config {
                 stop_signal: cli.stop_signal,
                 restart: cli.restart == Restart::Always,
                 check: cli.check.is_some(),
+                // Set once the sockets are bound: whether any is steered.
+                steer: false,
+                drain_wait: cli.drain_wait,
             },
             ready: cli.ready.clone(),
             verbose: cli.verbose,

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -181,6 +181,12 @@ fn default_name(addr: &Addr) -> String {
     name
 }
 
+/// `cannot bind ADDR: OS error; what to do`, as every bind failure reads.
+pub fn bind_failed(addr: &Addr, e: &std::io::Error) -> anyhow::Error {
+    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+    anyhow!("cannot bind {addr}: {}{}", os(errno), hint(errno))
+}
+
 fn hint(e: Errno) -> &'static str {
     match e {
         Errno::EADDRINUSE => "; is another server on it? stop it or choose another address",
@@ -274,21 +280,21 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
 /// by ';', where ADDR is the port alone for a wildcard address (what
 /// `start_server --port=8080` produces), HOST:PORT otherwise, or a unix
 /// socket's path; FD counts from 3 in the order of the sockets.
-pub fn server_starter_port(listeners: &[Listener]) -> String {
-    let mut parts = Vec::with_capacity(listeners.len());
-    for (i, l) in listeners.iter().enumerate() {
+pub fn server_starter_port(sockets: &[(BorrowedFd<'_>, &str)]) -> String {
+    let mut parts = Vec::with_capacity(sockets.len());
+    for (i, (sock, shown)) in sockets.iter().enumerate() {
         let fd = 3 + i;
-        let addr = match local_inet(&l.fd) {
+        let addr = match local_inet(sock) {
             Some(a) if a.ip().is_unspecified() => a.port().to_string(),
             Some(a) => a.to_string(),
-            None => l.shown.strip_prefix("unix:").unwrap_or(&l.shown).to_string(),
+            None => shown.strip_prefix("unix:").unwrap_or(shown).to_string(),
         };
         parts.push(format!("{addr}={fd}"));
     }
     parts.join(";")
 }
 
-fn local_inet(fd: &OwnedFd) -> Option<SocketAddr> {
+fn local_inet(fd: &impl AsRawFd) -> Option<SocketAddr> {
     let ss: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
     if let Some(v4) = ss.as_sockaddr_in() {
         return Some(SocketAddr::V4((*v4).into()));

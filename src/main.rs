@@ -19,6 +19,7 @@ mod procfs;
 mod readiness;
 mod shell;
 mod signals;
+mod sockets;
 mod sockfile;
 mod startup;
 #[allow(dead_code)]

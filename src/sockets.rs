@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::cli::Handover;
-use crate::listen::{bind_spec, Addr, Listener, Spec};
+use crate::listen::{bind_failed, bind_spec, Addr, Listener, Spec};
 use crate::log;
 use crate::steer::bpf::{Route, Split};
 use crate::steer::pool::{Pool, PoolError};
@@ -63,7 +63,12 @@ pub enum Slot {
 impl Sockets {
     /// Bind every `--listen` address: steered pools for TCP (unless
     /// `handover` is shared or the kernel refuses), single sockets else.
-    pub fn bind(specs: &[Spec], backlog: i32, unix_mode: Option<u32>, handover: Handover) -> anyhow::Result<Sockets> {
+    pub fn bind(
+        specs: &[Spec],
+        backlog: i32,
+        unix_mode: Option<u32>,
+        handover: Handover,
+    ) -> anyhow::Result<Sockets> {
         let mut entries = Vec::with_capacity(specs.len());
         for spec in specs {
             let steerable = handover == Handover::Steer && matches!(spec.addr, Addr::Tcp(_));
@@ -71,7 +76,10 @@ impl Sockets {
                 (Addr::Tcp(addr), true) => match Pool::bind(*addr, backlog, SLOTS) {
                     Ok(pool) => {
                         let shown = Addr::Tcp(pool.addr()).to_string();
-                        let name = spec.name.clone().unwrap_or_else(|| format!("tcp-{}", pool.addr().port()));
+                        let name = spec
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| format!("tcp-{}", pool.addr().port()));
                         Entry::Steered { name, shown, pool }
                     }
                     Err(PoolError::Refused(e)) => {
@@ -81,6 +89,7 @@ impl Sockets {
                         ));
                         Entry::Shared(bind_spec(spec, backlog, unix_mode)?)
                     }
+                    Err(PoolError::Bind(e)) => return Err(bind_failed(&spec.addr, &e)),
                     Err(e) => anyhow::bail!("cannot bind {}: {e}", spec.addr),
                 },
                 _ => Entry::Shared(bind_spec(spec, backlog, unix_mode)?),
@@ -212,7 +221,9 @@ impl Sockets {
             .iter()
             .map(|e| match e {
                 Entry::Shared(l) => l.fd.as_fd(),
-                Entry::Steered { pool, .. } => pool.socket(slot).expect("slots are bounded by the pool"),
+                Entry::Steered { pool, .. } => {
+                    pool.socket(slot).expect("slots are bounded by the pool")
+                }
             })
             .collect()
     }
@@ -259,6 +270,43 @@ impl Sockets {
         }
     }
 
+    /// Forget every probe route of `gen` (its probe stopped).
+    pub fn unroute_probes_of(&mut self, gen: GenId) {
+        let before = self.probes.len();
+        self.probes.retain(|_, g| *g != gen);
+        if self.probes.len() != before {
+            self.attach();
+        }
+    }
+
+    /// The steered sockets, as (position in `--listen` order, where a
+    /// connection reaches it: its address, loopback for a wildcard one).
+    pub fn steered_targets(&self) -> Vec<(usize, SocketAddr)> {
+        let mut out = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if let Entry::Steered { pool, .. } = e {
+                let mut to = pool.addr();
+                if to.ip().is_unspecified() {
+                    to.set_ip(match to {
+                        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                out.push((i, to));
+            }
+        }
+        out
+    }
+
+    /// The accept queue of `gen`'s socket at `--listen` position `at`.
+    pub fn queue_of(&self, at: usize, gen: GenId) -> Option<u32> {
+        let slot = self.slot_of(gen)?;
+        match self.entries.get(at)? {
+            Entry::Steered { pool, .. } => pool.queue_len(slot).ok(),
+            Entry::Shared(_) => None,
+        }
+    }
+
     /// The route the shares and probes make, in slots. Generations without
     /// a slot (not started, gone) are left out; with nothing left, the
     /// route stays where it was.
@@ -269,7 +317,9 @@ impl Sockets {
         let split = match routed.as_slice() {
             [] => return None,
             [(a, _)] => Split::All(*a),
-            [(a, _), (b, share_b), ..] => Split::Share { a: *a, b: *b, b_per_million: (*share_b).min(MILLION) },
+            [(a, _), (b, share_b), ..] => {
+                Split::Share { a: *a, b: *b, b_per_million: (*share_b).min(MILLION) }
+            }
         };
         let probes = self.probes.iter().filter_map(|(p, g)| slot(g).map(|s| (*p, s))).collect();
         Some(Route { probes, split })

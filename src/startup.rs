@@ -25,6 +25,7 @@ use crate::control::{paths, server::Server};
 use crate::listen::{self, Listener};
 use crate::notify::{NotifyDir, SdNotify};
 use crate::pidfile::PidFile;
+use crate::sockets::Sockets;
 use crate::watch::Watch;
 use crate::watchdog::Watchdog;
 use crate::{log, signals, user};
@@ -54,7 +55,7 @@ fn failure(code: i32, message: impl Into<String>) -> Failure {
 pub struct Started {
     pub signals: SignalFd,
     pub control: Server,
-    pub listeners: Vec<Listener>,
+    pub sockets: Sockets,
     pub notify_dir: NotifyDir,
     pub sd: Option<SdNotify>,
     pub watch: Option<Watch>,
@@ -87,7 +88,7 @@ struct Reachable {
 
 struct Bound {
     prev: Reachable,
-    listeners: Vec<Listener>,
+    sockets: Sockets,
     sd: Option<SdNotify>,
     watch: Option<Watch>,
     pid_file: Option<PidFile>,
@@ -167,19 +168,19 @@ impl Adopted {
 impl Reachable {
     fn bind(mut self) -> Result<Bound, Failure> {
         let cli = &self.prev.cli;
-        let listeners = match self.prev.systemd.take() {
-            Some(l) => l,
-            None => cli
-                .listen
-                .iter()
-                .map(|spec| listen::bind_spec(spec, cli.backlog, cli.unix_mode))
-                .collect::<anyhow::Result<Vec<_>>>()?,
+        let sockets = match self.prev.systemd.take() {
+            Some(l) => Sockets::adopted(l),
+            None => Sockets::bind(&cli.listen, cli.backlog, cli.unix_mode, cli.handover)?,
         };
-        for l in &listeners {
-            log::info(&format!("bound {} as {}", l.shown, l.name));
+        self.prev.cfg.policy.steer = sockets.steering();
+        for (name, shown, steered) in sockets.describe() {
+            let how = if steered { " (steered)" } else { "" };
+            log::info(&format!("bound {shown} as {name}{how}"));
         }
         if cli.compat == Some(Compat::ServerStarter) {
-            self.prev.cfg.server_starter = Some(listen::server_starter_port(&listeners));
+            let shown: Vec<&str> = sockets.describe().into_iter().map(|(_, s, _)| s).collect();
+            let pairs: Vec<_> = sockets.first_fds().into_iter().zip(shown).collect();
+            self.prev.cfg.server_starter = Some(listen::server_starter_port(&pairs));
         }
         // Orphans of graceexec's children are re-parented to graceexec and
         // reaped.
@@ -192,7 +193,7 @@ impl Reachable {
             false => Some(Watch::new(&cli.watch)?),
         };
         let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
-        Ok(Bound { prev: self, listeners, sd, watch, pid_file })
+        Ok(Bound { prev: self, sockets, sd, watch, pid_file })
     }
 }
 
@@ -227,7 +228,7 @@ impl Dropped {
             prev:
                 Bound {
                     prev: Reachable { prev: Adopted { cfg, signals, .. }, control },
-                    listeners,
+                    sockets,
                     sd,
                     watch,
                     pid_file,
@@ -249,7 +250,7 @@ impl Dropped {
         let started = Started {
             signals,
             control,
-            listeners,
+            sockets,
             notify_dir,
             sd,
             watch,

@@ -2,8 +2,15 @@
 //! itself: it serves the fds passed by socket activation (`LISTEN_PID`/`LISTEN_FDS`),
 //! reports `READY=1` on `NOTIFY_SOCKET`, and on SIGTERM stops accepting, answers
 //! every connection it already accepted, and exits. Routes: `/`, `/slow?ms=N`,
-//! `/info`. The `EXAMPLE_*` variables make it misbehave on purpose so tests can
-//! drive graceexec through its error paths.
+//! `/info`, `/health`. The `EXAMPLE_*` variables make it misbehave on
+//! purpose so tests can drive graceexec through its error paths:
+//! - `EXAMPLE_TERM_ABRUPT=1`: exit at once on SIGTERM, dropping every
+//!   connection it accepted and has not answered (as many servers do);
+//! - `EXAMPLE_UNHEALTHY_GEN=LIST`: `/health` answers 503 in those
+//!   generations (200 with `pid=P` elsewhere);
+//! - `EXAMPLE_STALL_FILE=PATH`: accept nothing while PATH exists;
+//! - `EXAMPLE_IGNORE_FDS=1`: serve a port of its own, never the inherited
+//!   sockets, and say no READY=1 (a server not made for socket activation).
 
 use std::env;
 use std::fs;
@@ -36,6 +43,9 @@ struct State {
     /// /info up to `usr1=`, the first field that can change.
     info_head: String,
     term_ignored: bool,
+    /// `/health` answers 200 (else 503).
+    healthy: bool,
+    pid: u32,
 }
 
 pub enum Inherited {
@@ -81,9 +91,18 @@ fn main() {
     let crash_file =
         env::var_os("EXAMPLE_CRASH_FILE").filter(|_| gen_listed("EXAMPLE_CRASH_GEN", &gen));
 
-    let sockets: Vec<Inherited> = (3..listen_fds.saturating_add(3))
-        .map(|fd| sys::adopt(fd).unwrap_or_else(|e| fail(&e)))
-        .collect();
+    let ignore_fds = var("EXAMPLE_IGNORE_FDS") == "1";
+    let sockets: Vec<Inherited> = match ignore_fds {
+        false => (3..listen_fds.saturating_add(3))
+            .map(|fd| sys::adopt(fd).unwrap_or_else(|e| fail(&e)))
+            .collect(),
+        true => {
+            let own = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| fail(&e.to_string()));
+            eprintln!("server: ignoring the inherited sockets; serving {:?}", own.local_addr());
+            own.set_nonblocking(true).unwrap_or_else(|e| fail(&e.to_string()));
+            vec![Inherited::Tcp(own)]
+        }
+    };
     if let Err(e) = sys::install_handlers(term_ignored) {
         fail(&format!("cannot install signal handlers: {e}"));
     }
@@ -103,6 +122,8 @@ fn main() {
             fs::read_link("/proc/self/exe").map(|e| e.display().to_string()).unwrap_or_default(),
         ),
         term_ignored,
+        healthy: !gen_listed("EXAMPLE_UNHEALTHY_GEN", &gen),
+        pid,
     }));
 
     sleep(Duration::from_millis(slow_start));
@@ -134,7 +155,7 @@ fn main() {
     }
     eprintln!("server: pid {pid} gen {gen} serving {count} sockets");
 
-    if !notify_socket.is_empty() && !never_ready && !TERM.load(SeqCst) {
+    if !notify_socket.is_empty() && !never_ready && !ignore_fds && !TERM.load(SeqCst) {
         let mainpid = modes::mainpid_line(&handoff);
         let msg = format!("{mainpid}READY=1\nSTATUS=serving gen {gen} pid {pid}");
         let sent = match modes::ready_from_helper(&gen) {
@@ -152,6 +173,11 @@ fn main() {
     }
 
     wait_until(5, || TERM.load(SeqCst));
+    if var("EXAMPLE_TERM_ABRUPT") == "1" {
+        // Whatever it accepted and has not answered is reset.
+        eprintln!("server: pid {pid} exiting at once as asked");
+        exit(term_exit);
+    }
     // Acceptors (and UDP readers) are joined first so that nothing can raise
     // the in-flight count after we have seen it reach zero.
     for acceptor in acceptors {
@@ -225,7 +251,12 @@ fn has_cloexec(fd: i32) -> bool {
 
 /// `accept` is a non-blocking listener's `accept()`.
 fn accept_loop<C: Conn, A>(accept: impl Fn() -> io::Result<(C, A)>, state: &'static State) {
+    let stall = env::var_os("EXAMPLE_STALL_FILE");
     while !TERM.load(SeqCst) {
+        if stall.as_ref().is_some_and(|p| Path::new(p).exists()) {
+            sleep(Duration::from_millis(2));
+            continue;
+        }
         match accept() {
             Ok((conn, _)) => {
                 let guard = InFlight::begin();
@@ -281,6 +312,8 @@ fn route(request_line: &str, state: &State) -> (&'static str, String) {
         _ if !version.starts_with("HTTP/1.") => ("400 Bad Request", "bad version\n".to_string()),
         ("GET", "/") => ("200 OK", state.hello.clone()),
         ("GET", "/info") => ("200 OK", info(state)),
+        ("GET", "/health") if state.healthy => ("200 OK", format!("pid={}\n", state.pid)),
+        ("GET", "/health") => ("503 Service Unavailable", "unhealthy as asked\n".to_string()),
         ("GET", "/slow") => match query.strip_prefix("ms=").and_then(|v| v.parse().ok()) {
             Some(ms) => {
                 sleep(Duration::from_millis(ms));

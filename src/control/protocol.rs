@@ -41,7 +41,7 @@ pub enum Request {
 }
 
 /// What the instance answers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Answer {
     Error {
@@ -72,7 +72,7 @@ pub enum Answer {
 }
 
 /// One reply line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     pub graceexec: u64,
     pub ok: bool,
@@ -102,7 +102,7 @@ impl Reply {
 }
 
 /// `graceexec status --json`: one instance.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub pid: u32,
     pub version: String,
@@ -122,13 +122,17 @@ pub struct Status {
     pub restart_in_ms: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SocketStatus {
     pub name: String,
     pub address: String,
+    /// Each generation has its own socket of a SO_REUSEPORT group at this
+    /// address, and new connections are steered; else one shared socket.
+    #[serde(default)]
+    pub steered: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenStatus {
     pub generation: u32,
     /// Its main process.
@@ -147,9 +151,19 @@ pub struct GenStatus {
     /// result, or no READY=1 yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// Steered sockets: the index of its own socket in each group (or of
+    /// the one it shares, when none was left).
+    #[serde(default)]
+    pub socket: Option<u32>,
+    /// The percentage of new connections steered to it.
+    #[serde(default)]
+    pub share: Option<f64>,
+    /// Connections waiting in its sockets' accept queues.
+    #[serde(default)]
+    pub queued: Option<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LastReload {
     pub ok: bool,
     pub generation: Option<u32>,
@@ -160,7 +174,7 @@ pub struct LastReload {
     pub ago_ms: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExitedStatus {
     pub generation: u32,
     pub pid: i32,

@@ -14,6 +14,7 @@
 //! is reaped (reap.rs), so that the group is killed while its id cannot
 //! have been reused.
 
+mod drain;
 mod notified;
 mod reap;
 mod requests;
@@ -33,9 +34,10 @@ use crate::control::protocol::{Answer, Reply};
 use crate::env::Env;
 use crate::notify::{self, NotifySocket};
 use crate::output::{self, Captured};
-use crate::readiness::Probe;
+use crate::readiness::{Mode, Probe};
+use crate::sockets::Slot;
 use crate::startup::Started;
-use crate::supervisor::{Action, Event, GenId, SdState, SdStatus, Supervisor};
+use crate::supervisor::{Action, Event, GenId, SdState, SdStatus, Supervisor, Waiting};
 use crate::sys::spawn::{self, SpawnError};
 use crate::{log, sys};
 
@@ -52,6 +54,8 @@ struct GenIo {
     probe: Option<Probe>,
     /// The last STATUS= it sent.
     status: Option<String>,
+    /// What the supervisor was last told it waits for.
+    waiting: Option<Waiting>,
 }
 
 pub struct Runtime {
@@ -69,12 +73,13 @@ pub struct Runtime {
     check: Option<Check>,
     /// A SIGCHLD came: reap after the other events of this round.
     reap_due: bool,
+    drains: drain::Drains,
     exit: Option<i32>,
 }
 
 /// Run until the supervisor says exit; returns the exit code.
 pub fn run(cfg: Config, io: Started) -> i32 {
-    let names: Vec<&str> = io.listeners.iter().map(|l| l.name.as_str()).collect();
+    let names = io.sockets.names();
     let env = Env::new(std::env::vars_os(), cfg.user_env.clone(), &cfg.env_remove, &cfg.workdir)
         .with_sockets(&names, cfg.server_starter.clone());
     let sup = Supervisor::new(cfg.policy.clone());
@@ -90,6 +95,7 @@ pub fn run(cfg: Config, io: Started) -> i32 {
         queue: VecDeque::new(),
         check: None,
         reap_due: false,
+        drains: drain::Drains::default(),
         exit: None,
     };
     rt.run()
@@ -145,7 +151,15 @@ impl Runtime {
                 if let Some(io) = self.gens.get_mut(&gen) {
                     io.probe = None;
                 }
+                self.io.sockets.unroute_probes_of(gen);
             }
+            Action::Steer { shares } => {
+                self.io.sockets.set_shares(&shares);
+                let line: Vec<String> =
+                    shares.iter().map(|(g, s)| format!("generation {g} {}%", s / 10_000)).collect();
+                log::debug(&format!("new connections: {}", line.join(", ")));
+            }
+            Action::WatchDrain { gen } => self.drains.watch(gen, Instant::now()),
             Action::Signal { gen, signal } => {
                 if let Some(io) = self.gens.get(&gen) {
                     match sys::kill(io.main, signal) {
@@ -198,7 +212,11 @@ impl Runtime {
         let notify = self.io.notify_dir.socket(gen).map_err(io_error)?;
         let prefix = self.cfg.log_prefix;
         let (ends, mut captured) = output::pipes(prefix, prefix).map_err(io_error)?;
-        let sockets: Vec<BorrowedFd<'_>> = self.io.listeners.iter().map(|l| l.fd.as_fd()).collect();
+        let slot = match self.io.sockets.assign(gen) {
+            Slot::Own(s) | Slot::Shared(s) => s,
+            Slot::None => 0,
+        };
+        let sockets: Vec<BorrowedFd<'_>> = self.io.sockets.fds(slot);
         let child = spawn::Child {
             program: &program,
             args: &self.cfg.command,
@@ -214,25 +232,33 @@ impl Runtime {
         // The child has its copies now; ours must go, or the pipes never
         // see EOF.
         drop(ends);
-        let pid = result?.as_raw();
+        let pid = match result {
+            Ok(pid) => pid.as_raw(),
+            Err(e) => {
+                self.io.sockets.release(gen);
+                return Err(e);
+            }
+        };
         if let Some(w) = self.io.watchdog.as_mut() {
             w.watch(pid);
         }
         log::info(&format!("generation {gen} started as pid {pid}"));
         captured.set_label(gen, pid);
         self.outputs.insert(gen, captured);
-        let io = GenIo { leader: pid, main: pid, notify, probe: None, status: None };
+        let io = GenIo { leader: pid, main: pid, notify, probe: None, status: None, waiting: None };
         self.gens.insert(gen, io);
         Ok(())
     }
 
     fn start_probe(&mut self, gen: GenId) {
-        let (Some(io), Some(mode)) = (self.gens.get_mut(&gen), self.cfg.ready.clone()) else {
-            return;
-        };
+        let Some(io) = self.gens.get_mut(&gen) else { return };
+        // Without --ready, the supervisor asks only where steering can see
+        // a connection accepted.
+        let mode = self.cfg.ready.clone().unwrap_or(Mode::Accept);
         let env = self.env.probe(gen, io.main);
         let dir = self.cfg.workdir.path().map(|p| p.to_path_buf());
-        io.probe = Some(Probe::new(mode, gen, Instant::now(), self.cfg.verbose, env, dir));
+        let (now, verbose) = (Instant::now(), self.cfg.verbose);
+        io.probe = Some(Probe::new(mode, gen, now, verbose, (env, dir), &self.io.sockets));
     }
 
     /// The generation's main process has exited: SIGKILL what is left of
@@ -241,6 +267,9 @@ impl Runtime {
     fn finish(&mut self, gen: GenId) {
         let Some(io) = self.gens.remove(&gen) else { return };
         let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
+        self.io.sockets.unroute_probes_of(gen);
+        self.io.sockets.release(gen);
+        self.drains.forget(gen);
         if let Some(w) = self.io.watchdog.as_mut() {
             w.forget(io.leader);
         }

@@ -10,7 +10,9 @@ use crate::control::protocol::{
 };
 use crate::control::server::ConnId;
 use crate::log;
+use crate::readiness::Mode;
 use crate::supervisor::{Event, Outcome, View};
+use crate::units::human;
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
@@ -70,12 +72,21 @@ impl Runtime {
             if let Some(io) = self.gens.get(&g.generation) {
                 g.pid = Some(io.main);
                 g.leader = Some(io.leader);
+                let sockets = &self.io.sockets;
+                if let Some(slot) = sockets.slot_of(g.generation) {
+                    g.socket = Some(slot);
+                    g.share = Some(f64::from(sockets.share_of(g.generation)) / 10_000.0);
+                    g.queued = Some(sockets.queued(slot));
+                }
                 g.status.clone_from(&io.status);
                 if g.state == "starting" {
                     g.waiting = Some(match io.probe.as_ref().and_then(|p| p.last_failure()) {
-                        Some(why) => format!("last probe: {why}"),
-                        None if self.cfg.ready.is_some() && io.probe.is_some() => "probing".into(),
-                        None => "no READY=1 yet".into(),
+                        Some(why) => why.to_string(),
+                        None if io.probe.is_some() => "probing".into(),
+                        None => match &self.cfg.ready {
+                            Some(Mode::Delay(d)) => format!("the {} delay", human(*d)),
+                            _ => "no READY=1 yet".into(),
+                        },
                     });
                 }
             }
@@ -86,9 +97,14 @@ impl Runtime {
         status.command = self.cfg.command.iter().map(|a| a.to_string_lossy().into()).collect();
         status.sockets = self
             .io
-            .listeners
-            .iter()
-            .map(|l| SocketStatus { name: l.name.clone(), address: l.shown.clone() })
+            .sockets
+            .describe()
+            .into_iter()
+            .map(|(name, address, steered)| SocketStatus {
+                name: name.into(),
+                address: address.into(),
+                steered,
+            })
             .collect();
         status
     }
@@ -108,6 +124,9 @@ impl From<View> for Status {
                 ready_ms: g.ready_after.map(ms),
                 status: None,
                 waiting: None,
+                socket: None,
+                share: None,
+                queued: None,
             })
             .collect();
         let last_reload = v.last_reload.map(|(o, ago)| match o {

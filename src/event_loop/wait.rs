@@ -12,7 +12,7 @@ use crate::control::server::Key;
 use crate::log;
 use crate::outbox;
 use crate::readiness::Probe;
-use crate::supervisor::{Event, GenId, ReadySource};
+use crate::supervisor::{Event, GenId};
 
 enum Source {
     Signals,
@@ -43,6 +43,7 @@ impl Runtime {
             deadline = earliest(deadline, io.probe.as_ref().and_then(Probe::wake_at));
         }
         deadline = earliest(deadline, self.io.control.wake_at());
+        deadline = earliest(deadline, self.drains.wake_at());
         deadline = earliest(deadline, self.io.watch.as_ref().and_then(|w| w.wake_at()));
         let timeout = match deadline {
             None => PollTimeout::NONE,
@@ -58,7 +59,7 @@ impl Runtime {
         for (gen, io) in self.gens.iter() {
             sources.push(Source::Notify(*gen));
             fds.push(PollFd::new(io.notify.sock.as_fd(), PollFlags::POLLIN));
-            if let Some((fd, ev)) = io.probe.as_ref().and_then(Probe::poll_fd) {
+            for (fd, ev) in io.probe.as_ref().map(Probe::poll_fds).unwrap_or_default() {
                 sources.push(Source::Probe(*gen));
                 fds.push(PollFd::new(fd, ev));
             }
@@ -138,14 +139,20 @@ impl Runtime {
             self.read_output(gen);
         }
         // Probes advance on their fd or their timer, whichever came.
+        let sockets = &mut self.io.sockets;
         for (gen, io) in self.gens.iter_mut() {
-            if let Some(p) = io.probe.as_mut() {
-                if p.advance(now, probe_hits.contains(gen)) {
-                    io.probe = None;
-                    self.queue.push_back(Event::Ready { gen: *gen, by: ReadySource::Probe });
-                }
+            let Some(p) = io.probe.as_mut() else { continue };
+            if p.advance(now, probe_hits.contains(gen), sockets) {
+                let by = p.source();
+                io.probe = None;
+                sockets.unroute_probes_of(*gen);
+                self.queue.push_back(Event::Ready { gen: *gen, by });
+            } else if let Some(why) = p.last_failure().filter(|w| io.waiting.as_ref() != Some(w)) {
+                io.waiting = Some(why.clone());
+                self.queue.push_back(Event::Waiting { gen: *gen, why });
             }
         }
+        self.check_drains(now);
         // Timeouts of half-sent requests are handled even when no fd fired.
         let (requests, warnings) = self.io.control.service(&control_keys, now);
         for w in warnings {

@@ -23,7 +23,10 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 
-/// TCP_LISTEN in /proc/net/tcp's `st` column.
+/// States in /proc/net/tcp's `st` column (include/net/tcp_states.h).
+const ESTABLISHED: u8 = 0x01;
+const SYN_RECV: u8 = 0x03;
+const CLOSE_WAIT: u8 = 0x08;
 const LISTEN: u8 = 0x0a;
 
 /// The tables, read in this order.
@@ -43,7 +46,6 @@ pub struct Scanner {
     next: Vec<(u64, bool)>,
     /// The tables' connections on `ports`, sorted.
     conns: Vec<u64>,
-    table: Vec<u8>,
     path: String,
 }
 
@@ -75,14 +77,13 @@ impl Scanner {
         let new = |i: &u64| known.binary_search_by_key(i, |k| k.0).is_err();
         if self.seen.iter().any(new) {
             self.conns.clear();
-            for table in TABLES {
-                match read_into(table, &mut self.table) {
-                    Ok(()) => connections(&self.table, ports, &mut self.conns),
-                    // No tcp6 when IPv6 is disabled.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
+            let conns = &mut self.conns;
+            each_row(|r| {
+                if is_connection(r, ports) {
+                    conns.push(r.inode);
                 }
-            }
+                true
+            })?;
             self.conns.sort_unstable();
         }
         classify(&self.seen, &self.known, &self.conns, &mut self.next);
@@ -133,10 +134,33 @@ fn classify(seen: &[u64], known: &[(u64, bool)], conns: &[u64], out: &mut Vec<(u
     }));
 }
 
-/// The whole file into `buf`, keeping its capacity.
-fn read_into(path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
-    File::open(path)?.read_to_end(buf).map(drop)
+/// Every row of /proc/net/tcp then tcp6, until `f` says stop. Streamed a
+/// line at a time: with tens of thousands of TIME_WAIT sockets the tables
+/// run to megabytes, which a whole-file read would keep in graceexec's
+/// heap for good (the allocator does not give such a high-water back).
+fn each_row(mut f: impl FnMut(&Row) -> bool) -> io::Result<()> {
+    let mut line = Vec::with_capacity(256);
+    for path in TABLES {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            // No tcp6 when IPv6 is disabled.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut reader = io::BufReader::with_capacity(16 * 1024, file);
+        loop {
+            line.clear();
+            if io::BufRead::read_until(&mut reader, b'\n', &mut line)? == 0 {
+                break;
+            }
+            if let Some(r) = row(&line) {
+                if !f(&r) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A /proc entry's name as a pid.
@@ -167,6 +191,7 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 #[derive(Debug, PartialEq, Eq)]
 struct Row {
     port: u16,
+    remote: u16,
     state: u8,
     inode: u64,
 }
@@ -177,27 +202,56 @@ struct Row {
 fn row(line: &[u8]) -> Option<Row> {
     let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
     let local = fields.nth(1)?;
-    let state = fields.nth(1)?;
+    let remote = fields.next()?;
+    let state = fields.next()?;
     let inode = fields.nth(5)?;
-    let port = &local[local.iter().rposition(|&b| b == b':')? + 1..];
+    let port = |a: &[u8]| {
+        let hex = &a[a.iter().rposition(|&b| b == b':')? + 1..];
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
     Some(Row {
-        port: u16::from_str_radix(std::str::from_utf8(port).ok()?, 16).ok()?,
+        port: port(local)?,
+        remote: port(remote)?,
         state: u8::from_str_radix(std::str::from_utf8(state).ok()?, 16).ok()?,
         inode: std::str::from_utf8(inode).ok()?.parse().ok()?,
     })
 }
 
-/// Appends the inodes of the table's sockets that are not listening, have
-/// a local port in `ports`, and belong to a process (inode 0: a
-/// connection not accepted yet, or one in TIME_WAIT that nobody holds).
-fn connections(table: &[u8], ports: &[u16], out: &mut Vec<u64>) {
-    for line in table.split(|&b| b == b'\n') {
-        if let Some(r) = row(line) {
-            if r.state != LISTEN && r.inode != 0 && ports.contains(&r.port) {
-                out.push(r.inode);
-            }
+/// A socket that is not listening, has a local port in `ports`, and
+/// belongs to a process (inode 0: a connection not accepted yet, or one in
+/// TIME_WAIT that nobody holds).
+fn is_connection(r: &Row, ports: &[u16]) -> bool {
+    r.state != LISTEN && r.inode != 0 && ports.contains(&r.port)
+}
+
+/// Whether the connection from TCP port `remote` to local port `local` has
+/// been accepted: its server side has an inode once a process holds it,
+/// and none while it waits in an accept queue (proc(5), /proc/net/tcp).
+/// One the server has closed already (FIN_WAIT, TIME_WAIT: nobody holds
+/// it any more) was accepted too; a queued one is always ESTABLISHED, or
+/// CLOSE_WAIT if the client closed first. None when neither table has it.
+pub fn accepted(local: u16, remote: u16) -> io::Result<Option<bool>> {
+    let mut found = None;
+    each_row(|r| {
+        if r.port == local && r.remote == remote && r.state != LISTEN {
+            let queued = matches!(r.state, ESTABLISHED | CLOSE_WAIT) && r.inode == 0;
+            found = Some(!queued);
         }
-    }
+        found.is_none()
+    })?;
+    Ok(found)
+}
+
+/// How many connections to a local port in `ports` are half open (a SYN
+/// answered, the handshake's last ACK not in yet). Whichever socket of
+/// the group they were steered to, they join its queue when it comes.
+pub fn half_open(ports: &[u16]) -> io::Result<usize> {
+    let mut n = 0;
+    each_row(|r| {
+        n += usize::from(r.state == SYN_RECV && ports.contains(&r.port));
+        true
+    })?;
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::phase::{Attempt, Draining, Phase, Recovery, Step, Stopping};
+use super::phase::{Attempt, Draining, Phase, Recovery, Stage, Step, Stopping};
 use super::{
     human, Action, GenId, SdState, SdStatus, Status, Supervisor, Waiter, BACKOFF_FIRST,
-    BACKOFF_MAX, HEALTHY,
+    BACKOFF_MAX, HEALTHY, MILLION,
 };
 use crate::units::signal_name;
 
@@ -21,8 +21,40 @@ impl Supervisor {
         spawned_at: Instant,
         ready_after: Option<Duration>,
     ) {
+        let stage = Stage::Emptying { until: now };
+        self.draining.insert(id, Draining { spawned_at, ready_after, stage });
+        self.signal_now(now, id);
+    }
+
+    /// Generation `id` is replaced by a ready one. With steering, new
+    /// connections already go elsewhere: it keeps serving what it has and
+    /// is signalled once it has nothing left (`Drained`), or after
+    /// `--drain-wait`; so a server that drops what it accepted when told
+    /// to stop has nothing to drop. Without, it is signalled now.
+    pub(super) fn retire(
+        &mut self,
+        now: Instant,
+        id: GenId,
+        spawned_at: Instant,
+        ready_after: Option<Duration>,
+    ) {
+        if !self.policy.steer {
+            return self.stop(now, id, spawned_at, ready_after);
+        }
+        let stage = Stage::Emptying { until: now + self.policy.drain_wait };
+        self.draining.insert(id, Draining { spawned_at, ready_after, stage });
+        self.out.push(Action::WatchDrain { gen: id });
+        self.debug(format!("generation {id} steered away from; stopping it once it is idle"));
+    }
+
+    /// Send a draining generation the stop signal, once.
+    pub(super) fn signal_now(&mut self, now: Instant, id: GenId) {
         let kill_at = now + self.policy.stop_timeout;
-        self.draining.insert(id, Draining { spawned_at, ready_after, kill_at, killed: false });
+        let Some(d) = self.draining.get_mut(&id) else { return };
+        if matches!(d.stage, Stage::Signalled { .. }) {
+            return;
+        }
+        d.stage = Stage::Signalled { kill_at, killed: false };
         let signal = self.policy.stop_signal;
         self.out.push(Action::Signal { gen: id, signal });
         self.info(format!("generation {id} stopping with {}", signal_name(signal)));
@@ -87,6 +119,11 @@ impl Supervisor {
                 }
             }
         }
+        // Those steered away from and still emptying stop now too.
+        let emptying: Vec<GenId> = self.draining.keys().copied().collect();
+        for gen in emptying {
+            self.signal_now(now, gen);
+        }
         failed.sort_unstable();
         self.report(failed, self.shutting_down());
         Phase::Stopping(Stopping { waiters, final_gen, serving, forced, escalated: false })
@@ -97,8 +134,9 @@ impl Supervisor {
         if !s.escalated {
             s.escalated = true;
             self.warn("second stop request: killing every generation now".into());
+            let kill_at = Instant::now();
             for (gen, d) in self.draining.iter_mut() {
-                d.killed = true;
+                d.stage = Stage::Signalled { kill_at, killed: true };
                 self.out.push(Action::KillGroup { gen: *gen });
             }
         }
@@ -150,7 +188,13 @@ impl Supervisor {
         match rest {
             Phase::Recovering(Recovery::Trying(a)) => {
                 let what = match a.candidate() {
-                    Some(c) => format!("generation {} is starting and will take over", c.id),
+                    Some(c) => {
+                        // Nothing else serves: new connections queue for it.
+                        if self.policy.steer {
+                            self.out.push(Action::Steer { shares: vec![(c.id, MILLION)] });
+                        }
+                        format!("generation {} is starting and will take over", c.id)
+                    }
                     None => "the reload's check runs; its generation will take over".into(),
                 };
                 self.info(what);
@@ -173,20 +217,32 @@ impl Supervisor {
 
     pub(super) fn on_tick(&mut self, now: Instant, p: Phase) -> Phase {
         let timeout = self.policy.stop_timeout;
+        let mut idle_too_long = Vec::new();
         for (gen, d) in self.draining.iter_mut() {
-            if !d.killed && now >= d.kill_at {
-                d.killed = true;
-                self.out.push(Action::KillGroup { gen: *gen });
-                let msg =
-                    format!("generation {gen} killed after the stop timeout ({})", human(timeout));
-                self.out.push(Action::Log { level: crate::log::Level::Warn, msg });
+            match &mut d.stage {
+                Stage::Emptying { until } if now >= *until => idle_too_long.push(*gen),
+                Stage::Signalled { kill_at, killed } if !*killed && now >= *kill_at => {
+                    *killed = true;
+                    self.out.push(Action::KillGroup { gen: *gen });
+                    let msg = format!(
+                        "generation {gen} killed after the stop timeout ({})",
+                        human(timeout)
+                    );
+                    self.out.push(Action::Log { level: crate::log::Level::Warn, msg });
+                }
+                _ => {}
             }
+        }
+        for gen in idle_too_long {
+            let wait = human(self.policy.drain_wait);
+            self.info(format!("generation {gen} still had connections after {wait}"));
+            self.signal_now(now, gen);
         }
         match p {
             Phase::Recovering(Recovery::Backoff { at, waiters }) if now >= at => {
                 self.restarts += 1;
                 let reload = !waiters.is_empty();
-                let c = self.start_candidate(now, waiters, reload);
+                let c = self.start_candidate(now, waiters, reload, true);
                 Phase::Recovering(Recovery::Trying(Attempt {
                     step: Step::Starting(c),
                     follow_up: None,
@@ -215,7 +271,13 @@ impl Supervisor {
                 p
             }
             Step::Starting(c) if now >= c.deadline => {
-                let why = format!("was not ready within {}", human(self.policy.ready_timeout));
+                let mut why = format!("was not ready within {}", human(self.policy.ready_timeout));
+                if let Some(w) = &c.waiting {
+                    why.push_str(&format!(" ({w})"));
+                    if let Some(hint) = w.hint() {
+                        why.push_str(&format!("; {hint}"));
+                    }
+                }
                 self.candidate_failed(now, p, why, None, true)
             }
             Step::Starting(c) if self.auto_ready_at(c).is_some_and(|t| now >= t) => {

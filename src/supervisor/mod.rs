@@ -63,6 +63,8 @@ const AUTO_READY_AFTER: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const HEALTHY: Duration = Duration::from_secs(60);
+/// Shares of new connections are per million.
+pub const MILLION: u32 = 1_000_000;
 /// Exited generations `status` remembers.
 const HISTORY: usize = 8;
 
@@ -133,6 +135,17 @@ impl Supervisor {
                 self.draining.remove(&gen);
                 p
             }
+            (p, E::Drained { gen }) => {
+                self.debug(format!("generation {gen} has nothing left to serve"));
+                self.signal_now(now, gen);
+                p
+            }
+            (mut p, E::Waiting { gen, why }) => {
+                if let Some(c) = p.candidate_mut().filter(|c| c.id == gen) {
+                    c.waiting = Some(why);
+                }
+                p
+            }
             (P::Idle, E::Start) => P::Booting(self.first_start(now)),
             (P::Idle, E::Reload { waiter }) => {
                 self.info(
@@ -160,7 +173,7 @@ impl Supervisor {
             (P::Booting(a), E::Reload { waiter }) => P::Booting(self.merge(a, waiter)),
             (P::Serving(cur), E::Reload { waiter }) => {
                 self.info("reload requested".into());
-                P::Reloading(cur, self.begin_reload(now, waiter.into_iter().collect()))
+                P::Reloading(cur, self.begin_reload(now, waiter.into_iter().collect(), false))
             }
             (P::Reloading(cur, a), E::Reload { waiter }) => {
                 P::Reloading(cur, self.merge(a, waiter))
@@ -168,7 +181,7 @@ impl Supervisor {
             (P::Recovering(Recovery::Backoff { mut waiters, .. }), E::Reload { waiter }) => {
                 self.info("reload requested while nothing serves: starting now".into());
                 waiters.extend(waiter);
-                P::Recovering(Recovery::Trying(self.begin_reload(now, waiters)))
+                P::Recovering(Recovery::Trying(self.begin_reload(now, waiters, true)))
             }
             (P::Recovering(Recovery::Trying(a)), E::Reload { waiter }) => {
                 P::Recovering(Recovery::Trying(self.merge(a, waiter)))
@@ -209,7 +222,7 @@ impl Supervisor {
     /// The earliest instant at which `Tick` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut times: Vec<Instant> =
-            self.draining.values().filter_map(Draining::kill_at).collect();
+            self.draining.values().filter_map(Draining::deadline).collect();
         match &self.phase {
             Phase::Recovering(Recovery::Backoff { at, .. }) => times.push(*at),
             p => {
@@ -229,17 +242,22 @@ impl Supervisor {
     fn auto_ready_at(&self, c: &Candidate) -> Option<Instant> {
         match self.policy.ready {
             ReadyPolicy::Delay(d) => Some(c.spawned_at + d),
-            ReadyPolicy::Auto => Some(c.spawned_at + AUTO_READY_AFTER),
+            // Alive for a second proves nothing where acceptance can be
+            // seen: a server that never accepts on its socket would be
+            // declared ready and hold every connection hostage.
+            ReadyPolicy::Auto if !self.policy.steer => Some(c.spawned_at + AUTO_READY_AFTER),
             _ => None,
         }
     }
 
     fn accepts(&self, by: ReadySource) -> bool {
+        let steer = self.policy.steer;
         matches!(
             (self.policy.ready, by),
             (ReadyPolicy::Notify | ReadyPolicy::Auto, ReadySource::Notify)
                 | (ReadyPolicy::Probe, ReadySource::Probe)
-        )
+                | (ReadyPolicy::Accept, ReadySource::Accept)
+        ) || (steer && self.policy.ready == ReadyPolicy::Auto && by == ReadySource::Accept)
     }
 
     fn remember(&mut self, gen: GenId, pid: i32, status: Status, now: Instant) {

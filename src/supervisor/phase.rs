@@ -49,6 +49,8 @@ pub(super) enum Step {
 
 pub(super) struct Candidate {
     pub id: GenId,
+    /// What it is not ready for yet, as the loop last said.
+    pub waiting: Option<super::Waiting>,
     pub spawned_at: Instant,
     /// Not ready by then: failed (`--ready-timeout`).
     pub deadline: Instant,
@@ -81,18 +83,29 @@ pub(super) struct Stopping {
     pub escalated: bool,
 }
 
-/// A generation that has been sent the stop signal.
+/// A generation on its way out.
 pub(super) struct Draining {
     pub spawned_at: Instant,
     pub ready_after: Option<Duration>,
-    /// SIGKILL to its group then, unless `killed`.
-    pub kill_at: Instant,
-    pub killed: bool,
+    pub stage: Stage,
+}
+
+pub(super) enum Stage {
+    /// Steered away from and not signalled: it serves what it has, and
+    /// gets the stop signal once it has nothing left, or at `until`.
+    Emptying { until: Instant },
+    /// Sent the stop signal; SIGKILL to its group at `kill_at`.
+    Signalled { kill_at: Instant, killed: bool },
 }
 
 impl Draining {
-    pub fn kill_at(&self) -> Option<Instant> {
-        (!self.killed).then_some(self.kill_at)
+    /// When `Tick` has something to do for it.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.stage {
+            Stage::Emptying { until } => Some(until),
+            Stage::Signalled { kill_at, killed: false } => Some(kill_at),
+            Stage::Signalled { killed: true, .. } => None,
+        }
     }
 }
 
@@ -117,6 +130,18 @@ impl Phase {
 
     pub fn candidate(&self) -> Option<&Candidate> {
         self.attempt().and_then(Attempt::candidate)
+    }
+
+    pub fn candidate_mut(&mut self) -> Option<&mut Candidate> {
+        match self {
+            Phase::Booting(a) | Phase::Reloading(_, a) | Phase::Recovering(Recovery::Trying(a)) => {
+                match &mut a.step {
+                    Step::Starting(c) => Some(c),
+                    Step::Checking { .. } => None,
+                }
+            }
+            _ => None,
+        }
     }
 
     pub fn checking(&self) -> bool {

@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use super::phase::{Attempt, Candidate, Current, Phase, Recovery, Step};
-use super::{human, Action, GenId, Outcome, ReadyPolicy, SdState, SdStatus, Supervisor, Waiter};
+use super::{
+    human, Action, GenId, Outcome, ReadyPolicy, SdState, SdStatus, Supervisor, Waiter, MILLION,
+};
 use crate::log::Level;
 
 /// Which phase an attempt belongs to, with what else that phase holds.
@@ -34,28 +36,49 @@ fn join(h: Holder, a: Attempt) -> Phase {
 
 impl Supervisor {
     pub(super) fn first_start(&mut self, now: Instant) -> Attempt {
-        let c = self.start_candidate(now, Vec::new(), false);
+        let c = self.start_candidate(now, Vec::new(), false, true);
         Attempt { step: Step::Starting(c), follow_up: None }
     }
 
+    /// Start a new generation. `alone`: nothing else serves, so new
+    /// connections go to it at once and queue until it accepts.
     pub(super) fn start_candidate(
         &mut self,
         now: Instant,
         waiters: Vec<Waiter>,
         reload: bool,
+        alone: bool,
     ) -> Candidate {
         let id = self.next_id;
         self.next_id += 1;
         self.out.push(Action::Spawn { gen: id });
-        if self.policy.ready == ReadyPolicy::Probe {
+        if alone && self.policy.steer {
+            self.out.push(Action::Steer { shares: vec![(id, MILLION)] });
+        }
+        if self.probes() {
             self.out.push(Action::StartProbe { gen: id });
         }
         let deadline = now + self.policy.ready_timeout;
-        Candidate { id, spawned_at: now, deadline, waiters, reload }
+        Candidate { id, waiting: None, spawned_at: now, deadline, waiters, reload }
+    }
+
+    /// Whether readiness needs the loop's probe: tcp, http, exec, accept.
+    pub(super) fn probes(&self) -> bool {
+        match self.policy.ready {
+            ReadyPolicy::Probe | ReadyPolicy::Accept => true,
+            ReadyPolicy::Auto => self.policy.steer,
+            ReadyPolicy::Notify | ReadyPolicy::Delay(_) => false,
+        }
     }
 
     /// A reload begins: the check if there is one, else the candidate.
-    pub(super) fn begin_reload(&mut self, now: Instant, waiters: Vec<Waiter>) -> Attempt {
+    /// `alone`: nothing serves meanwhile (a reload while recovering).
+    pub(super) fn begin_reload(
+        &mut self,
+        now: Instant,
+        waiters: Vec<Waiter>,
+        alone: bool,
+    ) -> Attempt {
         let gen = self.next_id;
         let status = SdStatus::Reloading { gen };
         self.out.push(Action::Systemd { state: Some(SdState::Reloading), status });
@@ -63,7 +86,7 @@ impl Supervisor {
             self.out.push(Action::RunCheck { gen });
             Step::Checking { gen, waiters, deadline: Some(now + self.policy.ready_timeout) }
         } else {
-            Step::Starting(self.start_candidate(now, waiters, true))
+            Step::Starting(self.start_candidate(now, waiters, true, alone))
         };
         Attempt { step, follow_up: None }
     }
@@ -81,7 +104,8 @@ impl Supervisor {
 
     fn follow_up(&mut self, now: Instant, h: Holder, waiters: Vec<Waiter>) -> Phase {
         self.info("starting the follow-up reload".into());
-        let a = self.begin_reload(now, waiters);
+        let alone = !matches!(h, Holder::Reloading(_));
+        let a = self.begin_reload(now, waiters, alone);
         join(h, a)
     }
 
@@ -95,7 +119,12 @@ impl Supervisor {
         }
         let first = matches!(h, Holder::Booting);
         if let Holder::Reloading(old) = h {
-            self.stop(now, old.id, old.spawned_at, Some(old.ready_after));
+            // The switch: one setsockopt, and every new connection goes to
+            // the new generation.
+            if self.policy.steer {
+                self.out.push(Action::Steer { shares: vec![(c.id, MILLION)] });
+            }
+            self.retire(now, old.id, old.spawned_at, Some(old.ready_after));
         }
         self.up_since.get_or_insert(now);
         let cur = Current { id: c.id, spawned_at: c.spawned_at, ready_after: took };
@@ -177,7 +206,8 @@ impl Supervisor {
         let (h, Attempt { step, follow_up }) = split(p);
         let Step::Checking { waiters, .. } = step else { unreachable!("checked by the caller") };
         if ok {
-            let c = self.start_candidate(now, waiters, true);
+            let alone = !matches!(h, Holder::Reloading(_));
+            let c = self.start_candidate(now, waiters, true, alone);
             return join(h, Attempt { step: Step::Starting(c), follow_up });
         }
         let serving = match &h {

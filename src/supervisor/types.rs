@@ -44,7 +44,11 @@ pub enum ReadyPolicy {
     Notify,
     Delay(Duration),
     Probe,
-    /// No `--ready`: READY=1 or 1 s alive, whichever comes first.
+    /// `--ready accept`: the candidate has accepted a connection on each of
+    /// its own sockets.
+    Accept,
+    /// No `--ready`: READY=1 or, where sockets are steered, accept; else
+    /// READY=1 or 1 s alive; whichever comes first.
     Auto,
 }
 
@@ -52,6 +56,7 @@ pub enum ReadyPolicy {
 pub enum ReadySource {
     Notify,
     Probe,
+    Accept,
 }
 
 /// The part of the configuration that is policy.
@@ -64,6 +69,44 @@ pub struct Policy {
     pub restart: bool,
     /// A `--check` command runs before each reload.
     pub check: bool,
+    /// Each generation has its own sockets, and new connections go where
+    /// `Steer` says (`--handover steer` with a TCP address to steer).
+    pub steer: bool,
+    /// How long a generation steered away from waits to have nothing
+    /// left before it gets the stop signal anyway (`--drain-wait`).
+    pub drain_wait: Duration,
+}
+
+/// Why a candidate is not ready yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// The last probe attempt's failure: `connection refused`, `HTTP
+    /// status 404`...
+    Probe(String),
+    /// The probe connection to the socket at this fd is still queued.
+    NotAccepted { fd: usize },
+}
+
+impl Waiting {
+    /// What to check, when the reason points at a common mistake.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Waiting::NotAccepted { .. } => Some(
+                "a server that binds a port of its own, ignores LISTEN_FDS, or runs under a \
+                 wrapper script that does not `exec` it never accepts on the socket it is given",
+            ),
+            Waiting::Probe(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::Probe(why) => write!(f, "last probe: {why}"),
+            Waiting::NotAccepted { fd } => write!(f, "nothing accepted on fd {fd} yet"),
+        }
+    }
 }
 
 /// How a reload ended.
@@ -131,6 +174,12 @@ pub enum Event {
     SpawnFailed { gen: GenId, code: i32, message: String },
     /// The generation counts as ready by `by`.
     Ready { gen: GenId, by: ReadySource },
+    /// The generation, steered away from, has an empty accept queue and
+    /// holds no connection any more.
+    Drained { gen: GenId },
+    /// Why the candidate is not ready yet, when that changes (the last
+    /// probe's result); for `status` and the failure message.
+    Waiting { gen: GenId, why: Waiting },
     /// The generation's main process `pid` exited. It is not reaped yet:
     /// a `Finish` now kills its group before the pid can be reused.
     Exited { gen: GenId, pid: i32, status: Status },
@@ -141,6 +190,15 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Spawn {
+        gen: GenId,
+    },
+    /// From now on, new connections go to these generations' sockets, in
+    /// these shares (per million, summing to a million).
+    Steer {
+        shares: Vec<(GenId, u32)>,
+    },
+    /// Tell `Drained` once the generation has nothing left to serve.
+    WatchDrain {
         gen: GenId,
     },
     StartProbe {

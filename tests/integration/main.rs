@@ -17,4 +17,5 @@ mod reload;
 mod signals;
 mod sockets;
 mod stalled;
+mod steer;
 mod watchdog;

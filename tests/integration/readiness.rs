@@ -27,9 +27,20 @@ fn state(ge: &Ge, gen: u64) -> String {
 }
 
 #[test]
-fn without_ready_a_silent_server_is_ready_after_one_second_alive() {
-    let ge = Ge::start(&["-l", "127.0.0.1:0"], &[("EXAMPLE_NEVER_READY_GEN", "all")]);
+fn without_ready_and_shared_sockets_a_silent_server_is_ready_after_one_second_alive() {
+    let ge = Ge::start(
+        &["-l", "127.0.0.1:0", "--handover", "shared"],
+        &[("EXAMPLE_NEVER_READY_GEN", "all")],
+    );
     assert!(ready_ms(&ge, 1) >= 1000);
+}
+
+#[test]
+fn without_ready_a_silent_server_is_ready_once_it_accepts_on_its_socket() {
+    // Steered: no second of waiting, and no READY=1 needed either.
+    let ge = Ge::start(&["-l", "127.0.0.1:0"], &[("EXAMPLE_NEVER_READY_GEN", "all")]);
+    ge.wait_ready(1);
+    assert!(get(ge.tcp_addr(), "/").is_ok());
 }
 
 #[test]

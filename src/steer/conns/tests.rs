@@ -58,12 +58,12 @@ const TCP6: &str = "\
 fn rows_parse_v4_and_v6() {
     let v4: Vec<_> = TCP.lines().map(|l| row(l.as_bytes())).collect();
     assert_eq!(v4[0], None); // the header
-    assert_eq!(v4[1], Some(Row { port: 8080, state: 0x0a, inode: 1661 }));
-    assert_eq!(v4[5], Some(Row { port: 8080, state: 0x08, inode: 7002 }));
-    assert_eq!(v4[6], Some(Row { port: 0xa33f, state: 0x01, inode: 7003 }));
+    assert_eq!(v4[1], Some(Row { port: 8080, remote: 0, state: 0x0a, inode: 1661 }));
+    assert_eq!(v4[5], Some(Row { port: 8080, remote: 0xa341, state: 0x08, inode: 7002 }));
+    assert_eq!(v4[6], Some(Row { port: 0xa33f, remote: 8080, state: 0x01, inode: 7003 }));
     let v6: Vec<_> = TCP6.lines().map(|l| row(l.as_bytes())).collect();
     assert_eq!(v6[0], None);
-    assert_eq!(v6[2], Some(Row { port: 8080, state: 0x01, inode: 8002 }));
+    assert_eq!(v6[2], Some(Row { port: 8080, remote: 0x9afc, state: 0x01, inode: 8002 }));
     for bad in ["", "   0: 0100007F:1F90 00000000:0000 0A", "   0: 0100007F 0 0A 0 0 0 0 0 1"] {
         assert_eq!(row(bad.as_bytes()), None, "{bad}");
     }
@@ -71,6 +71,10 @@ fn rows_parse_v4_and_v6() {
 
 #[test]
 fn connections_are_the_held_non_listening_ones_on_the_ports() {
+    let connections = |table: &[u8], ports: &[u16], out: &mut Vec<u64>| {
+        let rows = table.split(|&b| b == b'\n').filter_map(row);
+        out.extend(rows.filter(|r| is_connection(r, ports)).map(|r| r.inode));
+    };
     let mut out = Vec::new();
     connections(TCP.as_bytes(), &[8080], &mut out);
     // Not: the listener, a queued connection and one in TIME_WAIT (no

@@ -60,8 +60,17 @@ impl H {
     pub(super) fn idle(ready: ReadyPolicy, restart: bool) -> H {
         let (ready_timeout, stop_timeout) = (Duration::from_secs(30), Duration::from_secs(5));
         let stop_signal = SIGTERM as i32;
-        let policy =
-            Policy { ready, ready_timeout, stop_timeout, stop_signal, restart, check: false };
+        let (steer, drain_wait) = (false, Duration::from_secs(5));
+        let policy = Policy {
+            ready,
+            ready_timeout,
+            stop_timeout,
+            stop_signal,
+            restart,
+            check: false,
+            steer,
+            drain_wait,
+        };
         let (sup, base) = (Supervisor::new(policy), Instant::now());
         H { sup, base, now: base, logs: vec![], reports: vec![] }
     }

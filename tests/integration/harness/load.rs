@@ -71,6 +71,12 @@ pub struct LoadResult {
 
 impl Load {
     pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        Load::start_on(addr, clients, "/")
+    }
+
+    /// Each request is `GET path` (e.g. `/slow?ms=20`, so that requests are
+    /// in flight when a server stops).
+    pub fn start_on(addr: SocketAddr, clients: usize, path: &'static str) -> Load {
         const MAX_PER_CLIENT: u64 = 200_000;
         const MAX_TIME: Duration = Duration::from_secs(120);
         let stop = Arc::new(AtomicBool::new(false));
@@ -87,7 +93,7 @@ impl Load {
                         if stop.load(Ordering::SeqCst) || Instant::now() > end {
                             break;
                         }
-                        match get(addr, "/") {
+                        match get(addr, path) {
                             Ok(body) => {
                                 ok.fetch_add(1, Ordering::SeqCst);
                                 pids.lock().unwrap().insert(pid_of(&body));

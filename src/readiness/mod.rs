@@ -15,13 +15,16 @@ use nix::errno::Errno;
 use nix::poll::PollFlags;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{
-    connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    bind, connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
 };
 use nix::unistd::Pid;
 
 use crate::env::Vars;
 use crate::shell;
-use crate::supervisor::ReadyPolicy;
+use crate::sockets::Sockets;
+use crate::supervisor::{ReadyPolicy, ReadySource, Waiting};
+
+mod accept;
 
 const FIRST_INTERVAL: Duration = Duration::from_millis(5);
 const MAX_INTERVAL: Duration = Duration::from_millis(300);
@@ -33,8 +36,14 @@ pub enum Mode {
     Notify,
     Delay(Duration),
     Tcp(SocketAddr),
-    Http { addr: SocketAddr, authority: String, path: String },
+    Http {
+        addr: SocketAddr,
+        authority: String,
+        path: String,
+    },
     Exec(String),
+    /// The candidate has accepted a connection on each steered socket.
+    Accept,
 }
 
 impl Mode {
@@ -43,6 +52,7 @@ impl Mode {
             None => ReadyPolicy::Auto,
             Some(Mode::Notify) => ReadyPolicy::Notify,
             Some(Mode::Delay(d)) => ReadyPolicy::Delay(*d),
+            Some(Mode::Accept) => ReadyPolicy::Accept,
             Some(_) => ReadyPolicy::Probe,
         }
     }
@@ -60,6 +70,8 @@ impl FromStr for Mode {
     fn from_str(s: &str) -> Result<Mode, String> {
         if s == "notify" {
             Ok(Mode::Notify)
+        } else if s == "accept" {
+            Ok(Mode::Accept)
         } else if let Some(d) = s.strip_prefix("delay:") {
             crate::units::parse_duration(d).map(Mode::Delay)
         } else if let Some(a) = s.strip_prefix("tcp:") {
@@ -81,7 +93,7 @@ impl FromStr for Mode {
             Ok(Mode::Exec(c.to_string()))
         } else {
             Err(format!(
-                "unknown mode '{s}'; use notify, delay:DURATION, tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND"
+                "unknown mode '{s}'; use notify, accept, delay:DURATION, tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND"
             ))
         }
     }
@@ -106,6 +118,8 @@ pub struct Probe {
     dir: Option<std::path::PathBuf>,
     /// Why the last attempt failed.
     last: Option<String>,
+    /// `accept`'s probe connections, one per steered socket.
+    accept: Option<accept::Accept>,
 }
 
 impl Drop for Probe {
@@ -117,13 +131,38 @@ impl Drop for Probe {
     }
 }
 
-fn nonblocking_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+/// A non-blocking connect to `addr`. When `addr` reaches a steered socket
+/// graceexec serves, the connection leaves from a port of its own, routed
+/// to generation `gen`'s socket before the SYN goes out: a probe of the
+/// shared port then reaches the candidate, not the generation serving.
+/// Returns the routed port, if any.
+pub(crate) fn routed_connect(
+    addr: SocketAddr,
+    gen: u32,
+    sockets: &mut Sockets,
+) -> std::io::Result<(TcpStream, Option<u16>)> {
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fd =
         socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    let mut routed = None;
+    if sockets.steers(addr) {
+        let any: SocketAddr = match addr {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(any))?;
+        let port = TcpStream::from(fd.try_clone()?).local_addr()?.port();
+        sockets.route_probe(port, gen);
+        routed = Some(port);
+    }
     match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
-        Ok(()) | Err(Errno::EINPROGRESS) => Ok(TcpStream::from(fd)),
-        Err(e) => Err(e.into()),
+        Ok(()) | Err(Errno::EINPROGRESS) => Ok((TcpStream::from(fd), routed)),
+        Err(e) => {
+            if let Some(p) = routed {
+                sockets.unroute_probe(p);
+            }
+            Err(e.into())
+        }
     }
 }
 
@@ -134,29 +173,48 @@ impl Probe {
         gen: u32,
         now: Instant,
         verbose: bool,
-        env: Vars,
-        dir: Option<std::path::PathBuf>,
+        (env, dir): (Vars, Option<std::path::PathBuf>),
+        sockets: &Sockets,
     ) -> Probe {
         let attempt = Attempt::Idle { next: now };
-        Probe { mode, gen, interval: FIRST_INTERVAL, attempt, verbose, env, dir, last: None }
+        let accept = (mode == Mode::Accept).then(|| accept::Accept::new(sockets, now));
+        let interval = FIRST_INTERVAL;
+        Probe { mode, gen, interval, attempt, verbose, env, dir, last: None, accept }
     }
 
-    /// Why the last attempt failed, if one did.
-    pub fn last_failure(&self) -> Option<&str> {
-        self.last.as_deref()
+    /// What readiness it proves.
+    pub fn source(&self) -> ReadySource {
+        match self.mode {
+            Mode::Accept => ReadySource::Accept,
+            _ => ReadySource::Probe,
+        }
     }
 
-    /// The fd and events to poll for, if an attempt waits on the network.
-    pub fn poll_fd(&self) -> Option<(BorrowedFd<'_>, PollFlags)> {
+    /// Why it is not ready yet: the last attempt's failure.
+    pub fn last_failure(&self) -> Option<Waiting> {
+        match &self.accept {
+            Some(a) => a.waiting(),
+            None => self.last.clone().map(Waiting::Probe),
+        }
+    }
+
+    /// The fds and events to poll for, while attempts wait on the network.
+    pub fn poll_fds(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        if let Some(a) = &self.accept {
+            return a.poll_fds();
+        }
         match &self.attempt {
-            Attempt::Connecting { stream, .. } => Some((stream.as_fd(), PollFlags::POLLOUT)),
-            Attempt::Reading { stream, .. } => Some((stream.as_fd(), PollFlags::POLLIN)),
-            _ => None,
+            Attempt::Connecting { stream, .. } => vec![(stream.as_fd(), PollFlags::POLLOUT)],
+            Attempt::Reading { stream, .. } => vec![(stream.as_fd(), PollFlags::POLLIN)],
+            _ => Vec::new(),
         }
     }
 
     /// When `advance` must run next, whatever the fd does.
     pub fn wake_at(&self) -> Option<Instant> {
+        if let Some(a) = &self.accept {
+            return a.wake_at();
+        }
         match &self.attempt {
             Attempt::Idle { next } => Some(*next),
             Attempt::Connecting { until, .. } | Attempt::Reading { until, .. } => Some(*until),
@@ -192,10 +250,24 @@ impl Probe {
 
     /// Move the attempt on; `fd_ready` says whether poll reported its fd.
     /// True once the candidate is ready.
-    pub fn advance(&mut self, now: Instant, fd_ready: bool) -> bool {
+    pub fn advance(&mut self, now: Instant, fd_ready: bool, sockets: &mut Sockets) -> bool {
+        if let Some(a) = &mut self.accept {
+            return a.advance(now, self.gen, sockets);
+        }
+        let before = matches!(self.attempt, Attempt::Connecting { .. } | Attempt::Reading { .. });
+        let ready = self.step(now, fd_ready, sockets);
+        let after = matches!(self.attempt, Attempt::Connecting { .. } | Attempt::Reading { .. });
+        // A routed attempt that is over needs its route no more.
+        if before && (ready || !after) {
+            sockets.unroute_probes_of(self.gen);
+        }
+        ready
+    }
+
+    fn step(&mut self, now: Instant, fd_ready: bool, sockets: &mut Sockets) -> bool {
         match std::mem::replace(&mut self.attempt, Attempt::Idle { next: now }) {
             Attempt::Idle { next } if now < next => self.attempt = Attempt::Idle { next },
-            Attempt::Idle { .. } => self.begin(now),
+            Attempt::Idle { .. } => self.begin(now, sockets),
             // SO_ERROR is 0 while a connect is still in progress too: only
             // POLLOUT says it has finished (connect(2), EINPROGRESS).
             Attempt::Connecting { stream, until } if !fd_ready => {
@@ -251,7 +323,7 @@ impl Probe {
         false
     }
 
-    fn begin(&mut self, now: Instant) {
+    fn begin(&mut self, now: Instant, sockets: &mut Sockets) {
         let until = now + ATTEMPT_TIMEOUT;
         let addr = match &self.mode {
             Mode::Tcp(a) | Mode::Http { addr: a, .. } => *a,
@@ -266,8 +338,8 @@ impl Probe {
             }
             _ => return,
         };
-        match nonblocking_connect(addr) {
-            Ok(stream) => self.attempt = Attempt::Connecting { stream, until },
+        match routed_connect(addr, self.gen, sockets) {
+            Ok((stream, _)) => self.attempt = Attempt::Connecting { stream, until },
             Err(e) => self.retry(now, &e.to_string()),
         }
     }
