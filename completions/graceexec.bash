@@ -25,8 +25,14 @@ _graceexec() {
             graceexec,list)
                 cmd="graceexec__subcmd__list"
                 ;;
+            graceexec,promote)
+                cmd="graceexec__subcmd__promote"
+                ;;
             graceexec,reload)
                 cmd="graceexec__subcmd__reload"
+                ;;
+            graceexec,rollback)
+                cmd="graceexec__subcmd__rollback"
                 ;;
             graceexec,status)
                 cmd="graceexec__subcmd__status"
@@ -43,8 +49,14 @@ _graceexec() {
             graceexec__subcmd__help,list)
                 cmd="graceexec__subcmd__help__subcmd__list"
                 ;;
+            graceexec__subcmd__help,promote)
+                cmd="graceexec__subcmd__help__subcmd__promote"
+                ;;
             graceexec__subcmd__help,reload)
                 cmd="graceexec__subcmd__help__subcmd__reload"
+                ;;
+            graceexec__subcmd__help,rollback)
+                cmd="graceexec__subcmd__help__subcmd__rollback"
                 ;;
             graceexec__subcmd__help,status)
                 cmd="graceexec__subcmd__help__subcmd__status"
@@ -59,7 +71,7 @@ _graceexec() {
 
     case "${cmd}" in
         graceexec)
-            opts="-l -q -v -h -V --name --control --pid-file --log-prefix --user --compat --check --chdir --watch --listen --handover --backlog --unix-mode --ready --ready-timeout --stop-signal --drain-wait --stop-timeout --restart --quiet --verbose --help --version reload status stop list completions help"
+            opts="-l -q -v -h -V --name --control --pid-file --log-prefix --user --compat --check --chdir --watch --listen --handover --backlog --unix-mode --ready --ready-timeout --stop-signal --drain-wait --keep-old --promote-after --ramp --stop-timeout --restart --quiet --verbose --help --version reload promote rollback status stop list completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -133,6 +145,18 @@ _graceexec() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --keep-old)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --promote-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ramp)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --stop-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -163,7 +187,7 @@ _graceexec() {
             return 0
             ;;
         graceexec__subcmd__help)
-            opts="reload status stop list completions help"
+            opts="reload promote rollback status stop list completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -218,7 +242,35 @@ _graceexec() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        graceexec__subcmd__help__subcmd__promote)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         graceexec__subcmd__help__subcmd__reload)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        graceexec__subcmd__help__subcmd__rollback)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -274,8 +326,30 @@ _graceexec() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        graceexec__subcmd__promote)
+            opts="-h --name --control --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         graceexec__subcmd__reload)
-            opts="-h --name --control --timeout --no-wait --help"
+            opts="-h --name --control --timeout --no-wait --canary --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -290,6 +364,32 @@ _graceexec() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --canary)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        graceexec__subcmd__rollback)
+            opts="-h --name --control --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_graceexec_global_optspecs
-    string join \n name= control= pid-file= log-prefix user= compat= check= chdir= watch= l/listen= handover= backlog= unix-mode= ready= ready-timeout= stop-signal= drain-wait= stop-timeout= restart= q/quiet v/verbose h/help V/version
+    string join \n name= control= pid-file= log-prefix user= compat= check= chdir= watch= l/listen= handover= backlog= unix-mode= ready= ready-timeout= stop-signal= drain-wait= keep-old= promote-after= ramp= stop-timeout= restart= q/quiet v/verbose h/help V/version
 end
 
 function __fish_graceexec_needs_command
@@ -41,6 +41,9 @@ complete -c graceexec -n "__fish_graceexec_needs_command" -l ready -d 'When a ne
 complete -c graceexec -n "__fish_graceexec_needs_command" -l ready-timeout -d 'A generation not ready by then has failed' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l stop-signal -d 'Signal that asks a generation to drain and exit' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l drain-wait -d 'With steering: how long a generation that new connections no longer go to may take to finish what it has before it is sent the stop signal anyway (idle keep-alive connections hold it that long)' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l keep-old -d 'With steering: after a promotion, keep the previous generation alive and idle this long, so `graceexec rollback` returns to it at once' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l promote-after -d 'Promote a canary (`reload --canary`) still up after this long' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l ramp -d 'With steering: each reload\'s new generation gets a share of new connections rising from 0 to 100% over this long (a warm-up)' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l stop-timeout -d 'Time a stopping generation has before its process group gets SIGKILL' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l restart -d 'What to do when the serving generation dies on its own' -r -f -a "always\t'Start a new generation, with backoff, when the current one dies'
 never\t'Exit with the child\'s status when the current generation dies'"
@@ -50,6 +53,8 @@ complete -c graceexec -n "__fish_graceexec_needs_command" -s v -l verbose -d 'Al
 complete -c graceexec -n "__fish_graceexec_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c graceexec -n "__fish_graceexec_needs_command" -s V -l version -d 'Print version'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "reload" -d 'Reload a running instance and wait for the outcome (exit 0: the new generation is ready; 1: the reload failed and the old one keeps serving; 3: no such instance; 4: no answer within --timeout)'
+complete -c graceexec -n "__fish_graceexec_needs_command" -a "promote" -d 'Give a canary every new connection; the previous generation drains'
+complete -c graceexec -n "__fish_graceexec_needs_command" -a "rollback" -d 'Return every new connection to the previous generation (a canary\'s, or the one --keep-old kept); the newer one drains'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "status" -d 'Show an instance: its sockets, generations and last reload'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "list" -d 'List the running instances of this user'
@@ -58,8 +63,15 @@ complete -c graceexec -n "__fish_graceexec_needs_command" -a "help" -d 'Print th
 complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -l name -d 'Name of the instance (default: the only one running)' -r
 complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -l control -d 'Path of its control socket, instead of --name' -r -F
 complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -l timeout -d 'How long to wait for the outcome' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -l canary -d 'Steer only PCT% of new connections to the new generation until `graceexec promote` (or `rollback`); exit 0 once it serves' -r
 complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -l no-wait -d 'Only ask for the reload; do not wait for its outcome'
 complete -c graceexec -n "__fish_graceexec_using_subcommand reload" -s h -l help -d 'Print help'
+complete -c graceexec -n "__fish_graceexec_using_subcommand promote" -l name -d 'Name of the instance (default: the only one running)' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand promote" -l control -d 'Path of its control socket, instead of --name' -r -F
+complete -c graceexec -n "__fish_graceexec_using_subcommand promote" -s h -l help -d 'Print help'
+complete -c graceexec -n "__fish_graceexec_using_subcommand rollback" -l name -d 'Name of the instance (default: the only one running)' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand rollback" -l control -d 'Path of its control socket, instead of --name' -r -F
+complete -c graceexec -n "__fish_graceexec_using_subcommand rollback" -s h -l help -d 'Print help'
 complete -c graceexec -n "__fish_graceexec_using_subcommand status" -l name -d 'Name of the instance (default: the only one running)' -r
 complete -c graceexec -n "__fish_graceexec_using_subcommand status" -l control -d 'Path of its control socket, instead of --name' -r -F
 complete -c graceexec -n "__fish_graceexec_using_subcommand status" -l json -d 'One JSON object, as the control protocol sends it'
@@ -71,9 +83,11 @@ complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -s h -l help -
 complete -c graceexec -n "__fish_graceexec_using_subcommand list" -l json -d 'A JSON array of their status objects'
 complete -c graceexec -n "__fish_graceexec_using_subcommand list" -s h -l help -d 'Print help'
 complete -c graceexec -n "__fish_graceexec_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "reload" -d 'Reload a running instance and wait for the outcome (exit 0: the new generation is ready; 1: the reload failed and the old one keeps serving; 3: no such instance; 4: no answer within --timeout)'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "status" -d 'Show an instance: its sockets, generations and last reload'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "list" -d 'List the running instances of this user'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload status stop list completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "reload" -d 'Reload a running instance and wait for the outcome (exit 0: the new generation is ready; 1: the reload failed and the old one keeps serving; 3: no such instance; 4: no answer within --timeout)'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "promote" -d 'Give a canary every new connection; the previous generation drains'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "rollback" -d 'Return every new connection to the previous generation (a canary\'s, or the one --keep-old kept); the newer one drains'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "status" -d 'Show an instance: its sockets, generations and last reload'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "list" -d 'List the running instances of this user'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -61,6 +61,21 @@ pub enum Sub {
         /// Only ask for the reload; do not wait for its outcome.
         #[arg(long)]
         no_wait: bool,
+        /// Steer only PCT% of new connections to the new generation until
+        /// `graceexec promote` (or `rollback`); exit 0 once it serves.
+        #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+        canary: Option<f64>,
+    },
+    /// Give a canary every new connection; the previous generation drains.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Return every new connection to the previous generation (a canary's,
+    /// or the one --keep-old kept); the newer one drains.
+    Rollback {
+        #[command(flatten)]
+        target: Target,
     },
     /// Show an instance: its sockets, generations and last reload.
     Status {
@@ -120,7 +135,7 @@ pub enum Restart {
     max_term_width = 100,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    override_usage = "graceexec [OPTIONS] -- COMMAND [ARGS]...\n       graceexec reload|status|stop|list [OPTIONS]"
+    override_usage = "graceexec [OPTIONS] -- COMMAND [ARGS]...\n       graceexec reload|promote|rollback|status|stop|list [OPTIONS]"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -215,6 +230,20 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub drain_wait: Duration,
 
+    /// With steering: after a promotion, keep the previous generation alive
+    /// and idle this long, so `graceexec rollback` returns to it at once.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub keep_old: Duration,
+
+    /// Promote a canary (`reload --canary`) still up after this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub promote_after: Option<Duration>,
+
+    /// With steering: each reload's new generation gets a share of new
+    /// connections rising from 0 to 100% over this long (a warm-up).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ramp: Option<Duration>,
+
     /// Time a stopping generation has before its process group gets SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
@@ -234,6 +263,17 @@ pub struct Cli {
     /// The server and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// A share of new connections, in percent: more than 0, less than 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let n: f64 =
+        s.trim_end_matches('%').parse().map_err(|_| format!("'{s}' is not a percentage"))?;
+    if n > 0.0 && n < 100.0 {
+        Ok(n)
+    } else {
+        Err(format!("'{s}': a canary's share is more than 0 and less than 100"))
+    }
 }
 
 fn parse_spec(s: &str) -> Result<Spec, String> {

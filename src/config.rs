@@ -47,6 +47,9 @@ impl Config {
                 // Set once the sockets are bound: whether any is steered.
                 steer: false,
                 drain_wait: cli.drain_wait,
+                keep_old: cli.keep_old,
+                promote_after: cli.promote_after,
+                ramp: cli.ramp,
             },
             ready: cli.ready.clone(),
             verbose: cli.verbose,

@@ -66,9 +66,11 @@ fn run(before: nix::Result<nix::sys::signal::SigSet>) -> i32 {
         signals::restore(mask);
     }
     match sub {
-        Sub::Reload { target, timeout, no_wait } => {
-            client::reload(target.which(), *timeout, !no_wait)
+        Sub::Reload { target, timeout, no_wait, canary } => {
+            client::reload(target.which(), *timeout, !no_wait, *canary)
         }
+        Sub::Promote { target } => client::decide(target.which(), control::Request::Promote),
+        Sub::Rollback { target } => client::decide(target.which(), control::Request::Rollback),
         Sub::Status { target, json } => client::status(target.which(), *json),
         Sub::Stop { target, timeout } => client::stop(target.which(), *timeout),
         Sub::List { json } => client::list(*json),

@@ -40,8 +40,13 @@ pub enum Which<'a> {
     Control(&'a Path),
 }
 
-pub fn reload(w: Which, timeout: Duration, wait: bool) -> i32 {
-    reload_in(w, &default_dir(), timeout, wait).emit()
+pub fn reload(w: Which, timeout: Duration, wait: bool, canary: Option<f64>) -> i32 {
+    reload_in(w, &default_dir(), timeout, Request::Reload { wait, canary }).emit()
+}
+
+/// `graceexec promote` and `rollback`: one answer, at once.
+pub fn decide(w: Which, request: Request) -> i32 {
+    decide_in(w, &default_dir(), request).emit()
 }
 
 pub fn status(w: Which, json: bool) -> i32 {
@@ -230,10 +235,28 @@ fn refused(name: &str, r: &Reply) -> Output {
     Output::fail(EXIT_FAILED, &format!("{name}: {why}"))
 }
 
-pub(super) fn reload_in(w: Which, dir: &Path, timeout: Duration, wait: bool) -> Output {
+pub(super) fn reload_in(w: Which, dir: &Path, timeout: Duration, request: Request) -> Output {
     let run = || -> Result<Output, Output> {
-        let (inst, _, r) = open(w, dir, Request::Reload { wait }, "reload", timeout)?;
+        let (inst, _, r) = open(w, dir, request, "reload", timeout)?;
         Ok(reload_output(&inst.name, &r))
+    };
+    run().unwrap_or_else(|o| o)
+}
+
+pub(super) fn decide_in(w: Which, dir: &Path, request: Request) -> Output {
+    let what = if request == Request::Promote { "promote" } else { "rollback" };
+    let run = || -> Result<Output, Output> {
+        let (inst, _, r) = open(w, dir, request, what, STATUS_TIMEOUT)?;
+        let name = &inst.name;
+        Ok(match r.answer {
+            Answer::Promoted { generation, from } => Output::done(format!(
+                "promoted {name}: generation {generation} gets every new connection; generation {from} stops"
+            )),
+            Answer::RolledBack { generation, from } => Output::done(format!(
+                "rolled back {name}: generation {generation} gets every new connection; generation {from} stops"
+            )),
+            _ => refused(name, &r),
+        })
     };
     run().unwrap_or_else(|o| o)
 }

@@ -7,14 +7,18 @@
 //! `"name"`, and `"reply"`, which says what the rest of the line is.
 //!
 //! ```text
-//! {"graceexec":1,"command":"reload","wait":true}    "wait" defaults to true
+//! {"graceexec":1,"command":"reload","wait":true}    "wait" defaults to true; "canary":PCT
+//! {"graceexec":1,"command":"promote"}
+//! {"graceexec":1,"command":"rollback"}
 //! {"graceexec":1,"command":"status"}
 //! {"graceexec":1,"command":"stop"}
 //! ```
 //!
 //! | request | reply lines (`reply`) |
 //! |---|---|
-//! | reload | `reloaded` {generation, pid, ready_ms} or `reload_failed` {error, generation, serving, stderr}; with `"wait":false` at once `reload_accepted` |
+//! | reload | `reloaded` {generation, pid, ready_ms, share} or `reload_failed` {error, generation, serving, stderr}; with `"wait":false` at once `reload_accepted` |
+//! | promote | `promoted` {generation, from} |
+//! | rollback | `rolled_back` {generation, from} |
 //! | status | `status` (the [`Status`] fields) |
 //! | stop | `stopping` {pid} at once, then `exited` {code} when the instance exits |
 //! | anything wrong | `error` {error} |
@@ -29,12 +33,18 @@ use serde_json::Value;
 pub const VERSION: u64 = 1;
 
 /// What a client asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Request {
-    /// Start a new generation; with `wait`, answer once it is ready or failed.
+    /// Start a new generation; with `wait`, answer once it is ready or
+    /// failed. `canary`: its share of new connections, in percent.
     Reload {
         wait: bool,
+        canary: Option<f64>,
     },
+    /// Give the canary every new connection.
+    Promote,
+    /// Back to the previous generation.
+    Rollback,
     Status,
     /// Shut down; the connection is kept open until graceexec exits.
     Stop,
@@ -51,6 +61,19 @@ pub enum Answer {
         generation: u32,
         pid: Option<i32>,
         ready_ms: u64,
+        /// A canary's share of new connections, in percent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        share: Option<f64>,
+    },
+    /// The canary `generation` gets every new connection; `from` drains.
+    Promoted {
+        generation: u32,
+        from: u32,
+    },
+    /// Back to `generation`; `from` drains.
+    RolledBack {
+        generation: u32,
+        from: u32,
     },
     ReloadFailed {
         error: String,
@@ -143,6 +166,9 @@ pub struct GenStatus {
     pub leader: Option<i32>,
     /// starting, ready or draining.
     pub state: String,
+    /// candidate, canary, serving, kept or draining.
+    #[serde(default)]
+    pub phase: String,
     pub age_ms: u64,
     pub ready_ms: Option<u64>,
     /// The last STATUS= it sent over sd_notify.
@@ -188,9 +214,14 @@ pub struct ExitedStatus {
 /// The request line a client sends (without the newline).
 pub fn request_line(request: Request) -> String {
     let v = match request {
-        Request::Reload { wait } => {
+        Request::Reload { wait, canary: None } => {
             serde_json::json!({"graceexec": VERSION, "command": "reload", "wait": wait})
         }
+        Request::Reload { wait, canary: Some(pct) } => serde_json::json!(
+            {"graceexec": VERSION, "command": "reload", "wait": wait, "canary": pct}
+        ),
+        Request::Promote => serde_json::json!({"graceexec": VERSION, "command": "promote"}),
+        Request::Rollback => serde_json::json!({"graceexec": VERSION, "command": "rollback"}),
         Request::Status => serde_json::json!({"graceexec": VERSION, "command": "status"}),
         Request::Stop => serde_json::json!({"graceexec": VERSION, "command": "stop"}),
     };
@@ -218,17 +249,31 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         }
     }
     match obj.get("command").and_then(Value::as_str) {
-        Some("reload") => match obj.get("wait") {
-            None | Some(Value::Null) => Ok(Request::Reload { wait: true }),
-            Some(Value::Bool(wait)) => Ok(Request::Reload { wait: *wait }),
-            Some(_) => Err("\"wait\" must be true or false".into()),
-        },
+        Some("reload") => {
+            let wait = match obj.get("wait") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(wait)) => *wait,
+                Some(_) => return Err("\"wait\" must be true or false".into()),
+            };
+            let canary = match obj.get("canary") {
+                None | Some(Value::Null) => None,
+                Some(v) => match v.as_f64() {
+                    Some(pct) if pct > 0.0 && pct < 100.0 => Some(pct),
+                    _ => return Err("\"canary\" must be a percentage above 0 and below 100".into()),
+                },
+            };
+            Ok(Request::Reload { wait, canary })
+        }
+        Some("promote") => Ok(Request::Promote),
+        Some("rollback") => Ok(Request::Rollback),
         Some("status") => Ok(Request::Status),
         Some("stop") => Ok(Request::Stop),
-        Some(other) => {
-            Err(format!("unknown command \"{other}\"; this instance knows reload, status and stop"))
+        Some(other) => Err(format!(
+            "unknown command \"{other}\"; this instance knows reload, promote, rollback, status and stop"
+        )),
+        None => {
+            Err("the request has no \"command\" string (reload, promote, rollback, status or stop)".into())
         }
-        None => Err("the request has no \"command\" string (reload, status or stop)".into()),
     }
 }
 

@@ -112,13 +112,18 @@ pub fn list_row(name: &str, control: &str, s: &Status) -> Vec<String> {
 pub fn reload_text(name: &str, r: &Reply) -> (Option<String>, Vec<String>) {
     match &r.answer {
         Answer::ReloadAccepted => (Some(format!("reload of {name} requested")), vec![]),
-        Answer::Reloaded { generation, pid, ready_ms } => (
-            Some(format!(
+        Answer::Reloaded { generation, pid, ready_ms, share } => {
+            let mut line = format!(
                 "reloaded {name}: generation {generation} (pid {}) ready after {ready_ms} ms",
                 opt(*pid)
-            )),
-            vec![],
-        ),
+            );
+            if let Some(pct) = share {
+                line.push_str(&format!(
+                    "; a canary with {pct}% of new connections until `graceexec promote` or `rollback`"
+                ));
+            }
+            (Some(line), vec![])
+        }
         Answer::ReloadFailed { error, serving, stderr, .. } => {
             let mut msg = format!("graceexec: reload of {name} failed: {error}");
             if let Some(g) = serving {

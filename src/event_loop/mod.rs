@@ -37,7 +37,7 @@ use crate::output::{self, Captured};
 use crate::readiness::{Mode, Probe};
 use crate::sockets::Slot;
 use crate::startup::Started;
-use crate::supervisor::{Action, Event, GenId, SdState, SdStatus, Supervisor, Waiting};
+use crate::supervisor::{Action, Event, GenId, SdState, SdStatus, Supervisor, Verdict, Waiting};
 use crate::sys::spawn::{self, SpawnError};
 use crate::{log, sys};
 
@@ -185,6 +185,16 @@ impl Runtime {
                     self.queue.push_back(Event::CheckDone { ok: false, why, output });
                 }
             }
+            Action::Answer { waiter, verdict } => {
+                let answer = match verdict {
+                    Verdict::Promoted { gen, from } => Answer::Promoted { generation: gen, from },
+                    Verdict::RolledBack { gen, from } => {
+                        Answer::RolledBack { generation: gen, from }
+                    }
+                    Verdict::Refused { why } => Answer::Error { error: why },
+                };
+                self.io.control.reply(waiter, Reply::new(answer), true);
+            }
             Action::Report { waiters, outcome } => {
                 let reply = self.outcome_reply(&outcome);
                 // A client that gave up (its --timeout) is gone, and a
@@ -331,6 +341,15 @@ impl Runtime {
                     l.push_str(&format!("; reload failed: {why}"));
                 }
                 l
+            }
+            SdStatus::Split { old, new, share } => {
+                let pct = f64::from(*share) / 10_000.0;
+                format!(
+                    "serving: generation {old}{} ({:.1}%), generation {new}{} ({pct:.1}%)",
+                    pid(old),
+                    100.0 - pct,
+                    pid(new)
+                )
             }
             SdStatus::NotServing { failed: Some(why) } => {
                 format!("not serving; reload failed: {why}")

@@ -21,15 +21,20 @@ fn ms(d: Duration) -> u64 {
 impl Runtime {
     pub(super) fn on_request(&mut self, id: ConnId, req: Request) {
         match req {
-            Request::Reload { wait: true } => {
-                log::debug(&format!("control: reload (connection {id} waits)"));
-                self.queue.push_back(Event::Reload { waiter: Some(id) });
+            Request::Reload { wait, canary } => {
+                let canary = canary.map(|pct| (pct * 10_000.0).round() as u32);
+                let waiter = if wait {
+                    log::debug(&format!("control: reload (connection {id} waits)"));
+                    Some(id)
+                } else {
+                    log::debug("control: reload (no wait)");
+                    self.io.control.reply(id, Reply::new(Answer::ReloadAccepted), true);
+                    None
+                };
+                self.queue.push_back(Event::Reload { waiter, canary });
             }
-            Request::Reload { wait: false } => {
-                log::debug("control: reload (no wait)");
-                self.io.control.reply(id, Reply::new(Answer::ReloadAccepted), true);
-                self.queue.push_back(Event::Reload { waiter: None });
-            }
+            Request::Promote => self.queue.push_back(Event::Promote { waiter: Some(id) }),
+            Request::Rollback => self.queue.push_back(Event::Rollback { waiter: Some(id) }),
             Request::Status => {
                 let status = self.status(Instant::now());
                 self.io.control.reply(id, Reply::new(Answer::Status(Box::new(status))), true);
@@ -46,10 +51,11 @@ impl Runtime {
     /// the new generation's pid, the failed one's last lines.
     pub(super) fn outcome_reply(&mut self, outcome: &Outcome) -> Reply {
         match outcome {
-            Outcome::Ready { gen, took } => Reply::new(Answer::Reloaded {
+            Outcome::Ready { gen, took, share } => Reply::new(Answer::Reloaded {
                 generation: *gen,
                 pid: self.gens.get(gen).map(|io| io.main),
                 ready_ms: ms(*took),
+                share: share.map(|s| f64::from(s) / 10_000.0),
             }),
             Outcome::Failed { gen, why, serving, output } => {
                 let stderr = match gen {
@@ -120,6 +126,7 @@ impl From<View> for Status {
                 pid: g.pid,
                 leader: None,
                 state: g.role.as_str().into(),
+                phase: g.role.phase().into(),
                 age_ms: ms(g.age),
                 ready_ms: g.ready_after.map(ms),
                 status: None,
@@ -130,7 +137,7 @@ impl From<View> for Status {
             })
             .collect();
         let last_reload = v.last_reload.map(|(o, ago)| match o {
-            Outcome::Ready { gen, took } => LastReload {
+            Outcome::Ready { gen, took, .. } => LastReload {
                 ok: true,
                 generation: Some(gen),
                 ready_ms: Some(ms(took)),

@@ -163,7 +163,7 @@ impl Runtime {
         }
         if self.io.watch.as_mut().is_some_and(|w| w.take_due(now)) {
             log::info("a watched file changed: reloading");
-            self.queue.push_back(Event::Reload { waiter: None });
+            self.queue.push_back(Event::Reload { waiter: None, canary: None });
         }
     }
 

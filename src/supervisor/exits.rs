@@ -92,6 +92,12 @@ impl Supervisor {
                 Some(a)
             }
             Phase::Booting(a) | Phase::Recovering(Recovery::Trying(a)) => Some(a),
+            Phase::Split(s) => {
+                final_gen = Some(s.old.id);
+                self.stop(now, s.old.id, s.old.spawned_at, Some(s.old.ready_after));
+                self.stop(now, s.new.id, s.new.spawned_at, Some(s.new.ready_after));
+                None
+            }
             Phase::Recovering(Recovery::Backoff { waiters, .. }) => {
                 failed.extend(waiters);
                 None
@@ -99,7 +105,7 @@ impl Supervisor {
             Phase::Idle | Phase::Stopping(_) | Phase::Done => None,
         };
         let serving = final_gen;
-        if let Some(Attempt { step, follow_up }) = attempt {
+        if let Some(Attempt { step, follow_up, .. }) = attempt {
             failed.extend(follow_up.into_iter().flatten());
             match step {
                 Step::Checking { waiters, deadline, .. } => {
@@ -112,12 +118,15 @@ impl Supervisor {
                 Step::Starting(c) => {
                     failed.extend(c.waiters);
                     final_gen = final_gen.or(Some(c.id));
-                    if self.policy.ready == super::ReadyPolicy::Probe {
+                    if self.probes() {
                         self.out.push(Action::StopProbe { gen: c.id });
                     }
                     self.stop(now, c.id, c.spawned_at, None);
                 }
             }
+        }
+        if let Some(k) = self.kept.take() {
+            self.stop(now, k.gen.id, k.gen.spawned_at, Some(k.gen.ready_after));
         }
         // Those steered away from and still emptying stop now too.
         let emptying: Vec<GenId> = self.draining.keys().copied().collect();
@@ -238,7 +247,9 @@ impl Supervisor {
             self.info(format!("generation {gen} still had connections after {wait}"));
             self.signal_now(now, gen);
         }
+        self.kept_tick(now);
         match p {
+            Phase::Split(s) => self.split_tick(now, s),
             Phase::Recovering(Recovery::Backoff { at, waiters }) if now >= at => {
                 self.restarts += 1;
                 let reload = !waiters.is_empty();
@@ -246,6 +257,7 @@ impl Supervisor {
                 Phase::Recovering(Recovery::Trying(Attempt {
                     step: Step::Starting(c),
                     follow_up: None,
+                    canary: None,
                 }))
             }
             p => self.attempt_deadlines(now, p),

@@ -52,6 +52,7 @@ mod exits;
 mod phase;
 mod reload;
 pub mod signals;
+mod split;
 mod types;
 mod view;
 use phase::*;
@@ -80,6 +81,8 @@ pub struct Supervisor {
     last_reload: Option<(Outcome, Instant)>,
     /// The status of the last generation that counts for the exit code.
     last_status: Option<Status>,
+    /// The generation a promotion replaced, alive and idle (`--keep-old`).
+    kept: Option<Kept>,
     history: VecDeque<ExitView>,
     out: Vec<Action>,
 }
@@ -96,6 +99,7 @@ impl Supervisor {
             restarts: 0,
             last_reload: None,
             last_status: None,
+            kept: None,
             history: VecDeque::new(),
             out: Vec::new(),
         }
@@ -131,6 +135,21 @@ impl Supervisor {
                 self.remember(gen, pid, status, now);
                 p
             }
+            // The kept generation: idle, and forgotten if it goes.
+            (p, E::Exited { gen, pid, status })
+                if self.kept.as_ref().is_some_and(|k| k.gen.id == gen) =>
+            {
+                self.kept = None;
+                self.out.push(Action::Finish { gen });
+                self.remember(gen, pid, status, now);
+                self.warn(format!("the kept generation {gen} (pid {pid}) exited with {status}"));
+                p
+            }
+            (P::Split(s), E::Exited { gen, pid, status }) if s.old.id == gen || s.new.id == gen => {
+                self.out.push(Action::Finish { gen });
+                self.remember(gen, pid, status, now);
+                self.split_exited(s, gen, status)
+            }
             (p, E::SpawnFailed { gen, .. }) if self.draining.contains_key(&gen) => {
                 self.draining.remove(&gen);
                 p
@@ -147,7 +166,31 @@ impl Supervisor {
                 p
             }
             (P::Idle, E::Start) => P::Booting(self.first_start(now)),
-            (P::Idle, E::Reload { waiter }) => {
+            (p, E::Reload { waiter, canary: Some(_) }) if !self.canary_possible(&p) => {
+                let why = match (self.policy.steer, &p) {
+                    (false, _) => "a canary needs steered sockets (TCP, --handover steer)".into(),
+                    (true, P::Split(_)) => "a canary is running: promote or roll back first".into(),
+                    (true, p) => {
+                        format!("a canary can start only while serving, not while {}", p.name())
+                    }
+                };
+                self.report(waiter.into_iter().collect(), Outcome::failed(None, why, None));
+                p
+            }
+            (P::Split(s), E::Reload { waiter, .. }) => {
+                let why = "a canary is running: promote or roll back first".into();
+                let serving = Some(s.old.id);
+                self.report(waiter.into_iter().collect(), Outcome::failed(None, why, serving));
+                P::Split(s)
+            }
+            (P::Split(s), E::Promote { waiter }) => self.promote(now, s, waiter),
+            (p, E::Promote { waiter }) => {
+                let why = format!("nothing to promote: no canary while {}", p.name());
+                self.answer(waiter, Verdict::Refused { why });
+                p
+            }
+            (p, E::Rollback { waiter }) => self.rollback(now, p, waiter),
+            (P::Idle, E::Reload { waiter, .. }) => {
                 self.info(
                     "reload requested before the first start: the first start serves it".into(),
                 );
@@ -155,7 +198,7 @@ impl Supervisor {
                 P::Idle
             }
             (P::Idle, E::Stop { waiter }) => self.shutdown(now, P::Idle, vec![waiter]),
-            (P::Stopping(s), E::Reload { waiter }) => {
+            (P::Stopping(s), E::Reload { waiter, .. }) => {
                 self.info("reload ignored: shutting down".into());
                 self.report(waiter.into_iter().collect(), self.shutting_down());
                 P::Stopping(s)
@@ -170,20 +213,22 @@ impl Supervisor {
                 self.info("stop requested through the control socket".into());
                 self.shutdown(now, p, vec![waiter])
             }
-            (P::Booting(a), E::Reload { waiter }) => P::Booting(self.merge(a, waiter)),
-            (P::Serving(cur), E::Reload { waiter }) => {
+            (P::Booting(a), E::Reload { waiter, .. }) => P::Booting(self.merge(a, waiter)),
+            (P::Serving(cur), E::Reload { waiter, canary }) => {
                 self.info("reload requested".into());
-                P::Reloading(cur, self.begin_reload(now, waiter.into_iter().collect(), false))
+                let mut a = self.begin_reload(now, waiter.into_iter().collect(), false);
+                a.canary = canary;
+                P::Reloading(cur, a)
             }
-            (P::Reloading(cur, a), E::Reload { waiter }) => {
+            (P::Reloading(cur, a), E::Reload { waiter, .. }) => {
                 P::Reloading(cur, self.merge(a, waiter))
             }
-            (P::Recovering(Recovery::Backoff { mut waiters, .. }), E::Reload { waiter }) => {
+            (P::Recovering(Recovery::Backoff { mut waiters, .. }), E::Reload { waiter, .. }) => {
                 self.info("reload requested while nothing serves: starting now".into());
                 waiters.extend(waiter);
                 P::Recovering(Recovery::Trying(self.begin_reload(now, waiters, true)))
             }
-            (P::Recovering(Recovery::Trying(a)), E::Reload { waiter }) => {
+            (P::Recovering(Recovery::Trying(a)), E::Reload { waiter, .. }) => {
                 P::Recovering(Recovery::Trying(self.merge(a, waiter)))
             }
             (p, E::Ready { gen, by }) => match p.candidate() {
@@ -204,6 +249,13 @@ impl Supervisor {
                 let why = format!("(pid {pid}) exited with {status} before it was ready");
                 self.candidate_failed(now, p, why, None, false)
             }
+            (P::Serving(cur), E::Exited { gen, pid, status })
+                if cur.id == gen && self.kept.is_some() =>
+            {
+                self.out.push(Action::Finish { gen });
+                self.remember(gen, pid, status, now);
+                self.crashed_to_kept(gen, status).expect("a kept generation")
+            }
             (p, E::Exited { gen, pid, status }) if p.current().is_some_and(|c| c.id == gen) => {
                 self.out.push(Action::Finish { gen });
                 self.remember(gen, pid, status, now);
@@ -219,12 +271,19 @@ impl Supervisor {
         }
     }
 
+    /// Whether `graceexec reload --canary` can start now.
+    fn canary_possible(&self, p: &Phase) -> bool {
+        self.policy.steer && matches!(p, Phase::Serving(_))
+    }
+
     /// The earliest instant at which `Tick` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut times: Vec<Instant> =
             self.draining.values().filter_map(Draining::deadline).collect();
+        times.extend(self.kept.as_ref().map(|k| k.until));
         match &self.phase {
             Phase::Recovering(Recovery::Backoff { at, .. }) => times.push(*at),
+            Phase::Split(s) => times.extend(self.split_deadline(s)),
             p => {
                 if let Some(c) = p.candidate() {
                     times.push(c.deadline);

@@ -17,8 +17,33 @@ pub(super) enum Phase {
     /// Nothing serves: the current generation died.
     Recovering(Recovery),
     Stopping(Stopping),
+    /// Two generations serve, the new one with a share of new
+    /// connections: a canary, or a ramp.
+    Split(Split),
     /// `Exit` has been emitted; nothing happens any more.
     Done,
+}
+
+pub(super) struct Split {
+    pub old: Current,
+    pub new: Current,
+    /// The new one's share of new connections, per million.
+    pub share: u32,
+    pub mode: SplitMode,
+}
+
+pub(super) enum SplitMode {
+    /// Until `graceexec promote` or `rollback`, or `promote_at`.
+    Canary { promote_at: Option<Instant> },
+    /// The share rises from 0 to all over `over` from `from`.
+    Ramp { from: Instant, over: Duration },
+}
+
+/// A generation replaced by a promotion and kept alive, idle and
+/// unsignalled, until `until`: `rollback` steers straight back to it.
+pub(super) struct Kept {
+    pub gen: Current,
+    pub until: Instant,
 }
 
 /// The generation that serves.
@@ -31,6 +56,8 @@ pub(super) struct Current {
 /// Getting a new generation ready: a reload, the first start, a restart.
 pub(super) struct Attempt {
     pub step: Step,
+    /// A canary reload: the share the new generation gets when ready.
+    pub canary: Option<u32>,
     /// Requests that came while this attempt ran: one more reload once it
     /// ends, for these waiters (a reload that started after they asked).
     pub follow_up: Option<Vec<Waiter>>,
@@ -148,9 +175,12 @@ impl Phase {
         self.attempt().is_some_and(|a| matches!(a.step, Step::Checking { .. }))
     }
 
+    /// The generation that serves (in a split, the new one is the
+    /// candidate for promotion, the old one still the current).
     pub fn current(&self) -> Option<&Current> {
         match self {
             Phase::Serving(c) | Phase::Reloading(c, _) => Some(c),
+            Phase::Split(s) => Some(&s.old),
             _ => None,
         }
     }
@@ -162,6 +192,10 @@ impl Phase {
             Phase::Serving(_) => "serving",
             Phase::Reloading(..) => "reloading",
             Phase::Recovering(_) => "recovering",
+            Phase::Split(s) => match s.mode {
+                SplitMode::Canary { .. } => "canary",
+                SplitMode::Ramp { .. } => "ramping",
+            },
             Phase::Stopping(_) | Phase::Done => "stopping",
         }
     }

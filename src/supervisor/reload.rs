@@ -37,7 +37,7 @@ fn join(h: Holder, a: Attempt) -> Phase {
 impl Supervisor {
     pub(super) fn first_start(&mut self, now: Instant) -> Attempt {
         let c = self.start_candidate(now, Vec::new(), false, true);
-        Attempt { step: Step::Starting(c), follow_up: None }
+        Attempt { step: Step::Starting(c), follow_up: None, canary: None }
     }
 
     /// Start a new generation. `alone`: nothing else serves, so new
@@ -88,7 +88,7 @@ impl Supervisor {
         } else {
             Step::Starting(self.start_candidate(now, waiters, true, alone))
         };
-        Attempt { step, follow_up: None }
+        Attempt { step, follow_up: None, canary: None }
     }
 
     /// A request while an attempt runs: one follow-up reload for all such.
@@ -110,34 +110,40 @@ impl Supervisor {
     }
 
     pub(super) fn candidate_ready(&mut self, now: Instant, p: Phase) -> Phase {
-        let (h, Attempt { step, follow_up }) = split(p);
+        let (h, Attempt { step, follow_up, canary }) = split(p);
         let Step::Starting(c) = step else { unreachable!("checked by the caller") };
         let took = now.saturating_duration_since(c.spawned_at);
         self.info(format!("generation {} ready after {} ms", c.id, took.as_millis()));
-        if self.policy.ready == ReadyPolicy::Probe {
+        if self.probes() {
             self.out.push(Action::StopProbe { gen: c.id });
         }
         let first = matches!(h, Holder::Booting);
-        if let Holder::Reloading(old) = h {
-            // The switch: one setsockopt, and every new connection goes to
-            // the new generation.
-            if self.policy.steer {
-                self.out.push(Action::Steer { shares: vec![(c.id, MILLION)] });
-            }
-            self.retire(now, old.id, old.spawned_at, Some(old.ready_after));
-        }
         self.up_since.get_or_insert(now);
         let cur = Current { id: c.id, spawned_at: c.spawned_at, ready_after: took };
+        let share = canary.filter(|_| matches!(h, Holder::Reloading(_)));
         if c.reload {
-            self.finish_reload(now, Some(cur.id), c.waiters, Outcome::Ready { gen: c.id, took });
+            let outcome = Outcome::Ready { gen: c.id, took, share };
+            self.finish_reload(now, Some(cur.id), c.waiters, outcome);
         } else {
             let state = first.then_some(SdState::Ready);
             let status = SdStatus::Serving { gen: c.id, failed: None };
             self.out.push(Action::Systemd { state, status });
         }
-        match follow_up {
-            Some(w) => self.follow_up(now, Holder::Reloading(cur), w),
-            None => Phase::Serving(cur),
+        // The switch: one setsockopt, and every new connection (or the
+        // canary's share) goes to the new generation.
+        let next = match h {
+            Holder::Reloading(old) => self.hand_over(now, old, cur, share),
+            _ => Phase::Serving(cur),
+        };
+        match (next, follow_up) {
+            (Phase::Serving(cur), Some(w)) => self.follow_up(now, Holder::Reloading(cur), w),
+            (next, Some(w)) => {
+                let why = "a canary is running: promote or roll back first".into();
+                let serving = next.current().map(|c| c.id);
+                self.report(w, Outcome::failed(None, why, serving));
+                next
+            }
+            (next, None) => next,
         }
     }
 
@@ -151,10 +157,10 @@ impl Supervisor {
         code: Option<i32>,
         running: bool,
     ) -> Phase {
-        let (h, Attempt { step, follow_up }) = split(p);
+        let (h, Attempt { step, follow_up, .. }) = split(p);
         let Step::Starting(c) = step else { unreachable!("checked by the caller") };
         if running {
-            if self.policy.ready == ReadyPolicy::Probe {
+            if self.probes() {
                 self.out.push(Action::StopProbe { gen: c.id });
             }
             self.stop(now, c.id, c.spawned_at, None);
@@ -203,12 +209,12 @@ impl Supervisor {
         why: String,
         output: Vec<String>,
     ) -> Phase {
-        let (h, Attempt { step, follow_up }) = split(p);
+        let (h, Attempt { step, follow_up, canary }) = split(p);
         let Step::Checking { waiters, .. } = step else { unreachable!("checked by the caller") };
         if ok {
             let alone = !matches!(h, Holder::Reloading(_));
             let c = self.start_candidate(now, waiters, true, alone);
-            return join(h, Attempt { step: Step::Starting(c), follow_up });
+            return join(h, Attempt { step: Step::Starting(c), follow_up, canary });
         }
         let serving = match &h {
             Holder::Reloading(cur) => Some(cur.id),

@@ -8,7 +8,7 @@ use std::time::Instant;
 use nix::libc;
 
 use super::phase::Phase;
-use super::{Action, Event, Supervisor};
+use super::{Action, Event, GenId, Supervisor};
 use crate::units::{rt_range, signal_name, SigNo};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Supervisor {
                 }
                 Rule::Reload => {
                     self.debug(format!("received {name}"));
-                    self.step(now, p, Event::Reload { waiter: None })
+                    self.step(now, p, Event::Reload { waiter: None, canary: None })
                 }
                 Rule::Stop => match p {
                     Phase::Stopping(s) => self.escalate(s),
@@ -95,17 +95,21 @@ impl Supervisor {
         p
     }
 
-    /// To the serving generation, or while stopping to the one that served.
+    /// To the serving generation (both, in a split), or while stopping to
+    /// the one that served.
     fn forward(&mut self, p: &Phase, signal: SigNo) {
-        let to = match p {
-            Phase::Stopping(s) => s.serving.filter(|g| self.draining.contains_key(g)),
-            p => p.current().map(|c| c.id),
-        };
-        match to {
-            Some(gen) => self.out.push(Action::Signal { gen, signal }),
-            None => {
-                self.debug(format!("no serving generation to forward {} to", signal_name(signal)))
+        let to: Vec<GenId> = match p {
+            Phase::Stopping(s) => {
+                s.serving.filter(|g| self.draining.contains_key(g)).into_iter().collect()
             }
+            Phase::Split(s) => vec![s.old.id, s.new.id],
+            p => p.current().map(|c| c.id).into_iter().collect(),
+        };
+        if to.is_empty() {
+            self.debug(format!("no serving generation to forward {} to", signal_name(signal)));
+        }
+        for gen in to {
+            self.out.push(Action::Signal { gen, signal });
         }
     }
 }

@@ -75,6 +75,14 @@ pub struct Policy {
     /// How long a generation steered away from waits to have nothing
     /// left before it gets the stop signal anyway (`--drain-wait`).
     pub drain_wait: Duration,
+    /// After a promotion, the previous generation stays alive, idle, this
+    /// long, for a rollback without a start (`--keep-old`; 0: not kept).
+    pub keep_old: Duration,
+    /// A canary still up this long is promoted (`--promote-after`).
+    pub promote_after: Option<Duration>,
+    /// Every reload's new generation gets a share rising from 0 to 100%
+    /// over this long (`--ramp`).
+    pub ramp: Option<Duration>,
 }
 
 /// Why a candidate is not ready yet.
@@ -112,8 +120,9 @@ impl std::fmt::Display for Waiting {
 /// How a reload ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The reply adds the pid: the event loop knows it.
-    Ready { gen: GenId, took: Duration },
+    /// The reply adds the pid: the event loop knows it. `share`: a
+    /// canary's share of new connections (per million), if it is one.
+    Ready { gen: GenId, took: Duration, share: Option<u32> },
     /// `gen` is None when nothing was started (a failed check, a
     /// shutdown); `serving` is the generation that keeps serving, if any;
     /// `output` the failed check's last lines (a candidate's are the
@@ -125,6 +134,24 @@ impl Outcome {
     pub(super) fn failed(gen: Option<GenId>, why: String, serving: Option<GenId>) -> Outcome {
         Outcome::Failed { gen, why, serving, output: Vec::new() }
     }
+}
+
+/// The answer to a promote or rollback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// `gen` gets every new connection; `from` drains (or is kept).
+    Promoted {
+        gen: GenId,
+        from: GenId,
+    },
+    /// Back to `gen`; `from` drains.
+    RolledBack {
+        gen: GenId,
+        from: GenId,
+    },
+    Refused {
+        why: String,
+    },
 }
 
 /// What graceexec tells its own service manager (sd_notify(3)).
@@ -146,6 +173,12 @@ pub enum SdStatus {
     NotServing {
         failed: Option<String>,
     },
+    /// `old` and `new` both serve, `new` with `share` per million.
+    Split {
+        old: GenId,
+        new: GenId,
+        share: u32,
+    },
     Reloading {
         gen: GenId,
     },
@@ -164,7 +197,14 @@ pub enum Event {
     /// One read of the signalfd, in the order read (SIGCHLD is the loop's).
     Signals(Vec<SigNo>),
     /// `graceexec reload`, or `--watch`; `waiter` waits for the outcome.
-    Reload { waiter: Option<Waiter> },
+    /// `canary`: the new generation gets only this share of new
+    /// connections (per million) until promoted.
+    Reload { waiter: Option<Waiter>, canary: Option<u32> },
+    /// `graceexec promote`: the canary gets every new connection.
+    Promote { waiter: Option<Waiter> },
+    /// `graceexec rollback`: back to the previous generation, the canary's
+    /// or the kept one.
+    Rollback { waiter: Option<Waiter> },
     /// `graceexec stop`: waits for the exit, never escalates.
     Stop { waiter: Waiter },
     /// The `--check` command finished; `why` says how when it failed.
@@ -235,6 +275,11 @@ pub enum Action {
     /// with `CheckDone` failed for `why`, with what it wrote so far.
     CancelCheck {
         why: String,
+    },
+    /// Answer a promote or rollback request.
+    Answer {
+        waiter: Waiter,
+        verdict: Verdict,
     },
     /// Tell `waiters` how their reload ended.
     Report {

@@ -13,15 +13,32 @@ pub enum Role {
     Starting,
     /// Ready and serving.
     Ready,
+    /// Ready, with a share of new connections until promoted.
+    Canary,
+    /// Replaced, idle, kept for a rollback (`--keep-old`).
+    Kept,
     /// Sent the stop signal.
     Draining,
 }
 
 impl Role {
+    /// The phase `status` shows: candidate, canary, serving, kept or
+    /// draining.
+    pub fn phase(self) -> &'static str {
+        match self {
+            Role::Starting => "candidate",
+            Role::Ready => "serving",
+            Role::Canary => "canary",
+            Role::Kept => "kept",
+            Role::Draining => "draining",
+        }
+    }
+
+    /// `status`'s state of the generation: starting, ready or draining.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Starting => "starting",
-            Role::Ready => "ready",
+            Role::Ready | Role::Canary | Role::Kept => "ready",
             Role::Draining => "draining",
         }
     }
@@ -58,6 +75,8 @@ pub struct View {
     pub exited: Vec<(ExitView, Duration)>,
     /// When the restart after a crash is due, from now.
     pub restart_in: Option<Duration>,
+    /// How long the kept generation stays, from now.
+    pub kept_for: Option<Duration>,
 }
 
 impl Supervisor {
@@ -84,6 +103,14 @@ impl Supervisor {
                 ready_after,
             });
         }
+        if let Phase::Split(s) = &self.phase {
+            let (id, role, ready_after) = (s.new.id, Role::Canary, Some(s.new.ready_after));
+            gens.push(GenView { id, pid: None, role, age: age(s.new.spawned_at), ready_after });
+        }
+        if let Some(k) = &self.kept {
+            let (id, role, ready_after) = (k.gen.id, Role::Kept, Some(k.gen.ready_after));
+            gens.push(GenView { id, pid: None, role, age: age(k.gen.spawned_at), ready_after });
+        }
         if let Some(c) = self.phase.candidate() {
             let (id, role) = (c.id, Role::Starting);
             gens.push(GenView { id, pid: None, role, age: age(c.spawned_at), ready_after: None });
@@ -104,6 +131,7 @@ impl Supervisor {
             restarts: self.restarts,
             exited,
             restart_in,
+            kept_for: self.kept.as_ref().map(|k| k.until.saturating_duration_since(now)),
         }
     }
 }

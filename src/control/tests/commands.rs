@@ -10,7 +10,8 @@ fn reload_success_failure_and_no_wait() {
     let ok =
         json!({"graceexec":1,"ok":true,"reply":"reloaded","generation":3,"pid":4242,"ready_ms":37});
     let s = serve(&path, reply(ok));
-    let o = client::reload_in(named("api"), &dir, SECOND, true);
+    let o =
+        client::reload_in(named("api"), &dir, SECOND, Request::Reload { wait: true, canary: None });
     assert_eq!(
         (o.code, o.out),
         (0, vec!["reloaded api: generation 3 (pid 4242) ready after 37 ms".to_string()])
@@ -21,7 +22,8 @@ fn reload_success_failure_and_no_wait() {
         "generation":3,"serving":2,"stderr":["boom","at line 2"]});
     let s = serve(&path, reply(failed));
     // Found as the only instance running, without --name.
-    let o = client::reload_in(Which::Only, &dir, SECOND, true);
+    let o =
+        client::reload_in(Which::Only, &dir, SECOND, Request::Reload { wait: true, canary: None });
     assert_eq!(o.code, 1);
     assert_eq!(
         o.err,
@@ -52,7 +54,12 @@ fn no_answer_in_time_is_exit_4() {
     let dir = temp_dir("slow");
     let path = socket_path(&dir, "api");
     let _s = serve(&path, |_| Vec::new());
-    let o = client::reload_in(named("api"), &dir, Duration::from_millis(200), true);
+    let o = client::reload_in(
+        named("api"),
+        &dir,
+        Duration::from_millis(200),
+        Request::Reload { wait: true, canary: None },
+    );
     assert_eq!(o.code, 4);
     assert_eq!(
         o.err,

@@ -30,14 +30,17 @@ mod commands;
 #[test]
 fn requests() {
     let p = |s: &str| parse_request(s.as_bytes());
-    assert_eq!(p(r#"{"graceexec":1,"command":"reload"}"#), Ok(Request::Reload { wait: true }));
+    assert_eq!(
+        p(r#"{"graceexec":1,"command":"reload"}"#),
+        Ok(Request::Reload { wait: true, canary: None })
+    );
     assert_eq!(
         p(r#"{"graceexec":1,"command":"reload","wait":false,"x":[1]}"#),
-        Ok(Request::Reload { wait: false })
+        Ok(Request::Reload { wait: false, canary: None })
     );
     assert_eq!(p(r#"{"graceexec":1,"command":"status"}"#), Ok(Request::Status));
     assert_eq!(p(r#"{"graceexec":1,"command":"stop"}"#), Ok(Request::Stop));
-    for r in [Request::Reload { wait: false }, Request::Status, Request::Stop] {
+    for r in [Request::Reload { wait: false, canary: None }, Request::Status, Request::Stop] {
         assert_eq!(p(&request_line(r)), Ok(r));
     }
 }
@@ -147,7 +150,10 @@ fn service_parses_requests_and_answers_bad_ones() {
     let c = send(&path, r#"{"graceexec":1,"command":"reload","wait":false}"#);
     c.shutdown(std::net::Shutdown::Write).unwrap();
     let (reqs, _) = server.service(&[Key::Listener], now);
-    assert_eq!(reqs.iter().map(|r| r.1).collect::<Vec<_>>(), [Request::Reload { wait: false }]);
+    assert_eq!(
+        reqs.iter().map(|r| r.1).collect::<Vec<_>>(),
+        [Request::Reload { wait: false, canary: None }]
+    );
 
     let bad = [
         ("{nope\n", "not valid JSON"),

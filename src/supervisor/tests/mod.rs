@@ -7,9 +7,10 @@ use super::*;
 
 mod reload;
 mod rules;
+mod steer;
 mod table;
 use nix::sys::signal::Signal::{self, SIGTERM, SIGUSR1};
-use ReadyPolicy::{Auto, Delay, Notify, Probe};
+use ReadyPolicy::{Accept, Auto, Delay, Notify, Probe};
 use Status::{Code, Signal as Killed};
 
 /// Generation `gen` always runs as pid 100+gen.
@@ -70,6 +71,9 @@ impl H {
             check: false,
             steer,
             drain_wait,
+            keep_old: Duration::ZERO,
+            promote_after: None,
+            ramp: None,
         };
         let (sup, base) = (Supervisor::new(policy), Instant::now());
         H { sup, base, now: base, logs: vec![], reports: vec![] }
@@ -138,9 +142,9 @@ impl H {
         let out = self.sup.handle(self.now, e).into_iter();
         let (logs, acts): (Vec<_>, Vec<_>) = out.partition(|a| matches!(a, Action::Log { .. }));
         self.logs = logs;
-        let (reports, acts) = acts
-            .into_iter()
-            .partition(|a| matches!(a, Action::Report { .. } | Action::Systemd { .. }));
+        let (reports, acts) = acts.into_iter().partition(|a| {
+            matches!(a, Action::Report { .. } | Action::Systemd { .. } | Action::Answer { .. })
+        });
         self.reports = reports;
         acts
     }
@@ -160,10 +164,10 @@ impl H {
     }
     /// A reload asked by control client `w`, who waits for the outcome.
     pub(super) fn ask(&mut self, w: Waiter) -> Vec<Action> {
-        self.ev(Event::Reload { waiter: Some(w) })
+        self.ev(Event::Reload { waiter: Some(w), canary: None })
     }
     pub(super) fn reload(&mut self) -> Vec<Action> {
-        self.ev(Event::Reload { waiter: None })
+        self.ev(Event::Reload { waiter: None, canary: None })
     }
     /// SIGTERM to graceexec.
     pub(super) fn shutdown(&mut self) -> Vec<Action> {

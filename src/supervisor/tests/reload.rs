@@ -5,7 +5,7 @@
 use super::*;
 
 fn ok(gen: GenId, took_ms: u64) -> Outcome {
-    Outcome::Ready { gen, took: Duration::from_millis(took_ms) }
+    Outcome::Ready { gen, took: Duration::from_millis(took_ms), share: None }
 }
 
 /// The waiters and outcome of the one Report the last event made.
