@@ -143,6 +143,9 @@ pub struct Status {
     /// While recovering: when the restart is due.
     #[serde(default)]
     pub restart_in_ms: Option<u64>,
+    /// How long the generation `--keep-old` kept stays.
+    #[serde(default)]
+    pub kept_for_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -187,6 +190,9 @@ pub struct GenStatus {
     /// Connections waiting in its sockets' accept queues.
     #[serde(default)]
     pub queued: Option<u32>,
+    /// Connections on the steered ports its processes hold open.
+    #[serde(default)]
+    pub connections: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

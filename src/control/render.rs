@@ -49,20 +49,36 @@ pub fn status_text(name: &str, s: &Status) -> Vec<String> {
     if s.generations.is_empty() {
         out.push("  no generation running".into());
     } else {
-        let mut rows = vec![["GEN", "PID", "STATE", "AGE", "READY AFTER", "STATUS"]
-            .map(String::from)
-            .to_vec()];
+        let steered = s.generations.iter().any(|g| g.socket.is_some());
+        let mut head = vec!["GEN", "PID", "PHASE", "AGE", "READY AFTER"];
+        if steered {
+            head.extend(["SOCKET", "SHARE", "QUEUED", "CONNS"]);
+        }
+        head.push("STATUS");
+        let mut rows = vec![head.into_iter().map(String::from).collect::<Vec<_>>()];
         for g in &s.generations {
-            rows.push(vec![
+            let phase = if g.phase.is_empty() { g.state.clone() } else { g.phase.clone() };
+            let mut row = vec![
                 g.generation.to_string(),
                 opt(g.pid),
-                g.state.clone(),
+                phase,
                 age(g.age_ms),
                 g.ready_ms.map_or_else(|| "-".into(), |ms| format!("{ms} ms")),
-                g.status.clone().unwrap_or_else(|| "-".into()),
-            ]);
+            ];
+            if steered {
+                row.push(opt(g.socket));
+                row.push(g.share.map_or_else(|| "-".into(), |p| format!("{p}%")));
+                row.push(opt(g.queued));
+                row.push(opt(g.connections));
+            }
+            let waiting = g.waiting.as_ref().map(|w| format!("waiting: {w}"));
+            row.push(waiting.or_else(|| g.status.clone()).unwrap_or_else(|| "-".into()));
+            rows.push(row);
         }
         out.extend(table(&rows, "  "));
+        if let Some(ms) = s.kept_for_ms {
+            out.push(format!("  kept for a rollback: {} more", human(Duration::from_millis(ms))));
+        }
     }
     if let Some(ms) = s.restart_in_ms {
         out.push(format!("  restarting in {}", human(Duration::from_millis(ms))));

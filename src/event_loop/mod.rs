@@ -155,9 +155,10 @@ impl Runtime {
             }
             Action::Steer { shares } => {
                 self.io.sockets.set_shares(&shares);
+                let pct = |s: &u32| f64::from(*s) / 10_000.0;
                 let line: Vec<String> =
-                    shares.iter().map(|(g, s)| format!("generation {g} {}%", s / 10_000)).collect();
-                log::debug(&format!("new connections: {}", line.join(", ")));
+                    shares.iter().map(|(g, s)| format!("generation {g} {}%", pct(s))).collect();
+                log::info(&format!("new connections: {}", line.join(", ")));
             }
             Action::WatchDrain { gen } => self.drains.watch(gen, Instant::now()),
             Action::Signal { gen, signal } => {

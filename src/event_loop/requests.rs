@@ -11,6 +11,7 @@ use crate::control::protocol::{
 use crate::control::server::ConnId;
 use crate::log;
 use crate::readiness::Mode;
+use crate::steer::conns::Scanner;
 use crate::supervisor::{Event, Outcome, View};
 use crate::units::human;
 
@@ -83,6 +84,8 @@ impl Runtime {
                     g.socket = Some(slot);
                     g.share = Some(f64::from(sockets.share_of(g.generation)) / 10_000.0);
                     g.queued = Some(sockets.queued(slot));
+                    let ports = sockets.steered_ports();
+                    g.connections = Scanner::new().count(io.leader, &ports).ok();
                 }
                 g.status.clone_from(&io.status);
                 if g.state == "starting" {
@@ -134,6 +137,7 @@ impl From<View> for Status {
                 socket: None,
                 share: None,
                 queued: None,
+                connections: None,
             })
             .collect();
         let last_reload = v.last_reload.map(|(o, ago)| match o {
@@ -170,6 +174,7 @@ impl From<View> for Status {
             restarts: v.restarts,
             exited,
             restart_in_ms: v.restart_in.map(ms),
+            kept_for_ms: v.kept_for.map(ms),
             ..Status::default()
         }
     }

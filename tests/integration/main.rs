@@ -2,6 +2,7 @@
 //! sockets on loopback. One binary, in the ripgrep style.
 
 mod bad_input;
+mod canary;
 mod chdir;
 mod contract;
 mod control;

@@ -144,3 +144,88 @@ fn with_shared_sockets_nothing_is_steered() {
     assert_eq!(s["sockets"][0]["steered"], false, "{s}");
     assert!(s["generations"][0]["socket"].is_null(), "{s}");
 }
+
+#[test]
+fn steers_on_ipv6_loopback_too() {
+    let ge = Ge::start(&["-l", "[::1]:0", "--ready", "notify"], &[("EXAMPLE_TERM_ABRUPT", "1")]);
+    ge.wait_ready(1);
+    let s = ge.wait_status("serving", |s| s["state"] == "serving");
+    assert_eq!(s["sockets"][0]["steered"], true, "{s}");
+    let load = Load::start_on(ge.tcp_addr(), 4, SLOW);
+    load.wait_more(20);
+    for gen in 2..=4 {
+        assert_eq!(ctl(&["reload"]).0, 0);
+        ge.wait_exited(gen - 1);
+        load.wait_more(10);
+    }
+    load.finish().assert_clean();
+}
+
+/// Generations that hold on to a long request stay alive, draining, until
+/// `--drain-wait`: with five of them and four sockets per group, the pool
+/// grows by one.
+#[test]
+fn more_generations_than_sockets_grow_the_pool_and_lose_nothing() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--drain-wait", "1m"], &[]);
+    ge.wait_ready(1);
+    let addr = ge.tcp_addr();
+    let mut held = Vec::new();
+    for gen in 2..=6 {
+        // A request that keeps the serving generation busy past its reload.
+        held.push(std::thread::spawn(move || get(addr, "/slow?ms=8000")));
+        wait_until("the long request to be in flight", LONG, || info(addr)["in_flight"] == "2");
+        assert_eq!(ctl(&["reload"]).0, 0);
+        ge.wait_ready(gen);
+    }
+    let s = ge.wait_status("six generations", |s| s["generations"].as_array().unwrap().len() == 6);
+    let sockets: Vec<u64> =
+        s["generations"].as_array().unwrap().iter().filter_map(|g| g["socket"].as_u64()).collect();
+    let mut distinct = sockets.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 6, "each its own socket: {s}");
+    // One more, under load, while the five draining ones hold on.
+    let load = Load::start(addr, 4);
+    load.wait_more(20);
+    assert_eq!(ctl(&["reload"]).0, 0);
+    load.wait_more(20);
+    load.finish().assert_clean();
+    for h in held {
+        assert!(h.join().unwrap().is_ok(), "a long request held through the reloads");
+    }
+}
+
+/// Under --user the pool cannot grow (the group is root's, the port
+/// privileged): the sixth generation shares a socket, with one line, and
+/// nothing is lost.
+#[test]
+#[ignore = "needs root, for --user and a privileged port: run with --ignored as root"]
+fn under_user_the_pool_is_bound_before_the_drop_and_sharing_is_the_fallback() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+    let port = (700..1000)
+        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free privileged port");
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["-l", &listen, "--ready", "notify", "--user", "nobody", "--drain-wait", "1m"];
+    let ge = Ge::start(&args, &[]);
+    ge.wait_ready(1);
+    let addr = ge.tcp_addr();
+    let s = ge.wait_status("serving", |s| s["state"] == "serving");
+    assert_eq!(s["sockets"][0]["steered"], true, "{s}");
+    let mut held = Vec::new();
+    for gen in 2..=5 {
+        held.push(std::thread::spawn(move || get(addr, "/slow?ms=8000")));
+        wait_until("the long request to be in flight", LONG, || info(addr)["in_flight"] == "2");
+        assert_eq!(ctl(&["reload"]).0, 0);
+        ge.wait_ready(gen);
+    }
+    ge.wait_log("generation 5: no socket of its own left; it shares socket");
+    let load = Load::start(addr, 4);
+    load.wait_more(20);
+    assert_eq!(ctl(&["reload"]).0, 0);
+    load.wait_more(20);
+    load.finish().assert_clean();
+    for h in held {
+        assert!(h.join().unwrap().is_ok());
+    }
+}

@@ -97,8 +97,10 @@ pub(super) fn sample_status() -> Value {
         "state":"serving","command":["./server","--flag"],
         "sockets":[{"name":"tcp-8080","address":"127.0.0.1:8080"},{"name":"admin","address":"unix:/run/a.sock"}],
         "generations":[
-            {"generation":2,"pid":4242,"state":"ready","age_ms":241_000,"ready_ms":37,"status":"accepting connections"},
-            {"generation":3,"pid":4300,"state":"starting","age_ms":800,"ready_ms":null,"status":null}],
+            {"generation":2,"pid":4242,"state":"ready","phase":"serving","age_ms":241_000,"ready_ms":37,
+             "status":"accepting connections","socket":1,"share":100.0,"queued":0,"connections":12},
+            {"generation":3,"pid":4300,"state":"starting","phase":"candidate","age_ms":800,"ready_ms":null,
+             "status":null,"waiting":"nothing accepted on fd 3 yet","socket":2,"share":0.0,"queued":1,"connections":0}],
         "last_reload":{"ok":false,"generation":3,"error":"not ready in 60s","ago_ms":10_000},"restarts":1})
 }
 
@@ -116,9 +118,9 @@ fn status_reads_well() {
             "  command: ./server --flag",
             "  tcp-8080  127.0.0.1:8080",
             "  admin     unix:/run/a.sock",
-            "  GEN  PID   STATE     AGE    READY AFTER  STATUS",
-            "  2    4242  ready     4m 1s  37 ms        accepting connections",
-            "  3    4300  starting  1s     -            -",
+            "  GEN  PID   PHASE      AGE    READY AFTER  SOCKET  SHARE  QUEUED  CONNS  STATUS",
+            "  2    4242  serving    4m 1s  37 ms        1       100%   0       12     accepting connections",
+            "  3    4300  candidate  1s     -            2       0%     1       0      waiting: nothing accepted on fd 3 yet",
             "last reload: failed 10s ago: not ready in 60s",
         ]
     );
