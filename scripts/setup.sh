@@ -1,8 +1,17 @@
 #!/bin/sh
 # What the tests use beyond the Rust toolchain, installed when missing:
 # Perl's Server::Starter (Debian's libserver-starter-perl), whose own
-# server_ports() checks what `--compat server-starter` exports.
+# server_ports() checks what `--compat server-starter` exports; strace, for
+# the test that sees graceexec kill a group before it reaps its leader.
 set -eu
+if ! command -v strace >/dev/null; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
+    else
+        echo "setup: strace is missing (apt-get install strace); the reaping test (run with --ignored) will fail" >&2
+    fi
+fi
 if ! perl -MServer::Starter -e1 2>/dev/null; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq

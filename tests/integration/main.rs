@@ -14,6 +14,7 @@ mod lifecycle;
 mod notify_auth;
 mod probe_env;
 mod readiness;
+mod reaping;
 mod reload;
 mod signals;
 mod sockets;
