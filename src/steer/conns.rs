@@ -26,6 +26,7 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -262,19 +263,21 @@ fn is_connection(r: &Row, ports: &[u16]) -> bool {
     r.state != LISTEN && r.inode != 0 && ports.contains(&r.port)
 }
 
-/// Whether the connection from TCP port `remote` to local port `local` has
-/// been accepted: its server side has an inode once a process holds it,
-/// and none while it waits in an accept queue (proc(5), /proc/net/tcp).
-/// One the server has closed already (FIN_WAIT, TIME_WAIT: nobody holds
-/// it any more) was accepted too; a queued one is always ESTABLISHED, or
-/// CLOSE_WAIT if the client closed first, and SYN_RECV (the handshake's
-/// last ACK not taken yet: it may have been dropped for a full queue)
-/// is not accepted either. Where several match (another address, v4 and
-/// v6), one queued is enough for false. None when neither table has it.
-pub fn accepted(local: u16, remote: u16) -> io::Result<Option<bool>> {
-    via_diag(|| diag::accepted(local, remote)).unwrap_or_else(|| proc_accepted(local, remote))
+/// Whether the connection from `client` to `server` (as the client sees
+/// them) has been accepted: its server side has an inode once a process
+/// holds it, and none while it waits in an accept queue (proc(5),
+/// /proc/net/tcp). One the server has closed already (FIN_WAIT, TIME_WAIT:
+/// nobody holds it any more) was accepted too; a queued one is always
+/// ESTABLISHED, or CLOSE_WAIT if the client closed first, and one in
+/// SYN_RECV (the handshake's last ACK not taken yet: it may have been
+/// dropped for a full queue) is not accepted either. None if there is none.
+pub fn accepted(server: SocketAddr, client: SocketAddr) -> io::Result<Option<bool>> {
+    via_diag(|| diag::accepted(server, client))
+        .unwrap_or_else(|| proc_accepted(server.port(), client.port()))
 }
 
+/// `accepted` from /proc, which the ports alone pick: where several rows
+/// match (other addresses, v4 and v6), one queued is enough for false.
 pub(super) fn proc_accepted(local: u16, remote: u16) -> io::Result<Option<bool>> {
     let mut found = None;
     each_row(|r| {

@@ -3,13 +3,17 @@
 //! half-open one; each compared with what /proc/net/tcp{,6} says.
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::steer::conns::{proc_accepted, proc_half_open, proc_held};
+use crate::steer::diag::wire::{self, Filter, Sock, AF_INET, BC_S_GE, NLMSG_HDRLEN, REQ_LEN};
 use crate::steer::diag::{self, *};
+
+/// Every state a connection goes through (1 to 11), but LISTEN.
+const CONNECTED: u32 = (1 << 12) - 2 - (1 << LISTEN);
 
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(10);
@@ -39,9 +43,10 @@ fn held(ports: &[u16]) -> (Vec<u64>, Vec<u64>) {
     (diag, proc)
 }
 
-fn both_accepted(local: u16, remote: u16) -> Option<bool> {
-    let diag = diag::accepted(local, remote).unwrap();
-    assert_eq!(diag, proc_accepted(local, remote).unwrap(), "{local} from {remote}");
+fn both_accepted(server: SocketAddr, client: SocketAddr) -> Option<bool> {
+    let diag = diag::accepted(server, client).unwrap();
+    let proc = proc_accepted(server.port(), client.port()).unwrap();
+    assert_eq!(diag, proc, "{server} from {client}");
     diag
 }
 
@@ -53,22 +58,24 @@ fn both_half_open(ports: &[u16]) -> usize {
 
 fn listener_accepted_queued_and_time_wait(ip: &str) {
     let listener = TcpListener::bind((ip, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let at = |s: &TcpStream| s.local_addr().unwrap().port();
+    let to = listener.local_addr().unwrap();
+    let port = to.port();
+    let me = |s: &TcpStream| s.local_addr().unwrap();
+    let at = |s: &TcpStream| me(s).port();
 
     // TIME_WAIT on the server side: it closes first, then the client.
-    let client = TcpStream::connect((ip, port)).unwrap();
+    let client = TcpStream::connect(to).unwrap();
     let (server, _) = listener.accept().unwrap();
-    let tw = at(&client);
+    let tw = me(&client);
     drop(server);
     assert_eq!((&client).read(&mut [0]).unwrap(), 0, "the server's FIN");
     drop(client);
-    let time_wait = Sock { state: TIME_WAIT, sport: port, dport: tw, inode: 0 };
+    let time_wait = Sock { state: TIME_WAIT, sport: port, dport: tw.port(), inode: 0 };
     wait_for("TIME_WAIT", || sockets(1 << TIME_WAIT, port) == [time_wait]);
 
-    let accepted = TcpStream::connect((ip, port)).unwrap();
+    let accepted = TcpStream::connect(to).unwrap();
     let (server, _) = listener.accept().unwrap();
-    let queued = TcpStream::connect((ip, port)).unwrap();
+    let queued = TcpStream::connect(to).unwrap();
     let in_queue = |s: &Sock| s.dport == at(&queued);
     wait_for("the queued one", || sockets(1 << ESTABLISHED, port).iter().any(in_queue));
 
@@ -89,11 +96,21 @@ fn listener_accepted_queued_and_time_wait(ip: &str) {
     let (diag, proc) = held(&[at(&accepted), at(&queued)]);
     assert_eq!((diag.len(), diag), (2, proc));
 
-    assert_eq!(both_accepted(port, at(&accepted)), Some(true));
-    assert_eq!(both_accepted(port, at(&queued)), Some(false));
-    assert_eq!(both_accepted(port, tw), Some(true), "closed by the server");
-    assert_eq!(both_accepted(port, port), None);
-    assert_eq!(diag::accepted(port.wrapping_add(1), at(&accepted)).unwrap(), None);
+    assert_eq!(both_accepted(to, me(&accepted)), Some(true));
+    assert_eq!(both_accepted(to, me(&queued)), Some(false));
+    assert_eq!(both_accepted(to, tw), Some(true), "closed by the server");
+    // No such connection: the kernel's lookup finds the listener.
+    assert_eq!(both_accepted(to, to), None);
+    // Nothing at all there: a lookup that fails, then a look at listeners.
+    let mut nothing = to;
+    nothing.set_port(port.wrapping_add(1));
+    assert_eq!(diag::accepted(nothing, me(&accepted)).unwrap(), None);
+    // The addresses count too, not only the ports (which /proc goes by).
+    if let SocketAddr::V4(_) = to {
+        let mut other = me(&queued);
+        other.set_ip([127, 0, 0, 2].into());
+        assert_eq!(diag::accepted(to, other).unwrap(), None);
+    }
     assert_eq!(both_half_open(&[port]), 0);
 
     // The client closes the queued one: CLOSE_WAIT, still queued. Then the
@@ -101,9 +118,9 @@ fn listener_accepted_queued_and_time_wait(ip: &str) {
     queued.shutdown(std::net::Shutdown::Write).unwrap();
     let close_wait = |s: &Sock| s.state == CLOSE_WAIT && s.dport == at(&queued);
     wait_for("CLOSE_WAIT", || sockets(CONNECTED, port).iter().any(close_wait));
-    assert_eq!(both_accepted(port, at(&queued)), Some(false));
+    assert_eq!(both_accepted(to, me(&queued)), Some(false));
     let (taken, _) = listener.accept().unwrap();
-    assert_eq!(both_accepted(port, at(&queued)), Some(true));
+    assert_eq!(both_accepted(to, me(&queued)), Some(true));
     let (diag, proc) = held(&[port]);
     let mut want = vec![inode(&server), inode(&taken)];
     want.sort();
@@ -162,14 +179,15 @@ fn deferring(ip: &str) -> (Deferring, u16) {
 
 fn half_open_then_queued(ip: &str) {
     let (_perl, port) = deferring(ip);
-    let mut client = TcpStream::connect((ip, port)).unwrap();
-    let from = client.local_addr().unwrap().port();
+    let to = SocketAddr::new(ip.parse().unwrap(), port);
+    let mut client = TcpStream::connect(to).unwrap();
+    let from = client.local_addr().unwrap();
     wait_for("SYN_RECV", || diag::half_open(&[port]).unwrap() == 1);
     assert_eq!(both_half_open(&[1, port]), 1);
     assert_eq!(diag::half_open(&[port.wrapping_add(1)]).unwrap(), 0);
-    assert_eq!(both_accepted(port, from), Some(false), "not even queued yet");
+    assert_eq!(both_accepted(to, from), Some(false), "not even queued yet");
     // A request socket is dumped only for SYN_RECV, as SYN_RECV, inode 0.
-    let request = Sock { state: SYN_RECV, sport: port, dport: from, inode: 0 };
+    let request = Sock { state: SYN_RECV, sport: port, dport: from.port(), inode: 0 };
     assert_eq!(sockets(!(1 << SYN_RECV) & !(1 << LISTEN), port), []);
     assert_eq!(sockets(1 << SYN_RECV, port), [request]);
 
@@ -177,7 +195,7 @@ fn half_open_then_queued(ip: &str) {
     client.write_all(b"x").unwrap();
     wait_for("the queue", || diag::half_open(&[port]).unwrap() == 0);
     assert_eq!(both_half_open(&[port]), 0);
-    assert_eq!(both_accepted(port, from), Some(false));
+    assert_eq!(both_accepted(to, from), Some(false));
     let queued = Sock { state: ESTABLISHED, ..request };
     assert_eq!(sockets(1 << ESTABLISHED, port), [queued]);
 }
@@ -215,11 +233,33 @@ fn the_kernel_filters_by_port_and_audits_the_program() {
     // A `no` that is not a multiple of 4: refused as a whole, EINVAL,
     // which sends conns.rs to /proc.
     let filter = Filter { states: CONNECTED, sport: 0, dport: 0, ports: Some(&[p1, p2]) };
-    let mut req = request(SEQ, AF_INET, &filter);
+    let mut req = wire::dump_request(1, AF_INET, &filter);
     let first_op = NLMSG_HDRLEN + REQ_LEN + 4;
     assert_eq!(req[first_op], BC_S_GE);
     req[first_op + 2] += 2;
-    let e = ask(&req, &mut |_: &Sock| panic!("an answer")).unwrap_err();
+    let e = ask(&req, true, &mut |_: &Sock| panic!("an answer")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(Errno::EINVAL as i32), "{e}");
     assert!(unavailable(&e));
+}
+
+#[test]
+fn one_dump_of_both_families_is_the_two_dumps() {
+    let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let v6 = TcpListener::bind("[::1]:0").unwrap();
+    let to = [v4.local_addr().unwrap(), v6.local_addr().unwrap()];
+    let _clients = to.map(|to| TcpStream::connect(to).unwrap());
+    let _accepted = v6.accept().unwrap();
+    let ports = to.map(|to| to.port());
+    let filter =
+        Filter { states: CONNECTED | 1 << LISTEN, sport: 0, dport: 0, ports: Some(&ports) };
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    dump(wire::BOTH, &filter, &mut |s: &Sock| one.push(*s)).unwrap();
+    each_family(&filter, &mut |s: &Sock| two.push(*s)).unwrap();
+    one.sort_by_key(|s| (s.sport, s.dport, s.state));
+    two.sort_by_key(|s| (s.sport, s.dport, s.state));
+    assert_eq!(one, two);
+    // Per port: the listener and the server side of the connection.
+    for port in ports {
+        assert_eq!(one.iter().filter(|s| s.sport == port).count(), 2, "{one:?}");
+    }
 }
