@@ -117,7 +117,8 @@ impl Accept {
                     // ours: the connection tables decide, read less often
                     // while others queue ahead of it.
                     let busy = sockets.queue_of(t.at, gen).is_some_and(|q| q > 0);
-                    if matches!(conns::accepted(t.to.port(), port), Ok(Some(true))) {
+                    let me = stream.local_addr();
+                    if matches!(me.and_then(|me| conns::accepted(t.to, me)), Ok(Some(true))) {
                         sockets.unroute_probe(port);
                         drop(stream);
                         State::Accepted

@@ -2,32 +2,39 @@
 //! ports: a draining generation is stopped only once it holds none.
 //!
 //! The kernel attributes sockets to processes only through their fd
-//! tables, so: the connections on the ports come from /proc/net/tcp and
-//! tcp6 (those of graceexec's network namespace, which is the one of the
-//! pool's sockets and so of every connection they accept), and the group's
+//! tables, so: the connections on the ports come from the kernel's tables
+//! (those of graceexec's network namespace, which is the one of the pool's
+//! sockets and so of every connection they accept), and the group's
 //! processes' /proc/PID/fd links name their socket inodes.
 //!
-//! It runs every few milliseconds during a drain, and reading the tables
-//! is the expensive part: each read walks the kernel's whole established
-//! hash (262,144 buckets here: about 4 ms per table, most of it for
-//! nothing). So a `Scanner` remembers, per socket inode the group holds,
-//! whether it is such a connection, and reads the tables only when the
-//! group holds a socket it has not classified yet. That is sound because
-//! a socket's local port and "listening or not" never change: an accepted
-//! connection is in the table, with its inode, before accept() returns
-//! its fd, and a socket found in no table (not TCP, or reset and unhashed
-//! already) never becomes one of them.
+//! The tables are asked through sock_diag netlink (diag.rs), filtered in
+//! the kernel by state and port. /proc/net/tcp and tcp6, which format
+//! every socket of the namespace as text, TIME_WAIT ones included, are
+//! read only where that interface is missing (an old or cut-down kernel, a
+//! sandbox): the first query that finds it so switches to them for good.
+//!
+//! It runs every few milliseconds during a drain, and asking the tables is
+//! the expensive part: either way the kernel walks its whole established
+//! hash (262,144 buckets here). So a `Scanner` remembers, per socket inode
+//! the group holds, whether it is such a connection, and asks the tables
+//! only when the group holds a socket it has not classified yet. That is
+//! sound because a socket's local port and "listening or not" never
+//! change: an accepted connection is in the table, with its inode, before
+//! accept() returns its fd, and a socket found in no table (not TCP, or
+//! reset and unhashed already) never becomes one of them.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// States in /proc/net/tcp's `st` column (include/net/tcp_states.h).
-const ESTABLISHED: u8 = 0x01;
-const SYN_RECV: u8 = 0x03;
-const CLOSE_WAIT: u8 = 0x08;
-const LISTEN: u8 = 0x0a;
+use super::diag::{self, is_queued, LISTEN, SYN_RECV};
+use crate::log;
+
+/// Set once sock_diag is found missing: /proc from then on.
+static PROC_ONLY: AtomicBool = AtomicBool::new(false);
 
 /// The tables, read in this order.
 const TABLES: [&str; 2] = ["/proc/net/tcp", "/proc/net/tcp6"];
@@ -78,12 +85,13 @@ impl Scanner {
         if self.seen.iter().any(new) {
             self.conns.clear();
             let conns = &mut self.conns;
-            each_row(|r| {
-                if is_connection(r, ports) {
-                    conns.push(r.inode);
+            match via_diag(|| diag::held(ports, conns)) {
+                Some(r) => r?,
+                None => {
+                    conns.clear(); // what a failed query had found
+                    proc_held(ports, conns)?
                 }
-                true
-            })?;
+            }
             self.conns.sort_unstable();
         }
         classify(&self.seen, &self.known, &self.conns, &mut self.next);
@@ -132,6 +140,26 @@ fn classify(seen: &[u64], known: &[(u64, bool)], conns: &[u64], out: &mut Vec<(u
         Ok(at) => known[at],
         Err(_) => (i, conns.binary_search(&i).is_ok()),
     }));
+}
+
+/// `query`'s answer, or None if sock_diag is missing (now, or as `off`
+/// says, before): then the caller reads /proc.
+fn via_diag<T>(query: impl FnOnce() -> io::Result<T>) -> Option<io::Result<T>> {
+    via(&PROC_ONLY, query)
+}
+
+fn via<T>(off: &AtomicBool, query: impl FnOnce() -> io::Result<T>) -> Option<io::Result<T>> {
+    if off.load(Ordering::Relaxed) {
+        return None;
+    }
+    match query() {
+        Err(e) if diag::unavailable(&e) => {
+            off.store(true, Ordering::Relaxed);
+            log::debug(&format!("no netlink sock_diag ({e}): reading /proc/net/tcp instead"));
+            None
+        }
+        r => Some(r),
+    }
 }
 
 /// Every row of /proc/net/tcp then tcp6, until `f` says stop. Streamed a
@@ -217,27 +245,47 @@ fn row(line: &[u8]) -> Option<Row> {
     })
 }
 
+/// Into `out`, from /proc: the inodes of the connections on `ports` that
+/// a process holds.
+pub(super) fn proc_held(ports: &[u16], out: &mut Vec<u64>) -> io::Result<()> {
+    each_row(|r| {
+        if is_connection(r, ports) {
+            out.push(r.inode);
+        }
+        true
+    })
+}
+
 /// A socket that is not listening, has a local port in `ports`, and
 /// belongs to a process (inode 0: a connection not accepted yet, or one in
-/// TIME_WAIT that nobody holds).
+/// TIME_WAIT or SYN_RECV that nobody holds).
 fn is_connection(r: &Row, ports: &[u16]) -> bool {
     r.state != LISTEN && r.inode != 0 && ports.contains(&r.port)
 }
 
-/// Whether the connection from TCP port `remote` to local port `local` has
-/// been accepted: its server side has an inode once a process holds it,
-/// and none while it waits in an accept queue (proc(5), /proc/net/tcp).
-/// One the server has closed already (FIN_WAIT, TIME_WAIT: nobody holds
-/// it any more) was accepted too; a queued one is always ESTABLISHED, or
-/// CLOSE_WAIT if the client closed first. None when neither table has it.
-pub fn accepted(local: u16, remote: u16) -> io::Result<Option<bool>> {
+/// Whether the connection from `client` to `server` (as the client sees
+/// them) has been accepted: its server side has an inode once a process
+/// holds it, and none while it waits in an accept queue (proc(5),
+/// /proc/net/tcp). One the server has closed already (FIN_WAIT, TIME_WAIT:
+/// nobody holds it any more) was accepted too; a queued one is always
+/// ESTABLISHED, or CLOSE_WAIT if the client closed first, and one in
+/// SYN_RECV (the handshake's last ACK not taken yet: it may have been
+/// dropped for a full queue) is not accepted either. None if there is none.
+pub fn accepted(server: SocketAddr, client: SocketAddr) -> io::Result<Option<bool>> {
+    via_diag(|| diag::accepted(server, client))
+        .unwrap_or_else(|| proc_accepted(server.port(), client.port()))
+}
+
+/// `accepted` from /proc, which the ports alone pick: where several rows
+/// match (other addresses, v4 and v6), one queued is enough for false.
+pub(super) fn proc_accepted(local: u16, remote: u16) -> io::Result<Option<bool>> {
     let mut found = None;
     each_row(|r| {
         if r.port == local && r.remote == remote && r.state != LISTEN {
-            let queued = matches!(r.state, ESTABLISHED | CLOSE_WAIT) && r.inode == 0;
-            found = Some(!queued);
+            let inode = u32::try_from(r.inode).unwrap_or(u32::MAX);
+            found = Some(found.unwrap_or(true) && !is_queued(r.state, inode));
         }
-        found.is_none()
+        found != Some(false)
     })?;
     Ok(found)
 }
@@ -246,6 +294,10 @@ pub fn accepted(local: u16, remote: u16) -> io::Result<Option<bool>> {
 /// answered, the handshake's last ACK not in yet). Whichever socket of
 /// the group they were steered to, they join its queue when it comes.
 pub fn half_open(ports: &[u16]) -> io::Result<usize> {
+    via_diag(|| diag::half_open(ports)).unwrap_or_else(|| proc_half_open(ports))
+}
+
+pub(super) fn proc_half_open(ports: &[u16]) -> io::Result<usize> {
     let mut n = 0;
     each_row(|r| {
         n += usize::from(r.state == SYN_RECV && ports.contains(&r.port));

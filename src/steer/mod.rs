@@ -7,7 +7,9 @@
 //! - `pool` binds the group's sockets, attaches programs and reads each
 //!   socket's accept queue;
 //! - `conns` counts the connections a process group still holds, so a
-//!   draining generation is stopped only once it has nothing left.
+//!   draining generation is stopped only once it has nothing left;
+//! - `diag` asks the kernel about TCP sockets by state and port
+//!   (sock_diag netlink), for `conns` and accept readiness.
 //!
 //! A drain is done when, in this order, the old socket's `queue_len` is 0
 //! and then `Scanner::count` for the old group is 0: a connection leaves
@@ -15,4 +17,5 @@
 
 pub mod bpf;
 pub mod conns;
+pub mod diag;
 pub mod pool;

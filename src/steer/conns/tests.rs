@@ -188,3 +188,25 @@ fn counts_what_a_real_group_holds() {
     drop(member);
     assert_eq!(scanner.count(pgrp, &[port]).unwrap(), 0);
 }
+
+#[test]
+fn a_missing_sock_diag_turns_to_proc_for_good() {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicBool;
+    let err = |e: nix::errno::Errno| io::Error::from_raw_os_error(e as i32);
+    let off = AtomicBool::new(false);
+    let asked = Cell::new(0);
+    let ask = |r: io::Result<u8>| {
+        asked.set(asked.get() + 1);
+        r
+    };
+    assert!(via(&off, || ask(Err(err(nix::errno::Errno::EPROTONOSUPPORT)))).is_none());
+    assert!(via(&off, || ask(Ok(1))).is_none(), "from then on, /proc");
+    assert_eq!(asked.get(), 1, "and sock_diag is not asked again");
+
+    // A passing failure is that query's answer only.
+    let on = AtomicBool::new(false);
+    let again = via(&on, || ask(Err(err(nix::errno::Errno::EAGAIN)))).unwrap();
+    assert_eq!(again.unwrap_err().raw_os_error(), Some(nix::errno::Errno::EAGAIN as i32));
+    assert_eq!(via(&on, || ask(Ok(3))).unwrap().unwrap(), 3);
+}
