@@ -22,7 +22,7 @@ use crate::supervisor::{Event, GenId};
 /// trip.)
 const SETTLE: Duration = Duration::from_millis(100);
 /// Between looks: soon at first, when most drains end; less often for a
-/// generation that holds on to long connections (a look reads /proc).
+/// generation that holds on to long connections (a look walks the kernel's connection table).
 const FIRST_LOOK: Duration = Duration::from_millis(5);
 const LAST_LOOK: Duration = Duration::from_millis(100);
 
