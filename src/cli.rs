@@ -318,7 +318,7 @@ pub fn parse() -> Cli {
         },
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            eprintln!("graceexec: {}", one_line(&e.render().to_string()));
+            eprintln!("graceexec: {}", usage::explain(&e));
             std::process::exit(2);
         }
     }
@@ -348,34 +348,7 @@ fn consistent(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
-/// clap's message and tip, without the usage block.
-fn one_line(rendered: &str) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut continues = false;
-    for raw in rendered.lines() {
-        let line = raw.trim();
-        if let Some(msg) = line.strip_prefix("error: ") {
-            parts.push(msg.to_string());
-            continues = msg.ends_with(':');
-        } else if let Some(tip) = line.strip_prefix("tip: ") {
-            parts.push(tip.to_string());
-            continues = false;
-        } else if continues && raw.starts_with(' ') && !line.is_empty() {
-            // "the following required arguments were not provided:" lists
-            // them on indented lines below.
-            if let Some(last) = parts.last_mut() {
-                last.push(' ');
-                last.push_str(line);
-            }
-        } else {
-            continues = false;
-        }
-    }
-    if parts.is_empty() {
-        parts.push(rendered.lines().next().unwrap_or("invalid usage").to_string());
-    }
-    format!("{}; see 'graceexec --help'", parts.join("; "))
-}
+mod usage;
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::cli::{Cli, Restart};
 use crate::env::{Vars, Workdir};
@@ -50,6 +51,7 @@ impl Config {
                 keep_old: cli.keep_old,
                 promote_after: cli.promote_after,
                 ramp: cli.ramp,
+                nag_every: Duration::from_secs(5),
             },
             ready: cli.ready.clone(),
             verbose: cli.verbose,
@@ -100,10 +102,19 @@ impl Config {
                     }),
                 }
             }
-            None => Err(SpawnError {
-                code: 127,
-                message: format!("command not found: {shown} (not in PATH)"),
-            }),
+            None => {
+                // A shell needs ./server for a file in the current
+                // directory; so does graceexec, but it can say so.
+                let here = self.workdir.join(std::path::Path::new(".").join(command).as_path());
+                let hint = match std::fs::metadata(&here) {
+                    Ok(m) if m.is_file() => format!("; to run the file here, write ./{shown}"),
+                    _ => String::new(),
+                };
+                Err(SpawnError {
+                    code: 127,
+                    message: format!("command not found: {shown} (not in PATH){hint}"),
+                })
+            }
         }
     }
 }

@@ -72,6 +72,15 @@ pub fn stat(pid: i32) -> Option<Stat> {
 /// that changes under the walk (pids reused) from running on.
 const MAX_DEPTH: usize = 64;
 
+/// The live (not zombie) processes of process group `pgid`, but `but`.
+pub fn group_members(pgid: i32, but: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != but)
+        .filter(|pid| stat(*pid).is_some_and(|s| s.pgrp == pgid && !s.zombie()))
+        .collect()
+}
+
 /// Whether `pid` belongs to a generation whose process group is `pgid` and
 /// whose main process is `leader`: it is in that group, or `leader` is one
 /// of its ancestors (a worker that moved to a group or session of its own).

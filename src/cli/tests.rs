@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn usage_is_one_line() {
     let e = Cli::try_parse_from(["graceexec", "--listen", "nope", "--", "x"]).unwrap_err();
-    let line = one_line(&e.render().to_string());
+    let line = usage::one_line(&e.render().to_string());
     assert!(!line.contains('\n'), "{line}");
     assert!(line.contains("nope"), "{line}");
 }
@@ -14,7 +14,7 @@ fn usage_is_one_line() {
 #[test]
 fn a_missing_argument_is_named() {
     let e = Cli::try_parse_from(["graceexec"]).unwrap_err();
-    let line = one_line(&e.render().to_string());
+    let line = usage::one_line(&e.render().to_string());
     assert!(line.contains("<COMMAND>"), "{line}");
 }
 

@@ -344,6 +344,12 @@ pub(super) fn list_in(dir: &Path, json: bool) -> Output {
             }
         }
     }
+    if found.is_empty() && o.err.is_empty() {
+        // As `status` says it: exit 3, nothing to talk to.
+        o.code = EXIT_UNREACHABLE;
+        let msg = format!("no graceexec instance is running (looked in {})", dir.display());
+        o.err.push(format!("graceexec: {msg}"));
+    }
     if json {
         let all: Vec<serde_json::Value> = found
             .iter()

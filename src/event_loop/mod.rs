@@ -14,6 +14,7 @@
 //! is reaped (reap.rs), so that the group is killed while its id cannot
 //! have been reused.
 
+mod diagnose;
 mod drain;
 mod notified;
 mod reap;
@@ -74,6 +75,8 @@ pub struct Runtime {
     /// A SIGCHLD came: reap after the other events of this round.
     reap_due: bool,
     drains: drain::Drains,
+    /// What --watch saw change since the last reload it asked for.
+    watched: Vec<String>,
     exit: Option<i32>,
 }
 
@@ -96,6 +99,7 @@ pub fn run(cfg: Config, io: Started) -> i32 {
         check: None,
         reap_due: false,
         drains: drain::Drains::default(),
+        watched: Vec::new(),
         exit: None,
     };
     rt.run()

@@ -47,6 +47,7 @@ impl Runtime {
                 self.read_notify(gen);
                 self.drain_queue();
                 if self.gen_of_main(pid) == Some(gen) {
+                    self.diagnose_exit(gen, pid);
                     self.dispatch(Event::Exited { gen, pid, status });
                     ended = true;
                     // The supervisor finishes every generation it knows;

@@ -118,6 +118,9 @@ impl Runtime {
                     if let Some(w) = self.io.watch.as_mut() {
                         for name in w.read(now) {
                             log::debug(&format!("--watch: {name} changed"));
+                            if !self.watched.contains(&name) {
+                                self.watched.push(name);
+                            }
                         }
                     }
                 }
@@ -162,7 +165,13 @@ impl Runtime {
             self.on_request(id, req);
         }
         if self.io.watch.as_mut().is_some_and(|w| w.take_due(now)) {
-            log::info("a watched file changed: reloading");
+            let what = match self.watched.len() {
+                0 => "a watched file changed".to_string(),
+                1..=3 => format!("{} changed", self.watched.join(", ")),
+                n => format!("{} and {} more changed", self.watched[..2].join(", "), n - 2),
+            };
+            self.watched.clear();
+            log::info(&format!("{what}: reloading"));
             self.queue.push_back(Event::Reload { waiter: None, canary: None });
         }
     }

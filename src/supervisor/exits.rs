@@ -295,6 +295,23 @@ impl Supervisor {
             Step::Starting(c) if self.auto_ready_at(c).is_some_and(|t| now >= t) => {
                 self.candidate_ready(now, p)
             }
+            Step::Starting(c) if now >= c.nag_at => {
+                let waiting = match (&c.waiting, self.policy.ready) {
+                    (Some(w), _) => w.to_string(),
+                    (None, super::ReadyPolicy::Delay(d)) => format!("its {} delay", human(d)),
+                    (None, _) => "no READY=1 yet".into(),
+                };
+                let line = format!(
+                    "generation {} not ready after {} ({waiting})",
+                    c.id,
+                    human(Duration::from_secs(
+                        now.saturating_duration_since(c.spawned_at).as_secs()
+                    ))
+                );
+                c.nag_at = now + self.policy.nag_every;
+                self.info(line);
+                p
+            }
             Step::Starting(_) => p,
         }
     }

@@ -58,7 +58,7 @@ mod view;
 use phase::*;
 pub use signals::SYNCHRONOUS;
 pub use types::*;
-pub use view::{ExitView, View};
+pub use view::{ExitView, Role, View};
 
 const AUTO_READY_AFTER: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -287,6 +287,7 @@ impl Supervisor {
             p => {
                 if let Some(c) = p.candidate() {
                     times.push(c.deadline);
+                    times.push(c.nag_at);
                     times.extend(self.auto_ready_at(c));
                 }
                 if let Some(Step::Checking { deadline: Some(d), .. }) = p.attempt().map(|a| &a.step)

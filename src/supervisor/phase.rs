@@ -78,6 +78,8 @@ pub(super) struct Candidate {
     pub id: GenId,
     /// What it is not ready for yet, as the loop last said.
     pub waiting: Option<super::Waiting>,
+    /// When to say again, at the default level, that it is not ready.
+    pub nag_at: Instant,
     pub spawned_at: Instant,
     /// Not ready by then: failed (`--ready-timeout`).
     pub deadline: Instant,

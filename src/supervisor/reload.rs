@@ -59,7 +59,8 @@ impl Supervisor {
             self.out.push(Action::StartProbe { gen: id });
         }
         let deadline = now + self.policy.ready_timeout;
-        Candidate { id, waiting: None, spawned_at: now, deadline, waiters, reload }
+        let nag_at = now + self.policy.nag_every;
+        Candidate { id, waiting: None, nag_at, spawned_at: now, deadline, waiters, reload }
     }
 
     /// Whether readiness needs the loop's probe: tcp, http, exec, accept.

@@ -83,6 +83,9 @@ pub struct Policy {
     /// Every reload's new generation gets a share rising from 0 to 100%
     /// over this long (`--ramp`).
     pub ramp: Option<Duration>,
+    /// How often a candidate not ready yet is mentioned in the log, with
+    /// what it waits for.
+    pub nag_every: Duration,
 }
 
 /// Why a candidate is not ready yet.

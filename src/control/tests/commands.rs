@@ -181,7 +181,12 @@ fn resolution_errors() {
     );
     let o = client::list_in(&dir, true);
     assert_eq!(serde_json::from_str::<Value>(&o.out[0]).unwrap().as_array().unwrap().len(), 2);
-    assert!(client::list_in(&temp_dir("empty"), false).out.is_empty());
+    let empty = temp_dir("empty");
+    let o = client::list_in(&empty, false);
+    assert!(o.out.is_empty());
+    let none =
+        format!("graceexec: no graceexec instance is running (looked in {})", empty.display());
+    assert_eq!((o.code, o.err), (3, vec![none]), "as status says it");
 }
 
 #[test]

@@ -182,3 +182,19 @@ fn forwarded_signals_reach_the_serving_generation_while_it_stops() {
     assert_eq!(h.forward(), vec![usr1(1)]);
     assert_eq!(h.exited(1, Code(0)), vec![fin(1), ex(0)]);
 }
+
+#[test]
+fn a_candidate_not_ready_is_mentioned_every_few_seconds_with_what_it_waits_for() {
+    let mut h = H::idle(Notify, true);
+    h.sup.policy.nag_every = Duration::from_secs(5);
+    h.ev(Event::Start);
+    assert_eq!(h.deadline(), Some(5000));
+    h.tick(5000);
+    assert_eq!(h.logged(Level::Info), ["generation 1 not ready after 5s (no READY=1 yet)"]);
+    h.ev(Event::Waiting { gen: 1, why: Waiting::Probe("HTTP status 404".into()) });
+    h.tick(10_000);
+    assert_eq!(
+        h.logged(Level::Info),
+        ["generation 1 not ready after 10s (last probe: HTTP status 404)"]
+    );
+}
