@@ -71,44 +71,12 @@ _graceexec() {
 
     case "${cmd}" in
         graceexec)
-            opts="-l -q -v -h -V --name --control --pid-file --log-prefix --user --compat --check --chdir --watch --listen --handover --backlog --unix-mode --ready --ready-timeout --stop-signal --drain-wait --keep-old --promote-after --ramp --stop-timeout --restart --quiet --verbose --help --version reload promote rollback status stop list completions help"
+            opts="-l -q -v -h -V --listen --ready --name --handover --ready-timeout --drain-wait --stop-signal --stop-timeout --restart --keep-old --promote-after --ramp --control --pid-file --chdir --user --check --watch --log-prefix --compat --backlog --unix-mode --quiet --verbose --help --version reload promote rollback status stop list completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --name)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --control)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --pid-file)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --user)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --compat)
-                    COMPREPLY=($(compgen -W "server-starter" -- "${cur}"))
-                    return 0
-                    ;;
-                --check)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --chdir)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --watch)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --listen)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -117,23 +85,23 @@ _graceexec() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --handover)
-                    COMPREPLY=($(compgen -W "steer shared" -- "${cur}"))
-                    return 0
-                    ;;
-                --backlog)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --unix-mode)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --ready)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handover)
+                    COMPREPLY=($(compgen -W "steer shared" -- "${cur}"))
+                    return 0
+                    ;;
                 --ready-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain-wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -141,8 +109,12 @@ _graceexec() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --drain-wait)
+                --stop-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart)
+                    COMPREPLY=($(compgen -W "always never" -- "${cur}"))
                     return 0
                     ;;
                 --keep-old)
@@ -157,12 +129,40 @@ _graceexec() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --stop-timeout)
+                --control)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --restart)
-                    COMPREPLY=($(compgen -W "always never" -- "${cur}"))
+                --pid-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --chdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compat)
+                    COMPREPLY=($(compgen -W "server-starter" -- "${cur}"))
+                    return 0
+                    ;;
+                --backlog)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --unix-mode)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_graceexec_global_optspecs
-    string join \n name= control= pid-file= log-prefix user= compat= check= chdir= watch= l/listen= handover= backlog= unix-mode= ready= ready-timeout= stop-signal= drain-wait= keep-old= promote-after= ramp= stop-timeout= restart= q/quiet v/verbose h/help V/version
+    string join \n l/listen= ready= name= handover= ready-timeout= drain-wait= stop-signal= stop-timeout= restart= keep-old= promote-after= ramp= control= pid-file= chdir= user= check= watch= log-prefix compat= backlog= unix-mode= q/quiet v/verbose h/help V/version
 end
 
 function __fish_graceexec_needs_command
@@ -24,29 +24,29 @@ function __fish_graceexec_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c graceexec -n "__fish_graceexec_needs_command" -l name -d 'Name of this instance, for `graceexec reload --name` and friends. Default: the file name of COMMAND' -r
-complete -c graceexec -n "__fish_graceexec_needs_command" -l control -d 'Where to put the control socket. Default: $XDG_RUNTIME_DIR/graceexec/NAME.sock, /run/graceexec/NAME.sock for root, else a private directory under /tmp' -r -F
-complete -c graceexec -n "__fish_graceexec_needs_command" -l pid-file -d 'Write graceexec\'s pid here (atomically); removed at exit' -r -F
-complete -c graceexec -n "__fish_graceexec_needs_command" -l user -d 'Bind the sockets, then run graceexec and every generation as USER (with its groups). Needs root' -r
-complete -c graceexec -n "__fish_graceexec_needs_command" -l compat -d 'Also export another tool\'s variables, so servers written for it run unchanged' -r -f -a "server-starter\t'Also set SERVER_STARTER_PORT and SERVER_STARTER_GENERATION'"
-complete -c graceexec -n "__fish_graceexec_needs_command" -l check -d 'Shell command run before each reload (a config test, say); if it fails, the reload fails with its output and nothing is started' -r
-complete -c graceexec -n "__fish_graceexec_needs_command" -l chdir -d 'Start every generation, the check and exec probes in this directory, looked up by name at each start (default: the directory graceexec was started in, as $PWD names it, so a repointed symlink is followed)' -r -F
-complete -c graceexec -n "__fish_graceexec_needs_command" -l watch -d 'Reload when this file changes (e.g. a new binary moved into place); repeatable. Changes are debounced' -r -F
 complete -c graceexec -n "__fish_graceexec_needs_command" -s l -l listen -d 'Socket to bind and pass on; repeatable. ADDR: PORT, :PORT, HOST:PORT, [V6]:PORT, tcp://HOST:PORT, udp://HOST:PORT, unix:/PATH, unix:@NAME. NAME= sets its LISTEN_FDNAMES name (default from the address, e.g. tcp-8080). Without --listen, sockets passed by systemd are adopted' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l ready -d 'When a new generation counts as ready: notify, delay:DURATION, tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND. Default: READY=1 or 1s alive, whichever comes first' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l name -d 'Name of this instance, for `graceexec reload --name` and friends. Default: the file name of COMMAND' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l handover -d 'How a new generation takes over TCP sockets graceexec binds: steer (each generation its own socket; new connections steered to the new one, the old one stopped once it has nothing left) or shared (one socket for all, as systemd or a peer would pass it)' -r -f -a "steer\t''
 shared\t''"
-complete -c graceexec -n "__fish_graceexec_needs_command" -l backlog -d 'Listen backlog of TCP and unix stream sockets' -r
-complete -c graceexec -n "__fish_graceexec_needs_command" -l unix-mode -d 'Permissions of unix socket files, in octal (e.g. 660)' -r
-complete -c graceexec -n "__fish_graceexec_needs_command" -l ready -d 'When a new generation counts as ready: notify, delay:DURATION, tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND. Default: READY=1 or 1s alive, whichever comes first' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l ready-timeout -d 'A generation not ready by then has failed' -r
-complete -c graceexec -n "__fish_graceexec_needs_command" -l stop-signal -d 'Signal that asks a generation to drain and exit' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l drain-wait -d 'With steering: how long a generation that new connections no longer go to may take to finish what it has before it is sent the stop signal anyway (idle keep-alive connections hold it that long)' -r
-complete -c graceexec -n "__fish_graceexec_needs_command" -l keep-old -d 'With steering: after a promotion, keep the previous generation alive and idle this long, so `graceexec rollback` returns to it at once' -r
-complete -c graceexec -n "__fish_graceexec_needs_command" -l promote-after -d 'Promote a canary (`reload --canary`) still up after this long' -r
-complete -c graceexec -n "__fish_graceexec_needs_command" -l ramp -d 'With steering: each reload\'s new generation gets a share of new connections rising from 0 to 100% over this long (a warm-up)' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l stop-signal -d 'Signal that asks a generation to drain and exit' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l stop-timeout -d 'Time a stopping generation has before its process group gets SIGKILL' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l restart -d 'What to do when the serving generation dies on its own' -r -f -a "always\t'Start a new generation, with backoff, when the current one dies'
 never\t'Exit with the child\'s status when the current generation dies'"
+complete -c graceexec -n "__fish_graceexec_needs_command" -l keep-old -d 'With steering: after a promotion, keep the previous generation alive and idle this long, so `graceexec rollback` returns to it at once' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l promote-after -d 'Promote a canary (`reload --canary`) still up after this long' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l ramp -d 'With steering: each reload\'s new generation gets a share of new connections rising from 0 to 100% over this long (a warm-up)' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l control -d 'Where to put the control socket. Default: $XDG_RUNTIME_DIR/graceexec/NAME.sock, /run/graceexec/NAME.sock for root, else a private directory under /tmp' -r -F
+complete -c graceexec -n "__fish_graceexec_needs_command" -l pid-file -d 'Write graceexec\'s pid here (atomically); removed at exit' -r -F
+complete -c graceexec -n "__fish_graceexec_needs_command" -l chdir -d 'Start every generation, the check and exec probes in this directory, looked up by name at each start (default: the directory graceexec was started in, as $PWD names it, so a repointed symlink is followed)' -r -F
+complete -c graceexec -n "__fish_graceexec_needs_command" -l user -d 'Bind the sockets, then run graceexec and every generation as USER (with its groups). Needs root' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l check -d 'Shell command run before each reload (a config test, say); if it fails, the reload fails with its output and nothing is started' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l watch -d 'Reload when this file changes (e.g. a new binary moved into place); repeatable. Changes are debounced' -r -F
+complete -c graceexec -n "__fish_graceexec_needs_command" -l compat -d 'Also export another tool\'s variables, so servers written for it run unchanged' -r -f -a "server-starter\t'Also set SERVER_STARTER_PORT and SERVER_STARTER_GENERATION'"
+complete -c graceexec -n "__fish_graceexec_needs_command" -l backlog -d 'Listen backlog of TCP and unix stream sockets' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l unix-mode -d 'Permissions of unix socket files, in octal (e.g. 660)' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l log-prefix -d 'Put "[gen K pid P] " before each line the server writes to stdout and stderr'
 complete -c graceexec -n "__fish_graceexec_needs_command" -s q -l quiet -d 'Only warnings and errors'
 complete -c graceexec -n "__fish_graceexec_needs_command" -s v -l verbose -d 'Also debug lines (notify messages, probe attempts, reaped orphans)'

@@ -120,6 +120,14 @@ pub enum Restart {
     Never,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  graceexec --listen 127.0.0.1:8080 -- python3 server.py
+  graceexec --listen 8080 --ready http://127.0.0.1:8080/health --name api -- ./server --flag
+  graceexec reload --name api || rollback-the-deploy
+  graceexec reload --name api --canary 10 && graceexec promote --name api
+  graceexec status --name api";
+
 /// Hold listening sockets and replace the server behind them with zero
 /// dropped connections.
 ///
@@ -135,57 +143,12 @@ pub enum Restart {
     max_term_width = 100,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    override_usage = "graceexec [OPTIONS] -- COMMAND [ARGS]...\n       graceexec reload|promote|rollback|status|stop|list [OPTIONS]"
+    override_usage = "graceexec [OPTIONS] -- COMMAND [ARGS]...\n       graceexec reload|promote|rollback|status|stop|list [OPTIONS]",
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub sub: Option<Sub>,
-
-    /// Name of this instance, for `graceexec reload --name` and friends.
-    /// Default: the file name of COMMAND.
-    #[arg(long, value_name = "NAME", value_parser = parse_name)]
-    pub name: Option<String>,
-
-    /// Where to put the control socket. Default:
-    /// $XDG_RUNTIME_DIR/graceexec/NAME.sock, /run/graceexec/NAME.sock for
-    /// root, else a private directory under /tmp.
-    #[arg(long, value_name = "PATH")]
-    pub control: Option<PathBuf>,
-
-    /// Write graceexec's pid here (atomically); removed at exit.
-    #[arg(long, value_name = "PATH")]
-    pub pid_file: Option<PathBuf>,
-
-    /// Put "[gen K pid P] " before each line the server writes to stdout
-    /// and stderr.
-    #[arg(long)]
-    pub log_prefix: bool,
-
-    /// Bind the sockets, then run graceexec and every generation as USER
-    /// (with its groups). Needs root.
-    #[arg(long, value_name = "USER[:GROUP]", value_parser = crate::user::parse)]
-    pub user: Option<Identity>,
-
-    /// Also export another tool's variables, so servers written for it run
-    /// unchanged.
-    #[arg(long, value_enum, value_name = "TOOL")]
-    pub compat: Option<Compat>,
-
-    /// Shell command run before each reload (a config test, say); if it
-    /// fails, the reload fails with its output and nothing is started.
-    #[arg(long, value_name = "COMMAND")]
-    pub check: Option<String>,
-
-    /// Start every generation, the check and exec probes in this directory,
-    /// looked up by name at each start (default: the directory graceexec
-    /// was started in, as $PWD names it, so a repointed symlink is followed).
-    #[arg(long, value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-
-    /// Reload when this file changes (e.g. a new binary moved into place);
-    /// repeatable. Changes are debounced.
-    #[arg(long, value_name = "PATH")]
-    pub watch: Vec<PathBuf>,
 
     /// Socket to bind and pass on; repeatable. ADDR: PORT, :PORT, HOST:PORT,
     /// [V6]:PORT, tcp://HOST:PORT, udp://HOST:PORT, unix:/PATH, unix:@NAME.
@@ -194,6 +157,17 @@ pub struct Cli {
     #[arg(short, long, value_name = "[NAME=]ADDR", value_parser = parse_spec)]
     pub listen: Vec<Spec>,
 
+    /// When a new generation counts as ready: notify, delay:DURATION,
+    /// tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND. Default: READY=1
+    /// or 1s alive, whichever comes first.
+    #[arg(long, value_name = "MODE", value_parser = parse_ready)]
+    pub ready: Option<Mode>,
+
+    /// Name of this instance, for `graceexec reload --name` and friends.
+    /// Default: the file name of COMMAND.
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub name: Option<String>,
+
     /// How a new generation takes over TCP sockets graceexec binds: steer
     /// (each generation its own socket; new connections steered to the new
     /// one, the old one stopped once it has nothing left) or shared (one
@@ -201,34 +175,27 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "HOW", default_value_t = Handover::Steer)]
     pub handover: Handover,
 
-    /// Listen backlog of TCP and unix stream sockets.
-    #[arg(long, value_name = "N", default_value_t = nix::libc::SOMAXCONN,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub backlog: i32,
-
-    /// Permissions of unix socket files, in octal (e.g. 660).
-    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
-    pub unix_mode: Option<u32>,
-
-    /// When a new generation counts as ready: notify, delay:DURATION,
-    /// tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND. Default: READY=1
-    /// or 1s alive, whichever comes first.
-    #[arg(long, value_name = "MODE", value_parser = parse_ready)]
-    pub ready: Option<Mode>,
-
     /// A generation not ready by then has failed.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
-
-    /// Signal that asks a generation to drain and exit.
-    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
-    pub stop_signal: SigNo,
 
     /// With steering: how long a generation that new connections no longer
     /// go to may take to finish what it has before it is sent the stop
     /// signal anyway (idle keep-alive connections hold it that long).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub drain_wait: Duration,
+
+    /// Signal that asks a generation to drain and exit.
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
+    pub stop_signal: SigNo,
+
+    /// Time a stopping generation has before its process group gets SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+
+    /// What to do when the serving generation dies on its own.
+    #[arg(long, value_enum, default_value_t = Restart::Always)]
+    pub restart: Restart,
 
     /// With steering: after a promotion, keep the previous generation alive
     /// and idle this long, so `graceexec rollback` returns to it at once.
@@ -244,13 +211,55 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ramp: Option<Duration>,
 
-    /// Time a stopping generation has before its process group gets SIGKILL.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub stop_timeout: Duration,
+    /// Where to put the control socket. Default:
+    /// $XDG_RUNTIME_DIR/graceexec/NAME.sock, /run/graceexec/NAME.sock for
+    /// root, else a private directory under /tmp.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
 
-    /// What to do when the serving generation dies on its own.
-    #[arg(long, value_enum, default_value_t = Restart::Always)]
-    pub restart: Restart,
+    /// Write graceexec's pid here (atomically); removed at exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Start every generation, the check and exec probes in this directory,
+    /// looked up by name at each start (default: the directory graceexec
+    /// was started in, as $PWD names it, so a repointed symlink is followed).
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Bind the sockets, then run graceexec and every generation as USER
+    /// (with its groups). Needs root.
+    #[arg(long, value_name = "USER[:GROUP]", value_parser = crate::user::parse)]
+    pub user: Option<Identity>,
+
+    /// Shell command run before each reload (a config test, say); if it
+    /// fails, the reload fails with its output and nothing is started.
+    #[arg(long, value_name = "COMMAND")]
+    pub check: Option<String>,
+
+    /// Reload when this file changes (e.g. a new binary moved into place);
+    /// repeatable. Changes are debounced.
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+
+    /// Put "[gen K pid P] " before each line the server writes to stdout
+    /// and stderr.
+    #[arg(long)]
+    pub log_prefix: bool,
+
+    /// Also export another tool's variables, so servers written for it run
+    /// unchanged.
+    #[arg(long, value_enum, value_name = "TOOL")]
+    pub compat: Option<Compat>,
+
+    /// Listen backlog of TCP and unix stream sockets.
+    #[arg(long, value_name = "N", default_value_t = nix::libc::SOMAXCONN,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: i32,
+
+    /// Permissions of unix socket files, in octal (e.g. 660).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub unix_mode: Option<u32>,
 
     /// Only warnings and errors.
     #[arg(short, long, conflicts_with = "verbose")]
