@@ -121,7 +121,15 @@ mod tests {
         assert!(!out.ok);
         assert_eq!(out.summary, format!("the check `{cmd}` exited with status 3"));
         assert_eq!(out.output, ["hi", "err", "gen=7"]);
-        check.read_available();
+        // EOF once no copy of the write end is left: a process another
+        // test forks at the same moment holds one until its exec.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while check.fd().is_some() && std::time::Instant::now() < end {
+            let fd = check.fd().expect("open");
+            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+            check.read_available();
+        }
         assert!(check.fd().is_none(), "pipe closed");
     }
 
