@@ -1,9 +1,13 @@
-"""The three ways of running and reloading the same server.
+"""The ways of running and reloading the same server: graceexec with each
+generation on its own steered socket (its default) or with one shared
+socket, Server::Starter, and stop + start.
 
 Each supervisor starts in a session of its own (so a Ctrl-C on the terminal
 reaches only the orchestrator, which then stops everything in order), logs
-to one file, and reloads without blocking the caller: the reload schedule is
-the same wall-clock schedule for all three.
+to one file, and acts without blocking the caller: the schedule is the same
+wall-clock schedule for all of them. `verbs` is what a supervisor can do:
+"reload" all of them; "canary" (a reload whose new generation gets 25% of
+new connections) and "promote" only graceexec with steering.
 """
 
 import queue
@@ -20,6 +24,7 @@ from procs import stop_process
 class Supervisor:
     key = ""
     label = ""
+    verbs = frozenset({"reload"})
 
     def __init__(self, bin_dir: Path, addr: str, server: list[str], tmp: Path, log: Path):
         self.bin_dir, self.addr, self.server, self.tmp = bin_dir, addr, server, tmp
@@ -41,6 +46,11 @@ class Supervisor:
     def reload(self) -> None:
         raise NotImplementedError
 
+    def act(self, verb: str) -> None:
+        if verb != "reload":
+            raise ValueError(f"{self.label} cannot {verb}")
+        self.reload()
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, signal.SIGTERM, timeout=20)
@@ -55,9 +65,17 @@ class Supervisor:
 
 
 class GraceExec(Supervisor):
-    key, label = "graceexec", "graceexec --ready notify"
+    """graceexec --ready notify, with its default handover: each generation
+    its own socket of a SO_REUSEPORT group, new connections steered to the
+    ready new one, the old one stopped once it has nothing left."""
+
+    key, label = "graceexec", "graceexec --handover steer"
+    handover = "steer"
+    verbs = frozenset({"reload", "canary", "promote"})
+    CANARY_PCT = 25
 
     def start(self) -> None:
+        self.clients: list[subprocess.Popen] = []
         self.proc = self.popen(
             [
                 str(self.bin_dir / "graceexec"),
@@ -67,6 +85,8 @@ class GraceExec(Supervisor):
                 str(self.tmp / "control.sock"),
                 "--listen",
                 self.addr,
+                "--handover",
+                self.handover,
                 "--ready",
                 "notify",
                 "--",
@@ -81,11 +101,40 @@ class GraceExec(Supervisor):
         if self.alive():
             self.proc.send_signal(signal.SIGHUP)
 
+    def act(self, verb: str) -> None:
+        if verb == "reload":
+            return self.reload()
+        if verb not in self.verbs:
+            raise ValueError(f"{self.label} cannot {verb}")
+        # A canary or a promotion has no signal: the client, left to run so
+        # the schedule does not wait for it; its answer goes to the log.
+        args = ["reload", "--canary", str(self.CANARY_PCT)] if verb == "canary" else ["promote"]
+        control = str(self.tmp / "control.sock")
+        self.clients.append(self.popen([str(self.bin_dir / "graceexec"), *args, "--control", control]))
+
+    def stop(self) -> None:
+        for client in getattr(self, "clients", []):
+            stop_process(client, signal.SIGTERM, timeout=10)
+        super().stop()
+
+    def clients_failed(self) -> int:
+        return sum(1 for c in getattr(self, "clients", []) if c.returncode != 0)
+
     def reloads_failed(self) -> int:
         return len(re.findall(r"reload failed:", self.log_text()))
 
     def servers_started(self) -> int:
         return len(re.findall(r"generation \d+ started as pid", self.log_text()))
+
+
+class GraceExecShared(GraceExec):
+    """graceexec --handover shared: one listening socket for every
+    generation, the old one stopped as soon as the new one is ready (how
+    graceexec worked before steering, and how the peers work)."""
+
+    key, label = "graceexec-shared", "graceexec --handover shared"
+    handover = "shared"
+    verbs = frozenset({"reload"})
 
 
 class ServerStarter(Supervisor):
@@ -157,4 +206,4 @@ class Naive(Supervisor):
         return self.starts
 
 
-SUPERVISORS = {cls.key: cls for cls in (GraceExec, ServerStarter, Naive)}
+SUPERVISORS = {cls.key: cls for cls in (GraceExec, GraceExecShared, ServerStarter, Naive)}
