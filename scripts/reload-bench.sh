@@ -47,6 +47,7 @@ cargo build --release --quiet --bin graceexec --example bench_server
 # resort below kills, by pid, what the orchestrator could not stop.
 RELOAD_BENCH_TAG="reload-bench-$$-$(date +%s)"
 export RELOAD_BENCH_TAG
+# shellcheck disable=SC2317  # called by the trap below, which shellcheck 0.9 does not see
 sweep() {
     local dir pid args
     for dir in /proc/[0-9]*; do
