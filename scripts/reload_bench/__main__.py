@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import Probe, analyse, start_wrk  # noqa: E402
 from procs import become_subreaper, free_loopback_addr, kill_leftovers, reap_orphans, stop_process  # noqa: E402
-from report import LEGEND, plot, plot_shares, table  # noqa: E402
+from report import LEGEND, handover_table, plot, plot_shares, table  # noqa: E402
 from scenarios import SCENARIOS  # noqa: E402
 from supervisors import GraceExec, SUPERVISORS  # noqa: E402
 
@@ -77,6 +77,16 @@ def wait_serving(addr: str, sup, limit: float) -> None:
     raise RuntimeError(f"{sup.label}: nothing answered on {addr} within {limit:.0f} s; see {sup.log_path}")
 
 
+def time_wait() -> int | None:
+    """TCP sockets in TIME_WAIT in this network namespace: with steering,
+    graceexec's drain check reads /proc/net/tcp, which lists every one."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            words = line.split()
+            return int(words[words.index("tw") + 1])
+    return None
+
+
 def sleep_until(t: float) -> None:
     while (left := t - time.monotonic()) > 0:
         time.sleep(min(left, 0.1))
@@ -103,6 +113,7 @@ def run_one(scenario, sup_key, cfg):
         wait_serving(addr, sup, limit=scenario.startup_ms / 1000 + 15)
         if scenario.bad_release:
             release.write_text("bad\n")  # read by every server started from now on
+        tw_at_start = time_wait()
         t0 = time.monotonic()
         stop_at = t0 + scenario.window
         wrk = start_wrk(addr, raw, cfg.clients, stop_at, scenario.window + scenario.grace, cfg.tag)
@@ -133,11 +144,18 @@ def run_one(scenario, sup_key, cfg):
         "pids": outcome.pids, "servers_started": started, "steps": [(round(t, 3), v) for t, v in steps],
         "probe_attempts": outcome.probe_attempts, "probe_answers": outcome.probe_answers,
         "probe_idle_s": round(outcome.probe_idle, 3),
-        "leftovers": leftovers,
+        "leftovers": leftovers, "time_wait_at_start": tw_at_start,
     }
     if isinstance(sup, GraceExec):
         summary["reloads_failed"] = sup.reloads_failed()
         summary["clients_failed"] = sup.clients_failed()
+        summary.update(sup.handovers())
+        asked = sum(verb != "promote" for _, verb in steps)
+        if summary["reloads_seen"] != asked:
+            # Two SIGHUPs pending at once are one signal: graceexec's loop
+            # did not read its signals for the second apart.
+            print(f"  warning: {asked} reloads asked, graceexec logged {summary['reloads_seen']}",
+                  file=sys.stderr)
         if summary["reloads_failed"] or summary["clients_failed"]:
             print(f"  warning: {summary['reloads_failed']} reloads failed, {summary['clients_failed']} "
                   f"graceexec clients failed; see {sup.log_path}", file=sys.stderr)
@@ -188,6 +206,10 @@ def main() -> int:
                 print(f"  {outcome.answered:,} answered, {outcome.failed:,} failed, "
                       f"longest gap {outcome.gap_s:.2f} s, {len(outcome.pids)} pids served",
                       file=sys.stderr, flush=True)
+                if "drain_wait_median_s" in summary:
+                    print(f"  old generation steered away → SIGTERM: median "
+                          f"{summary['drain_wait_median_s'] * 1000:.0f} ms, max "
+                          f"{summary['drain_wait_max_s'] * 1000:.0f} ms", file=sys.stderr, flush=True)
                 rows.append((scenario, label, outcome, started))
                 runs.append((label, outcome, steps))
                 summaries.append(summary)
@@ -212,7 +234,7 @@ def main() -> int:
         kill_leftovers()
         reap_orphans(wait=False)
 
-    text = table(rows)
+    text = table(rows) + handover_table(summaries, SUPERVISORS)
     scen_lines = "\n".join(f"- {SCENARIOS[k].title}" for k in cfg.scenarios)
     warnings = "".join(f"- {note}\n" for note in notes)
     if warnings:

@@ -40,6 +40,29 @@ def table(rows: list[tuple[Scenario, str, Outcome | None, int | str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def handover_table(summaries: list[dict], supervisors: dict) -> str:
+    """graceexec's runs: reloads asked and seen, and how long each old
+    generation waited between losing new connections and its SIGTERM."""
+    runs = [s for s in summaries if "reloads_seen" in s]
+    if not runs:
+        return ""
+    lines = [
+        "\n| scenario | supervisor | TIME_WAIT sockets at start | reloads asked | reloads graceexec logged "
+        "| steered away → SIGTERM: n | median | p90 | max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in runs:
+        asked = sum(verb != "promote" for _, verb in s["steps"])
+        waits = s["drain_waits_s"]
+        stats = (f"{s['drain_wait_median_s'] * 1000:.0f} ms | {s['drain_wait_p90_s'] * 1000:.0f} ms "
+                 f"| {s['drain_wait_max_s'] * 1000:.0f} ms") if waits else "| |"
+        tw = s.get("time_wait_at_start")
+        lines.append(f"| {s['scenario']} | {supervisors[s['supervisor']].label} "
+                     f"| {'?' if tw is None else f'{tw:,}'} | {asked} "
+                     f"| {s['reloads_seen']} | {len(waits)} | {stats} |")
+    return "\n".join(lines) + "\n"
+
+
 LEGEND = """\
 - graceexec runs with `--ready notify`, and `--handover steer` (its
   default: each generation its own socket, new connections steered to the
@@ -63,6 +86,16 @@ LEGEND = """\
   brackets, where it was (seconds from the load start). Answers to requests
   accepted earlier may still arrive during it (long requests draining).
 - servers started: server processes the supervisor started, the first included.
+- steered away → SIGTERM (graceexec only): from the log line after which an
+  old generation gets no new connection ("new connections: ..." without
+  it; with `--handover shared`, the next generation's "ready" line) to its
+  "stopping with SIGTERM" line, both stamped as the bench read them from
+  graceexec's output. TIME_WAIT sockets: /proc/net/sockstat when the load
+  started; with steer, the drain check reads /proc/net/tcp, which lists
+  each of them. With steer, that is the drain wait; with shared, the
+  time to send a signal. "reloads graceexec logged" below "reloads asked":
+  SIGHUPs that arrived while an earlier one was still pending, which the
+  kernel merges into one.
 """
 
 
