@@ -39,6 +39,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,7 @@ def idle_part(work, handover, out):
     if events is not None:
         reloads = [(gens[k][2], gens[k - 1][0]) for k in range(RELOADS + 1, len(gens))]
         out["switches"] = trace.switches(events, reloads)
+        out["turns_idle"] = trace.loop_turns(events)
 
 
 def idle_costs(ge):
@@ -160,20 +162,26 @@ def loaded_part(work, handover, out):
     ge, log, control = start(work, handover, name, {"TIMING_SERVE_MS": "0-20"})
     stop_file = os.path.join(work, f"{name}.stop")
     seconds = LOADED_RELOADS * (LOAD_PAUSE + 2) + 10  # a bound; the stop file ends it sooner
+    tr = None if out.get("no_trace") else trace.Trace(ge.pid)
     load = subprocess.Popen([f"{BIN}/examples/load", "--addr", ADDR, "--clients", str(LOAD_CLIENTS),
                              "--seconds", str(seconds), "--max-requests", "1000000",
                              "--stop-file", stop_file], stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(LOAD_PAUSE)  # part of the load profile: requests in flight before the first reload
         out["tw_load"] = time_wait()
+        if tr:
+            tr.enable()
         for i in range(LOADED_RELOADS):
             ge.send_signal(signal.SIGHUP)
             wait_until(f"loaded reload {i + 1}", lambda n=i + 1: len(lines(log)) >= n)
             time.sleep(LOAD_PAUSE)
     finally:
+        events = tr.stop() if tr else None
         open(stop_file, "w").close()
         report = load.communicate(timeout=60)[0]
         stop(ge)
+    if events is not None:
+        out["turns_load"] = trace.loop_turns(events)
     records = sorted(lines(log), key=lambda r: r[1])
     if len(records) != 1 + LOADED_RELOADS:
         sys.exit(f"overhead: {name}: {len(records)} generations logged, expected {1 + LOADED_RELOADS}")
@@ -245,6 +253,23 @@ def print_switches(rows):
         print(summary(name, values))
 
 
+def print_turns(results):
+    """graceexec's event loop: how long it went without polling."""
+    parts = [("steer", "turns_idle", "idle, the traced reloads"), ("steer", "turns_load", "under load"),
+             ("shared", "turns_load", "under load")]
+    rows = [(h, what, results[h][key]) for h, key, what in parts if results[h].get(key)]
+    if not rows:
+        return
+    print("\ngraceexec's event loop, from one poll() returning to the next poll() (perf):\n")
+    print("| handover | during | turns | median | p99 | longest | turns over 10 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for h, what, turns in rows:
+        v = sorted(turns)
+        print(f"| {h} | {what} | {len(v)} | {statistics.median(v):,.0f} µs | "
+              f"{v[min(len(v) - 1, int(len(v) * 0.99))]:,.0f} µs | {v[-1]:,.0f} µs "
+              f"| {sum(t > 10_000 for t in v)} |")
+
+
 def main():
     # SIGTERM's default kills Python at once, skipping the finally blocks
     # that stop graceexec: make it unwind like Ctrl-C.
@@ -293,6 +318,7 @@ def main():
         print("|---|---|---|")
         for h in HANDOVERS:
             print(f"| {h} | {results[h]['load_ok']} | {results[h]['load_failed']} |")
+    print_turns(results)
     print(f"\nwith steer, after {RELOADS + ROUND_TRIPS + (0 if why_not else TRACE_RELOADS)} reloads, "
           f"then idle for {IDLE_SECONDS:g} s:\n")
     print("| process | RSS | CPU ticks while idle | context switches while idle |")

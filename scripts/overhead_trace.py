@@ -9,7 +9,12 @@ Recorded, for graceexec's pid only:
 - sys_exit_recvmsg: graceexec read a datagram (READY=1) from a notify socket;
 - sys_enter/sys_exit_setsockopt: with optname SO_ATTACH_REUSEPORT_CBPF (51),
   the steering program replaced in one call;
-- sys_enter_kill: with signal 15, the stop signal sent to a generation.
+- sys_enter_kill: with signal 15, the stop signal sent to a generation;
+- sys_enter/sys_exit_poll: graceexec's event loop sleeps in poll(2), so from
+  one poll's return to the next poll is one turn of the loop, the time it
+  was deaf to signals, children and the control socket.
+perf follows the children too (the generations); only graceexec's own
+thread is kept.
 """
 
 import os
@@ -22,7 +27,8 @@ import tempfile
 SO_ATTACH_REUSEPORT_CBPF = 51
 SIGTERM = 15
 EVENTS = ["syscalls:sys_exit_recvmsg", "syscalls:sys_enter_setsockopt",
-          "syscalls:sys_exit_setsockopt", "syscalls:sys_enter_kill"]
+          "syscalls:sys_exit_setsockopt", "syscalls:sys_enter_kill",
+          "syscalls:sys_enter_poll", "syscalls:sys_exit_poll"]
 LINE = re.compile(r"^\s*(\d+)\s+(\d+)\.(\d+):\s+syscalls:(\w+):\s*(.*)$")
 
 
@@ -40,6 +46,7 @@ class Trace:
     once perf acknowledges, so nothing before it is missed or mixed in."""
 
     def __init__(self, pid):
+        self.pid = pid
         self.dir = tempfile.mkdtemp(prefix="graceexec-overhead-perf-")
         self.data = os.path.join(self.dir, "perf.data")
         ctl, ack = os.path.join(self.dir, "ctl"), os.path.join(self.dir, "ack")
@@ -80,7 +87,7 @@ class Trace:
         out = subprocess.run(["perf", "script", "-i", self.data, "-F", "tid,time,event,trace", "--ns"],
                              capture_output=True, text=True, check=True).stdout
         shutil.rmtree(self.dir, ignore_errors=True)
-        return [ev for ev in map(parse, out.splitlines()) if ev]
+        return [ev[1:] for ev in map(parse, out.splitlines()) if ev and ev[0] == self.pid]
 
 
 def parse(line):
@@ -95,7 +102,7 @@ def parse(line):
         # "sys_exit_recvmsg: 0x7": the return value, as an unsigned 64-bit number.
         ret = int(m.group(5).strip(), 16)
         fields["ret"] = ret - (1 << 64) if ret >= 1 << 63 else ret
-    return t, m.group(4), fields
+    return int(m.group(1)), t, m.group(4), fields
 
 
 def switches(events, reloads):
@@ -121,3 +128,15 @@ def switches(events, reloads):
                      if name == "sys_enter_kill" and f.get("sig") == SIGTERM and f.get("pid") == old_pid), None)
         out.append((ready, read, enter, exit_, term))
     return out
+
+
+def loop_turns(events):
+    """Microseconds from each poll's return to the next poll call."""
+    turns, back = [], None
+    for t, name, _ in sorted(events):
+        if name == "sys_exit_poll":
+            back = t
+        elif name == "sys_enter_poll" and back is not None:
+            turns.append((t - back) / 1000)
+            back = None
+    return turns
