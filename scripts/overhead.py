@@ -127,6 +127,10 @@ def idle_part(work, handover, out):
                            check=True, stdout=subprocess.DEVNULL)
             trips.append((time.monotonic_ns() - t) / 1000)
         if handover == "steer":
+            # The last reload's old generation first: with steer, its drain
+            # check runs after the client has its answer.
+            done = 1 + RELOADS + len(traced) + ROUND_TRIPS - 1
+            wait_until("the last old generation to stop", lambda: len(lines(log)) >= done)
             out.update(idle_costs(ge))
     finally:
         stop(ge)
