@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import Probe, analyse, start_wrk  # noqa: E402
 from procs import become_subreaper, free_loopback_addr, kill_leftovers, reap_orphans, stop_process  # noqa: E402
-from report import LEGEND, handover_table, plot, plot_shares, table  # noqa: E402
+from report import LEGEND, canary_share, handover_table, plot, plot_shares, table  # noqa: E402
 from scenarios import SCENARIOS  # noqa: E402
 from supervisors import GraceExec, SUPERVISORS  # noqa: E402
 
@@ -146,6 +146,8 @@ def run_one(scenario, sup_key, cfg):
         "probe_idle_s": round(outcome.probe_idle, 3),
         "leftovers": leftovers, "time_wait_at_start": tw_at_start,
     }
+    if (share := canary_share(outcome, steps)) is not None:
+        summary["canary"] = {"pid": share[0], "share": round(share[1], 4), "answers": share[2]}
     if isinstance(sup, GraceExec):
         summary["reloads_failed"] = sup.reloads_failed()
         summary["clients_failed"] = sup.clients_failed()
