@@ -90,12 +90,12 @@ LEGEND = """\
   old generation gets no new connection ("new connections: ..." without
   it; with `--handover shared`, the next generation's "ready" line) to its
   "stopping with SIGTERM" line, both stamped as the bench read them from
-  graceexec's output. TIME_WAIT sockets: /proc/net/sockstat when the load
-  started; with steer, the drain check reads /proc/net/tcp, which lists
-  each of them. With steer, that is the drain wait; with shared, the
+  graceexec's output. With steer, that is the drain wait; with shared, the
   time to send a signal. "reloads graceexec logged" below "reloads asked":
   SIGHUPs that arrived while an earlier one was still pending, which the
-  kernel merges into one.
+  kernel merges into one. TIME_WAIT sockets: /proc/net/sockstat when the
+  load started; with steer, the drain check reads /proc/net/tcp, which
+  lists each of them.
 """
 
 
