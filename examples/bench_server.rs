@@ -6,7 +6,8 @@
 //! after its start-up, as a server without a supervisor's socket does.
 //!
 //!     bench_server [--bind 127.0.0.1:8080] [--delay-ms 0-20] [--startup-ms 0]
-//!                  [--release-file PATH] [--crash-ms 1500] [--tag TEXT]
+//!                  [--release-file PATH] [--crash-ms 1500] [--on-term drain|exit]
+//!                  [--tag TEXT]
 //!
 //! Every answer carries the serving pid in `X-Pid`, and the `r=` query
 //! parameter, if any, in `X-Req` (the load generator's request id). `/ping` answers at
@@ -14,7 +15,9 @@
 //! takes `--startup-ms`, then `READY=1` goes to `NOTIFY_SOCKET` (if set). A
 //! release file that reads `bad` makes start-up end in a crash (exit 1)
 //! `--crash-ms` in, before anything is served. On SIGTERM (or SIGINT) it
-//! stops accepting, answers every connection it accepted, and exits 0.
+//! stops accepting, answers every connection it accepted, and exits 0;
+//! with `--on-term exit` it exits 0 at once instead, dropping whatever it
+//! accepted and has not answered (a server that does not drain).
 //! `--tag` is ignored; it marks the processes of one bench run.
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -34,6 +37,7 @@ mod shared;
 use shared::{drain, notify, read_request_line, respond, InFlight};
 
 static TERM: AtomicBool = AtomicBool::new(false);
+static EXIT_ON_TERM: AtomicBool = AtomicBool::new(false);
 static RNG: AtomicU64 = AtomicU64::new(0);
 
 /// Longer than the bench's load generator keeps a connection open without
@@ -62,6 +66,9 @@ fn main() {
     }
     spawn(move || {
         if signals.wait().is_ok() {
+            if EXIT_ON_TERM.load(SeqCst) {
+                exit(0);
+            }
             TERM.store(true, SeqCst);
         }
     });
@@ -152,6 +159,11 @@ fn parse_args() -> Result<Config, String> {
             "--startup-ms" => config.startup = Duration::from_millis(ms(&value)?),
             "--crash-ms" => config.crash = Duration::from_millis(ms(&value)?),
             "--release-file" => config.release_file = Some(value),
+            "--on-term" => match value.as_str() {
+                "drain" => EXIT_ON_TERM.store(false, SeqCst),
+                "exit" => EXIT_ON_TERM.store(true, SeqCst),
+                _ => return Err(format!("--on-term {value}: want drain or exit")),
+            },
             "--tag" => {}
             _ => return Err(format!("unknown flag {flag}")),
         }

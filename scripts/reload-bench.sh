@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Reload benchmark (issue 4): the same server (examples/bench_server.rs) under
-# graceexec (--ready notify), Server::Starter's start_server and a plain
-# stop-then-start restart, in four scenarios (steady, slow start, bad
-# release, long requests), each under 32 wrk clients that open a new
-# connection per request, with a sequential probe beside them. Prints a
-# Markdown table and writes it, the raw summaries, logs and one timeline
-# PNG per scenario to the results directory. About 3.5 minutes for everything.
+# Reload benchmark (issues 4 and 10): the same server
+# (examples/bench_server.rs) under graceexec (--ready notify; --handover
+# steer, its default, and for comparison --handover shared), Server::Starter's
+# start_server and a plain stop-then-start restart, in six scenarios (steady,
+# slow start, bad release, long requests, a server that does not drain, and
+# a graceexec canary that is then promoted), each under 32 wrk clients that
+# open a new connection per request, with a sequential probe beside them.
+# Prints a Markdown table and writes it, the raw summaries, logs and one
+# timeline PNG per scenario to the results directory. About 5 minutes for
+# everything.
+#
+# Each scenario runs its own list of supervisors (scenarios.py): graceexec
+# (steer), start_server and stop + start; "nodrain" adds graceexec-shared,
+# "canary" is graceexec alone. SUPERVISORS replaces the list for every
+# scenario (skipping a supervisor that cannot do a scenario's steps).
 #
 #   scripts/reload-bench.sh                            # as root: installs wrk, Server::Starter, matplotlib if missing
-#   SCENARIOS=steady,slow SUPERVISORS=graceexec,naive scripts/reload-bench.sh
+#   SCENARIOS=steady,slow SUPERVISORS=graceexec,graceexec-shared,naive scripts/reload-bench.sh
+#   SCENARIOS=nodrain,canary scripts/reload-bench.sh
 #   OUT=/tmp/rb ADDR=127.0.0.1:18090 CLIENTS=64 KEEP_RAW=1 scripts/reload-bench.sh
 #
 # OUT defaults to bench-results/ (git-ignored). Loopback only. Every process
@@ -38,6 +47,7 @@ cargo build --release --quiet --bin graceexec --example bench_server
 # resort below kills, by pid, what the orchestrator could not stop.
 RELOAD_BENCH_TAG="reload-bench-$$-$(date +%s)"
 export RELOAD_BENCH_TAG
+# shellcheck disable=SC2317  # called by the trap below, which shellcheck 0.9 does not see
 sweep() {
     local dir pid args
     for dir in /proc/[0-9]*; do
