@@ -19,6 +19,9 @@ _graceexec() {
             graceexec,completions)
                 cmd="graceexec__subcmd__completions"
                 ;;
+            graceexec,events)
+                cmd="graceexec__subcmd__events"
+                ;;
             graceexec,help)
                 cmd="graceexec__subcmd__help"
                 ;;
@@ -42,6 +45,9 @@ _graceexec() {
                 ;;
             graceexec__subcmd__help,completions)
                 cmd="graceexec__subcmd__help__subcmd__completions"
+                ;;
+            graceexec__subcmd__help,events)
+                cmd="graceexec__subcmd__help__subcmd__events"
                 ;;
             graceexec__subcmd__help,help)
                 cmd="graceexec__subcmd__help__subcmd__help"
@@ -71,7 +77,7 @@ _graceexec() {
 
     case "${cmd}" in
         graceexec)
-            opts="-l -q -v -h -V --listen --ready --name --handover --ready-timeout --drain-wait --stop-signal --stop-timeout --restart --keep-old --promote-after --ramp --control --pid-file --chdir --user --check --watch --log-prefix --compat --backlog --unix-mode --quiet --verbose --help --version reload promote rollback status stop list completions help"
+            opts="-l -q -v -h -V --listen --ready --name --handover --ready-timeout --drain-wait --stop-signal --stop-timeout --restart --keep-old --promote-after --ramp --control --metrics-file --pid-file --chdir --user --check --watch --log-prefix --compat --backlog --unix-mode --quiet --verbose --help --version reload promote rollback status events stop list completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -133,6 +139,10 @@ _graceexec() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --pid-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -186,8 +196,34 @@ _graceexec() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        graceexec__subcmd__events)
+            opts="-h --name --control --json --since --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         graceexec__subcmd__help)
-            opts="reload promote rollback status stop list completions help"
+            opts="reload promote rollback status events stop list completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -201,6 +237,20 @@ _graceexec() {
             return 0
             ;;
         graceexec__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        graceexec__subcmd__help__subcmd__events)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -401,7 +451,7 @@ _graceexec() {
             return 0
             ;;
         graceexec__subcmd__status)
-            opts="-h --name --control --json --help"
+            opts="-h --name --control --json --prometheus --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

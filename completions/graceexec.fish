@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_graceexec_global_optspecs
-    string join \n l/listen= ready= name= handover= ready-timeout= drain-wait= stop-signal= stop-timeout= restart= keep-old= promote-after= ramp= control= pid-file= chdir= user= check= watch= log-prefix compat= backlog= unix-mode= q/quiet v/verbose h/help V/version
+    string join \n l/listen= ready= name= handover= ready-timeout= drain-wait= stop-signal= stop-timeout= restart= keep-old= promote-after= ramp= control= metrics-file= pid-file= chdir= user= check= watch= log-prefix compat= backlog= unix-mode= q/quiet v/verbose h/help V/version
 end
 
 function __fish_graceexec_needs_command
@@ -39,6 +39,7 @@ complete -c graceexec -n "__fish_graceexec_needs_command" -l keep-old -d 'With s
 complete -c graceexec -n "__fish_graceexec_needs_command" -l promote-after -d 'Promote a canary (`reload --canary`) still up after this long' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l ramp -d 'With steering: each reload\'s new generation gets a share of new connections rising from 0 to 100% over this long (a warm-up)' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l control -d 'Where to put the control socket. Default: $XDG_RUNTIME_DIR/graceexec/NAME.sock, /run/graceexec/NAME.sock for root, else a private directory under /tmp' -r -F
+complete -c graceexec -n "__fish_graceexec_needs_command" -l metrics-file -d 'Keep the instance\'s metrics here, in the Prometheus text format, replaced atomically at every change (node_exporter\'s textfile collector reads such files)' -r -F
 complete -c graceexec -n "__fish_graceexec_needs_command" -l pid-file -d 'Write graceexec\'s pid here (atomically); removed at exit' -r -F
 complete -c graceexec -n "__fish_graceexec_needs_command" -l chdir -d 'Start every generation, the check and exec probes in this directory, looked up by name at each start (default: the directory graceexec was started in, as $PWD names it, so a repointed symlink is followed)' -r -F
 complete -c graceexec -n "__fish_graceexec_needs_command" -l user -d 'Bind the sockets, then run graceexec and every generation as USER (with its groups). Needs root' -r
@@ -56,6 +57,7 @@ complete -c graceexec -n "__fish_graceexec_needs_command" -a "reload" -d 'Reload
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "promote" -d 'Give a canary every new connection; the previous generation drains'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "rollback" -d 'Return every new connection to the previous generation (a canary\'s, or the one --keep-old kept); the newer one drains'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "status" -d 'Show an instance: its sockets, generations and last reload'
+complete -c graceexec -n "__fish_graceexec_needs_command" -a "events" -d 'Follow an instance\'s events (reloads, generations, restarts, share changes) as they happen, until it exits'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "list" -d 'List the running instances of this user'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "completions" -d 'Print a shell completion script'
@@ -75,7 +77,13 @@ complete -c graceexec -n "__fish_graceexec_using_subcommand rollback" -s h -l he
 complete -c graceexec -n "__fish_graceexec_using_subcommand status" -l name -d 'Name of the instance (default: the only one running)' -r
 complete -c graceexec -n "__fish_graceexec_using_subcommand status" -l control -d 'Path of its control socket, instead of --name' -r -F
 complete -c graceexec -n "__fish_graceexec_using_subcommand status" -l json -d 'One JSON object, as the control protocol sends it'
+complete -c graceexec -n "__fish_graceexec_using_subcommand status" -l prometheus -d 'The metrics, in the Prometheus text format (as --metrics-file)'
 complete -c graceexec -n "__fish_graceexec_using_subcommand status" -s h -l help -d 'Print help'
+complete -c graceexec -n "__fish_graceexec_using_subcommand events" -l name -d 'Name of the instance (default: the only one running)' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand events" -l control -d 'Path of its control socket, instead of --name' -r -F
+complete -c graceexec -n "__fish_graceexec_using_subcommand events" -l since -d 'First replay the events kept after this sequence number (0: all kept, the last 512)' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand events" -l json -d 'One JSON object per line'
+complete -c graceexec -n "__fish_graceexec_using_subcommand events" -s h -l help -d 'Print help'
 complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -l name -d 'Name of the instance (default: the only one running)' -r
 complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -l control -d 'Path of its control socket, instead of --name' -r -F
 complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -l timeout -d 'How long to wait for it to exit' -r
@@ -83,11 +91,12 @@ complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -s h -l help -
 complete -c graceexec -n "__fish_graceexec_using_subcommand list" -l json -d 'A JSON array of their status objects'
 complete -c graceexec -n "__fish_graceexec_using_subcommand list" -s h -l help -d 'Print help'
 complete -c graceexec -n "__fish_graceexec_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "reload" -d 'Reload a running instance and wait for the outcome (exit 0: the new generation is ready; 1: the reload failed and the old one keeps serving; 3: no such instance; 4: no answer within --timeout)'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "promote" -d 'Give a canary every new connection; the previous generation drains'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "rollback" -d 'Return every new connection to the previous generation (a canary\'s, or the one --keep-old kept); the newer one drains'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "status" -d 'Show an instance: its sockets, generations and last reload'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "list" -d 'List the running instances of this user'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status stop list completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "reload" -d 'Reload a running instance and wait for the outcome (exit 0: the new generation is ready; 1: the reload failed and the old one keeps serving; 3: no such instance; 4: no answer within --timeout)'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "promote" -d 'Give a canary every new connection; the previous generation drains'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "rollback" -d 'Return every new connection to the previous generation (a canary\'s, or the one --keep-old kept); the newer one drains'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "status" -d 'Show an instance: its sockets, generations and last reload'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "events" -d 'Follow an instance\'s events (reloads, generations, restarts, share changes) as they happen, until it exits'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "list" -d 'List the running instances of this user'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

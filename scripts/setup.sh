@@ -4,6 +4,7 @@
 # server_ports() checks what `--compat server-starter` exports; strace, for
 # the test that sees graceexec kill a group before it reaps its leader.
 set -eu
+cd "$(dirname "$0")/.."
 if ! command -v strace >/dev/null; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq
@@ -20,3 +21,6 @@ if ! perl -MServer::Starter -e1 2>/dev/null; then
         echo "setup: Server::Starter is missing (apt-get install libserver-starter-perl); its interop test (run with --ignored) will fail" >&2
     fi
 fi
+# prometheus_client's own parser reads the --metrics-file in a test: into the
+# project's venv (target/python) when the python3 on PATH lacks it.
+bash -c '. scripts/deps.sh && python_with prometheus_client=prometheus_client && echo "$py" > target/python-for-tests'

@@ -82,8 +82,24 @@ pub enum Sub {
         #[command(flatten)]
         target: Target,
         /// One JSON object, as the control protocol sends it.
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// The metrics, in the Prometheus text format (as --metrics-file).
+        #[arg(long)]
+        prometheus: bool,
+    },
+    /// Follow an instance's events (reloads, generations, restarts, share
+    /// changes) as they happen, until it exits.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// First replay the events kept after this sequence number (0: all
+        /// kept, the last 512).
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
     },
     /// Stop an instance gracefully; returns once it has exited.
     Stop {
@@ -216,6 +232,12 @@ pub struct Cli {
     /// root, else a private directory under /tmp.
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+
+    /// Keep the instance's metrics here, in the Prometheus text format,
+    /// replaced atomically at every change (node_exporter's textfile
+    /// collector reads such files).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 
     /// Write graceexec's pid here (atomically); removed at exit.
     #[arg(long, value_name = "PATH")]

@@ -31,6 +31,7 @@ pub struct Config {
     /// SERVER_STARTER_PORT's value under `--compat server-starter`, once
     /// the sockets are bound.
     pub server_starter: Option<String>,
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -61,6 +62,7 @@ impl Config {
             user_env: Vec::new(),
             env_remove: Vec::new(),
             server_starter: None,
+            metrics_file: cli.metrics_file.clone(),
         }
     }
 

@@ -11,6 +11,7 @@ mod env;
 mod event_loop;
 mod listen;
 mod log;
+mod metrics;
 mod notify;
 mod outbox;
 mod output;
@@ -71,7 +72,17 @@ fn run(before: nix::Result<nix::sys::signal::SigSet>) -> i32 {
         }
         Sub::Promote { target } => client::decide(target.which(), control::Request::Promote),
         Sub::Rollback { target } => client::decide(target.which(), control::Request::Rollback),
-        Sub::Status { target, json } => client::status(target.which(), *json),
+        Sub::Status { target, json, prometheus } => {
+            let format = match (json, prometheus) {
+                (true, _) => client::Format::Json,
+                (_, true) => client::Format::Prometheus,
+                _ => client::Format::Text,
+            };
+            client::status(target.which(), format)
+        }
+        Sub::Events { target, json, since } => {
+            control::follow::events(target.which(), *json, *since)
+        }
         Sub::Stop { target, timeout } => client::stop(target.which(), *timeout),
         Sub::List { json } => client::list(*json),
         Sub::Completions { shell } => {

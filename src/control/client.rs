@@ -49,8 +49,16 @@ pub fn decide(w: Which, request: Request) -> i32 {
     decide_in(w, &default_dir(), request).emit()
 }
 
-pub fn status(w: Which, json: bool) -> i32 {
-    status_in(w, &default_dir(), json).emit()
+/// How `status` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    Prometheus,
+}
+
+pub fn status(w: Which, format: Format) -> i32 {
+    status_in(w, &default_dir(), format).emit()
 }
 
 pub fn stop(w: Which, timeout: Duration) -> i32 {
@@ -78,7 +86,7 @@ impl Output {
         Output { out: vec![line], ..Output::default() }
     }
 
-    fn emit(self) -> i32 {
+    pub(super) fn emit(self) -> i32 {
         for l in &self.out {
             say(&mut std::io::stdout(), l);
         }
@@ -227,6 +235,27 @@ fn open(
     Ok((inst, s, first))
 }
 
+/// A request whose answer is read line by line by the caller.
+pub(super) struct Opened {
+    pub(super) session: Session,
+    /// The first reply line, already read.
+    pub(super) pending: Option<Reply>,
+}
+
+/// `open`, for a command that reads on (`events`); on failure what it
+/// prints is printed, and the exit code returned.
+pub(super) fn open_session(
+    w: Which,
+    dir: &Path,
+    request: Request,
+    timeout: Duration,
+) -> Result<(String, Opened), i32> {
+    match open(w, dir, request, "request", timeout) {
+        Ok((inst, session, first)) => Ok((inst.name, Opened { session, pending: Some(first) })),
+        Err(o) => Err(o.emit()),
+    }
+}
+
 fn refused(name: &str, r: &Reply) -> Output {
     let why = match &r.answer {
         Answer::Error { error } => error.clone(),
@@ -268,13 +297,17 @@ pub(super) fn reload_output(name: &str, r: &Reply) -> Output {
     }
 }
 
-pub(super) fn status_in(w: Which, dir: &Path, json: bool) -> Output {
+pub(super) fn status_in(w: Which, dir: &Path, format: Format) -> Output {
     let run = || -> Result<Output, Output> {
         let (inst, _, r) = open(w, dir, Request::Status, "status", STATUS_TIMEOUT)?;
-        Ok(match (&r.answer, json) {
-            (Answer::Status(_), true) => Output::done(r.line().trim_end().to_string()),
-            (Answer::Status(s), false) => {
+        Ok(match (&r.answer, format) {
+            (Answer::Status(_), Format::Json) => Output::done(r.line().trim_end().to_string()),
+            (Answer::Status(s), Format::Text) => {
                 Output { out: status_text(&inst.name, s), ..Output::default() }
+            }
+            (Answer::Status(s), Format::Prometheus) => {
+                let text = crate::metrics::render(&inst.name, s, true);
+                Output { out: text.lines().map(String::from).collect(), ..Output::default() }
             }
             _ => refused(&inst.name, &r),
         })

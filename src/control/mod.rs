@@ -8,6 +8,7 @@
 //! send its request within 5 seconds; a request line is at most 64 KiB.
 
 pub mod client;
+pub mod follow;
 pub mod paths;
 pub mod protocol;
 mod render;

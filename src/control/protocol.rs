@@ -10,6 +10,7 @@
 //! {"graceexec":1,"command":"reload","wait":true}    "wait" defaults to true; "canary":PCT
 //! {"graceexec":1,"command":"promote"}
 //! {"graceexec":1,"command":"rollback"}
+//! {"graceexec":1,"command":"events","since":N}   "since" optional
 //! {"graceexec":1,"command":"status"}
 //! {"graceexec":1,"command":"stop"}
 //! ```
@@ -19,6 +20,7 @@
 //! | reload | `reloaded` {generation, pid, ready_ms, share} or `reload_failed` {error, generation, serving, stderr}; with `"wait":false` at once `reload_accepted` |
 //! | promote | `promoted` {generation, from} |
 //! | rollback | `rolled_back` {generation, from} |
+//! | events | `event` (the [`EventLine`] fields) per event, replayed from `since` then live, until the instance exits; `lagged` {missed} then EOF if the client does not keep up |
 //! | status | `status` (the [`Status`] fields) |
 //! | stop | `stopping` {pid} at once, then `exited` {code} when the instance exits |
 //! | anything wrong | `error` {error} |
@@ -45,6 +47,11 @@ pub enum Request {
     Promote,
     /// Back to the previous generation.
     Rollback,
+    /// Follow the instance: its events from `since` (a sequence number)
+    /// on, then live, until it exits.
+    Events {
+        since: Option<u64>,
+    },
     Status,
     /// Shut down; the connection is kept open until graceexec exits.
     Stop,
@@ -86,6 +93,12 @@ pub enum Answer {
     },
     ReloadAccepted,
     Status(Box<Status>),
+    Event(Box<EventLine>),
+    /// The subscriber did not keep up: `missed` events were dropped, and
+    /// the connection closes.
+    Lagged {
+        missed: u64,
+    },
     Stopping {
         pid: u32,
     },
@@ -124,6 +137,45 @@ impl Reply {
     }
 }
 
+/// One event of `graceexec events`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventLine {
+    /// Increases by one per event; `--since` asks for those after it.
+    pub seq: u64,
+    /// CLOCK_MONOTONIC, milliseconds.
+    pub mono_ms: u64,
+    /// Wall clock, RFC 3339, UTC.
+    pub time: String,
+    /// reload_requested, reload_merged, reload_started, reload_ready,
+    /// reload_failed, started, ready, stopping, drained, exited,
+    /// restart_scheduled, shares, promoted, rolled_back, upgraded.
+    pub event: String,
+    pub generation: Option<u32>,
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<u64>,
+    /// Why a reload failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// How a generation exited ("status 0", "signal SIGKILL"), or the
+    /// signal that stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub how: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// (generation, percent of new connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<Vec<(u32, f64)>>,
+    /// The generation that stops, after a promote or rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u32>,
+    /// An upgrade's versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
 /// `graceexec status --json`: one instance.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -137,6 +189,14 @@ pub struct Status {
     pub generations: Vec<GenStatus>,
     pub last_reload: Option<LastReload>,
     pub restarts: u32,
+    /// Reloads that ended with the new generation ready, and failed.
+    #[serde(default)]
+    pub reloads_ok: u64,
+    #[serde(default)]
+    pub reloads_failed: u64,
+    /// Wall-clock time of the last reload's end (Unix seconds).
+    #[serde(default)]
+    pub last_reload_unix: Option<f64>,
     /// The last generations that exited, oldest first.
     #[serde(default)]
     pub exited: Vec<ExitedStatus>,
@@ -227,6 +287,9 @@ pub fn request_line(request: Request) -> String {
             {"graceexec": VERSION, "command": "reload", "wait": wait, "canary": pct}
         ),
         Request::Promote => serde_json::json!({"graceexec": VERSION, "command": "promote"}),
+        Request::Events { since } => {
+            serde_json::json!({"graceexec": VERSION, "command": "events", "since": since})
+        }
         Request::Rollback => serde_json::json!({"graceexec": VERSION, "command": "rollback"}),
         Request::Status => serde_json::json!({"graceexec": VERSION, "command": "status"}),
         Request::Stop => serde_json::json!({"graceexec": VERSION, "command": "stop"}),
@@ -271,14 +334,21 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             Ok(Request::Reload { wait, canary })
         }
         Some("promote") => Ok(Request::Promote),
+        Some("events") => match obj.get("since") {
+            None | Some(Value::Null) => Ok(Request::Events { since: None }),
+            Some(v) => match v.as_u64() {
+                Some(n) => Ok(Request::Events { since: Some(n) }),
+                None => Err("\"since\" must be an event sequence number".into()),
+            },
+        },
         Some("rollback") => Ok(Request::Rollback),
         Some("status") => Ok(Request::Status),
         Some("stop") => Ok(Request::Stop),
         Some(other) => Err(format!(
-            "unknown command \"{other}\"; this instance knows reload, promote, rollback, status and stop"
+            "unknown command \"{other}\"; this instance knows reload, promote, rollback, events, status and stop"
         )),
         None => {
-            Err("the request has no \"command\" string (reload, promote, rollback, status or stop)".into())
+            Err("the request has no \"command\" string (reload, promote, rollback, events, status or stop)".into())
         }
     }
 }

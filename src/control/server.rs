@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use super::paths;
 use super::protocol::{parse_request, Answer, Reply, Request};
 use crate::sockfile::{self, Existing, SocketFile};
+
+mod stream;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::AT_FDCWD;
 use nix::poll::PollFlags;
@@ -42,6 +44,14 @@ struct Conn {
     /// the connection only waits for replies.
     buf: Option<Vec<u8>>,
     deadline: Instant,
+    /// Lines queued for a follower, not written yet.
+    out: Vec<u8>,
+    /// A follower that fell behind: events missed since.
+    lagged: Option<u64>,
+    /// Close once `out` is written.
+    closing: bool,
+    /// Close then, written or not.
+    drop_at: Option<Instant>,
 }
 
 pub struct Server {
@@ -122,7 +132,10 @@ impl Server {
             out.push((Key::Listener, self.listener.as_fd(), PollFlags::POLLIN));
         }
         for (id, c) in &self.conns {
-            let ev = if c.buf.is_some() { PollFlags::POLLIN } else { PollFlags::empty() };
+            let mut ev = if c.buf.is_some() { PollFlags::POLLIN } else { PollFlags::empty() };
+            if !c.out.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
             out.push((Key::Conn(*id), c.stream.as_fd(), ev));
         }
         out
@@ -131,6 +144,7 @@ impl Server {
     /// When `service` must run even if poll reports nothing.
     pub fn wake_at(&self) -> Option<Instant> {
         let reading = self.conns.values().filter(|c| c.buf.is_some()).map(|c| c.deadline);
+        let reading = reading.chain(self.conns.values().filter_map(|c| c.drop_at));
         reading.chain(self.accept_paused_until).min()
     }
 
@@ -159,9 +173,13 @@ impl Server {
         }
         for key in ready {
             if let Key::Conn(id) = *key {
+                if self.conns.get(&id).is_some_and(|c| !c.out.is_empty()) {
+                    self.flush(id);
+                }
                 self.read(id, &mut requests);
             }
         }
+        self.drop_stalled(now);
         let late: Vec<ConnId> = self
             .conns
             .iter()
@@ -239,7 +257,18 @@ impl Server {
             let id = self.next_id;
             self.next_id += 1;
             let deadline = now + READ_TIMEOUT;
-            self.conns.insert(id, Conn { stream, buf: Some(Vec::new()), deadline });
+            self.conns.insert(
+                id,
+                Conn {
+                    stream,
+                    buf: Some(Vec::new()),
+                    deadline,
+                    out: Vec::new(),
+                    lagged: None,
+                    closing: false,
+                    drop_at: None,
+                },
+            );
             admitted.push(id);
         }
         admitted
@@ -317,6 +346,22 @@ fn fill(c: &mut Conn) -> (bool, bool) {
         }
     }
     (false, false)
+}
+
+/// Write what `out` holds without blocking, removing what was written;
+/// false on an error (the client has gone).
+fn write_some(stream: &UnixStream, out: &mut Vec<u8>) -> bool {
+    while !out.is_empty() {
+        match send(stream.as_raw_fd(), out, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => {
+                out.drain(..n);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return true,
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Write all of `bytes` without blocking; false if that was not possible.

@@ -16,6 +16,7 @@
 
 mod diagnose;
 mod drain;
+mod events;
 mod notified;
 mod reap;
 mod requests;
@@ -77,6 +78,7 @@ pub struct Runtime {
     drains: drain::Drains,
     /// What --watch saw change since the last reload it asked for.
     watched: Vec<String>,
+    events: events::Events,
     exit: Option<i32>,
 }
 
@@ -100,6 +102,7 @@ pub fn run(cfg: Config, io: Started) -> i32 {
         reap_due: false,
         drains: drain::Drains::default(),
         watched: Vec::new(),
+        events: events::Events::default(),
         exit: None,
     };
     rt.run()
@@ -163,6 +166,8 @@ impl Runtime {
                 let line: Vec<String> =
                     shares.iter().map(|(g, s)| format!("generation {g} {}%", pct(s))).collect();
                 log::info(&format!("new connections: {}", line.join(", ")));
+                let shares: Vec<(u32, f64)> = shares.iter().map(|(g, s)| (*g, pct(s))).collect();
+                self.event("shares", None, |e| e.shares = Some(shares));
             }
             Action::WatchDrain { gen } => self.drains.watch(gen, Instant::now()),
             Action::Signal { gen, signal } => {
@@ -190,6 +195,7 @@ impl Runtime {
                     self.queue.push_back(Event::CheckDone { ok: false, why, output });
                 }
             }
+            Action::Note(note) => self.on_note(note),
             Action::Answer { waiter, verdict } => {
                 let answer = match verdict {
                     Verdict::Promoted { gen, from } => Answer::Promoted { generation: gen, from },
@@ -210,6 +216,7 @@ impl Runtime {
             }
             Action::Systemd { state, status } => self.tell_systemd(state, &status),
             Action::Exit { code, waiters } => {
+                self.write_metrics(false);
                 for w in waiters {
                     self.io.control.reply(w, Reply::new(Answer::Exited { code }), true);
                 }
@@ -258,6 +265,7 @@ impl Runtime {
             w.watch(pid);
         }
         log::info(&format!("generation {gen} started as pid {pid}"));
+        self.event("started", Some(gen), |e| e.pid = Some(pid));
         captured.set_label(gen, pid);
         self.outputs.insert(gen, captured);
         let io = GenIo { leader: pid, main: pid, notify, probe: None, status: None, waiting: None };

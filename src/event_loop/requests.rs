@@ -35,9 +35,10 @@ impl Runtime {
                 self.queue.push_back(Event::Reload { waiter, canary });
             }
             Request::Promote => self.queue.push_back(Event::Promote { waiter: Some(id) }),
+            Request::Events { since } => self.follow(id, since),
             Request::Rollback => self.queue.push_back(Event::Rollback { waiter: Some(id) }),
             Request::Status => {
-                let status = self.status(Instant::now());
+                let status = self.status(Instant::now(), true);
                 self.io.control.reply(id, Reply::new(Answer::Status(Box::new(status))), true);
             }
             Request::Stop => {
@@ -73,7 +74,9 @@ impl Runtime {
         }
     }
 
-    pub(super) fn status(&self, now: Instant) -> Status {
+    /// `connections`: count each generation's open connections (a walk of
+    /// the kernel's table per generation: for `status`, not the metrics).
+    pub(super) fn status(&self, now: Instant, connections: bool) -> Status {
         let mut status = Status::from(self.sup.view(now));
         for g in &mut status.generations {
             if let Some(io) = self.gens.get(&g.generation) {
@@ -85,7 +88,9 @@ impl Runtime {
                     g.share = Some(f64::from(sockets.share_of(g.generation)) / 10_000.0);
                     g.queued = Some(sockets.queued(slot));
                     let ports = sockets.steered_ports();
-                    g.connections = Scanner::new().count(io.leader, &ports).ok();
+                    if connections {
+                        g.connections = Scanner::new().count(io.leader, &ports).ok();
+                    }
                 }
                 g.status.clone_from(&io.status);
                 if g.state == "starting" {
@@ -101,6 +106,10 @@ impl Runtime {
             }
         }
         status.pid = std::process::id();
+        status.last_reload_unix = status.last_reload.as_ref().map(|r| {
+            let at = std::time::SystemTime::now() - Duration::from_millis(r.ago_ms);
+            at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+        });
         status.version = env!("CARGO_PKG_VERSION").into();
         status.uptime_ms = ms(now.saturating_duration_since(self.started));
         status.command = self.cfg.command.iter().map(|a| a.to_string_lossy().into()).collect();
@@ -172,6 +181,8 @@ impl From<View> for Status {
             generations,
             last_reload,
             restarts: v.restarts,
+            reloads_ok: v.reloads.0,
+            reloads_failed: v.reloads.1,
             exited,
             restart_in_ms: v.restart_in.map(ms),
             kept_for_ms: v.kept_for.map(ms),

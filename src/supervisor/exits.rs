@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::phase::{Attempt, Draining, Phase, Recovery, Stage, Step, Stopping};
 use super::{
-    human, Action, GenId, SdState, SdStatus, Status, Supervisor, Waiter, BACKOFF_FIRST,
+    human, Action, GenId, Note, SdState, SdStatus, Status, Supervisor, Waiter, BACKOFF_FIRST,
     BACKOFF_MAX, HEALTHY, MILLION,
 };
 use crate::units::signal_name;
@@ -57,6 +57,7 @@ impl Supervisor {
         d.stage = Stage::Signalled { kill_at, killed: false };
         let signal = self.policy.stop_signal;
         self.out.push(Action::Signal { gen: id, signal });
+        self.out.push(Action::Note(Note::Stopping { gen: id, signal }));
         self.info(format!("generation {id} stopping with {}", signal_name(signal)));
     }
 
@@ -221,6 +222,7 @@ impl Supervisor {
         let delay = self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         self.info(format!("restarting in {}", human(delay)));
+        self.out.push(Action::Note(Note::RestartScheduled { delay }));
         now + delay
     }
 

@@ -78,6 +78,8 @@ pub struct Supervisor {
     /// Since when some generation has been serving without a break.
     up_since: Option<Instant>,
     restarts: u32,
+    /// Reloads that ended ready, and failed.
+    reloads: (u64, u64),
     last_reload: Option<(Outcome, Instant)>,
     /// The status of the last generation that counts for the exit code.
     last_status: Option<Status>,
@@ -97,6 +99,7 @@ impl Supervisor {
             backoff: BACKOFF_FIRST,
             up_since: None,
             restarts: 0,
+            reloads: (0, 0),
             last_reload: None,
             last_status: None,
             kept: None,
@@ -156,6 +159,7 @@ impl Supervisor {
             }
             (p, E::Drained { gen }) => {
                 self.debug(format!("generation {gen} has nothing left to serve"));
+                self.note(Note::Drained { gen });
                 self.signal_now(now, gen);
                 p
             }
@@ -216,6 +220,7 @@ impl Supervisor {
             (P::Booting(a), E::Reload { waiter, .. }) => P::Booting(self.merge(a, waiter)),
             (P::Serving(cur), E::Reload { waiter, canary }) => {
                 self.info("reload requested".into());
+                self.note(Note::ReloadRequested { merged: false });
                 let mut a = self.begin_reload(now, waiter.into_iter().collect(), false);
                 a.canary = canary;
                 P::Reloading(cur, a)
@@ -225,6 +230,7 @@ impl Supervisor {
             }
             (P::Recovering(Recovery::Backoff { mut waiters, .. }), E::Reload { waiter, .. }) => {
                 self.info("reload requested while nothing serves: starting now".into());
+                self.note(Note::ReloadRequested { merged: false });
                 waiters.extend(waiter);
                 P::Recovering(Recovery::Trying(self.begin_reload(now, waiters, true)))
             }
@@ -320,7 +326,12 @@ impl Supervisor {
         ) || (steer && self.policy.ready == ReadyPolicy::Auto && by == ReadySource::Accept)
     }
 
+    fn note(&mut self, note: Note) {
+        self.out.push(Action::Note(note));
+    }
+
     fn remember(&mut self, gen: GenId, pid: i32, status: Status, now: Instant) {
+        self.note(Note::Exited { gen, pid, status });
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use super::phase::{Attempt, Candidate, Current, Phase, Recovery, Step};
 use super::{
-    human, Action, GenId, Outcome, ReadyPolicy, SdState, SdStatus, Supervisor, Waiter, MILLION,
+    human, Action, GenId, Note, Outcome, ReadyPolicy, SdState, SdStatus, Supervisor, Waiter,
+    MILLION,
 };
 use crate::log::Level;
 
@@ -81,6 +82,7 @@ impl Supervisor {
         alone: bool,
     ) -> Attempt {
         let gen = self.next_id;
+        self.note(Note::ReloadStarted { gen });
         let status = SdStatus::Reloading { gen };
         self.out.push(Action::Systemd { state: Some(SdState::Reloading), status });
         let step = if self.policy.check {
@@ -99,6 +101,7 @@ impl Supervisor {
             Step::Checking { gen, .. } => format!("the check before generation {gen} runs"),
         };
         self.info(format!("reload requested while {what}; merged into one follow-up reload"));
+        self.note(Note::ReloadRequested { merged: true });
         a.follow_up.get_or_insert_with(Vec::new).extend(waiter);
         a
     }
@@ -115,6 +118,7 @@ impl Supervisor {
         let Step::Starting(c) = step else { unreachable!("checked by the caller") };
         let took = now.saturating_duration_since(c.spawned_at);
         self.info(format!("generation {} ready after {} ms", c.id, took.as_millis()));
+        self.note(Note::Ready { gen: c.id, took });
         if self.probes() {
             self.out.push(Action::StopProbe { gen: c.id });
         }
@@ -249,6 +253,16 @@ impl Supervisor {
         outcome: Outcome,
     ) {
         self.last_reload = Some((outcome.clone(), now));
+        match &outcome {
+            Outcome::Ready { gen, took, .. } => {
+                self.reloads.0 += 1;
+                self.note(Note::ReloadReady { gen: *gen, took: *took });
+            }
+            Outcome::Failed { gen, why, .. } => {
+                self.reloads.1 += 1;
+                self.note(Note::ReloadFailed { gen: *gen, why: why.clone() });
+            }
+        }
         let failed = match &outcome {
             Outcome::Failed { why, .. } => Some(why.clone()),
             Outcome::Ready { .. } => None,

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use super::phase::{Current, Kept, Phase, Split, SplitMode};
-use super::{human, Action, GenId, SdStatus, Status, Supervisor, Verdict, Waiter, MILLION};
+use super::{human, Action, GenId, Note, SdStatus, Status, Supervisor, Verdict, Waiter, MILLION};
 
 /// A ramp moves in at most this many steps...
 const RAMP_STEPS: u32 = 20;
@@ -192,6 +192,11 @@ impl Supervisor {
     }
 
     pub(super) fn answer(&mut self, waiter: Option<Waiter>, verdict: Verdict) {
+        match verdict {
+            Verdict::Promoted { gen, from } => self.note(Note::Promoted { gen, from }),
+            Verdict::RolledBack { gen, from } => self.note(Note::RolledBack { gen, from }),
+            Verdict::Refused { .. } => {}
+        }
         if let Some(waiter) = waiter {
             self.out.push(Action::Answer { waiter, verdict });
         }

@@ -139,6 +139,57 @@ impl Outcome {
     }
 }
 
+/// Something that happened, for `graceexec events` and the metrics: the
+/// facts, where log lines have words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// A reload was asked for; `merged`: into the follow-up of one under way.
+    ReloadRequested {
+        merged: bool,
+    },
+    /// A reload starts generation `gen` (its check first, with `--check`).
+    ReloadStarted {
+        gen: GenId,
+    },
+    ReloadReady {
+        gen: GenId,
+        took: Duration,
+    },
+    ReloadFailed {
+        gen: Option<GenId>,
+        why: String,
+    },
+    /// A generation counts as ready (every start, not only reloads).
+    Ready {
+        gen: GenId,
+        took: Duration,
+    },
+    Stopping {
+        gen: GenId,
+        signal: SigNo,
+    },
+    /// Steered away from, it has nothing left.
+    Drained {
+        gen: GenId,
+    },
+    Exited {
+        gen: GenId,
+        pid: i32,
+        status: Status,
+    },
+    RestartScheduled {
+        delay: Duration,
+    },
+    Promoted {
+        gen: GenId,
+        from: GenId,
+    },
+    RolledBack {
+        gen: GenId,
+        from: GenId,
+    },
+}
+
 /// The answer to a promote or rollback.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -279,6 +330,8 @@ pub enum Action {
     CancelCheck {
         why: String,
     },
+    /// For `graceexec events` and the metrics.
+    Note(Note),
     /// Answer a promote or rollback request.
     Answer {
         waiter: Waiter,

@@ -71,6 +71,8 @@ pub struct View {
     /// The last reload's outcome and how long ago it came.
     pub last_reload: Option<(Outcome, Duration)>,
     pub restarts: u32,
+    /// Reloads that ended ready, and failed.
+    pub reloads: (u64, u64),
     /// The last exits, oldest first, with how long ago each came.
     pub exited: Vec<(ExitView, Duration)>,
     /// When the restart after a crash is due, from now.
@@ -129,6 +131,7 @@ impl Supervisor {
             gens,
             last_reload,
             restarts: self.restarts,
+            reloads: self.reloads,
             exited,
             restart_in,
             kept_for: self.kept.as_ref().map(|k| k.until.saturating_duration_since(now)),

@@ -133,7 +133,7 @@ fn status_reads_well() {
 
     let dir = temp_dir("status");
     let _s = serve(&socket_path(&dir, "api"), reply(sample_status()));
-    let o = client::status_in(named("api"), &dir, true);
+    let o = client::status_in(named("api"), &dir, client::Format::Json);
     assert_eq!(o.code, 0);
     assert_eq!(as_reply(serde_json::from_str(&o.out[0]).unwrap()), as_reply(sample_status()));
 }
@@ -142,7 +142,7 @@ fn status_reads_well() {
 fn resolution_errors() {
     let dir = temp_dir("resolve");
     let none = Which::Only;
-    let o = client::status_in(none, &dir, false);
+    let o = client::status_in(none, &dir, client::Format::Text);
     assert_eq!(o.code, 3);
     assert_eq!(
         o.err,
@@ -150,8 +150,8 @@ fn resolution_errors() {
     );
 
     drop(UnixListener::bind(socket_path(&dir, "old")).unwrap()); // stale: skipped
-    assert_eq!(client::status_in(none, &dir, false).code, 3);
-    let o = client::status_in(named("api"), &dir, false);
+    assert_eq!(client::status_in(none, &dir, client::Format::Text).code, 3);
+    let o = client::status_in(named("api"), &dir, client::Format::Text);
     let path: PathBuf = socket_path(&dir, "api");
     assert_eq!(
         (o.code, o.err),
@@ -166,7 +166,7 @@ fn resolution_errors() {
 
     let _a = serve(&socket_path(&dir, "a"), reply(sample_status()));
     let _b = serve(&socket_path(&dir, "b"), reply(sample_status()));
-    let o = client::status_in(none, &dir, false);
+    let o = client::status_in(none, &dir, client::Format::Text);
     assert_eq!(o.err, ["graceexec: several instances are running: a, b; pick one with --name"]);
     assert_eq!(o.code, 3);
 

@@ -291,3 +291,35 @@ fn reply(v: Value) -> impl FnMut(Request) -> Vec<(Value, bool)> + Send + 'static
 }
 
 const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_follower_that_does_not_read_is_dropped_with_a_last_lagged_line() {
+    use super::protocol::EventLine;
+    let dir = temp_dir("lag");
+    let path = socket_path(&dir, "api");
+    let (mut server, _) = bind(&path, "api").unwrap();
+    let c = send(&path, "{\"graceexec\":1,\"command\":\"events\"}\n");
+    let (reqs, _) = server.service(&[Key::Listener], Instant::now());
+    let (id, req) = reqs[0];
+    assert_eq!(req, Request::Events { since: None });
+    let big = EventLine { event: "x".repeat(4000), ..EventLine::default() };
+    let event = || Reply::new(Answer::Event(Box::new(big.clone())));
+    // The client reads nothing: the socket buffer, then the queue, fill up.
+    let mut sent = 0;
+    while server.stream(id, event(), Instant::now()) {
+        sent += 1;
+        assert!(sent < 10_000, "never dropped");
+    }
+    assert!(!server.stream(id, event(), Instant::now()), "dropped stays dropped");
+    // Now it reads: what was queued, then one `lagged` line, then EOF.
+    let reader = std::thread::spawn(move || read_all(c));
+    while server.is_open(id) {
+        let ready = poll_once(&server, 100);
+        server.service(&ready, Instant::now());
+    }
+    let lines = reader.join().unwrap();
+    let last = lines.last().unwrap();
+    assert_eq!(last["reply"], "lagged", "{last}");
+    assert_eq!(last["missed"], 2, "{last}");
+    assert!(lines[..lines.len() - 1].iter().all(|l| l["reply"] == "event"));
+}
