@@ -142,7 +142,8 @@ impl H {
     }
     pub(super) fn ev(&mut self, e: Event) -> Vec<Action> {
         let out = self.sup.handle(self.now, e).into_iter();
-        let (logs, acts): (Vec<_>, Vec<_>) = out.partition(|a| matches!(a, Action::Log { .. }));
+        let (logs, acts): (Vec<_>, Vec<_>) =
+            out.partition(|a| matches!(a, Action::Log { .. } | Action::Note(_)));
         self.logs = logs;
         let (reports, acts) = acts.into_iter().partition(|a| {
             matches!(a, Action::Report { .. } | Action::Systemd { .. } | Action::Answer { .. })
