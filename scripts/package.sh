@@ -152,11 +152,14 @@ Then:
     graceexec --version
     man graceexec
 
-The man page is share/man/man1/graceexec.1.gz; man finds it through PATH.
-Completions: share/bash-completion/completions/graceexec (bash-completion
-loads it on first use), share/zsh/site-functions/_graceexec (in zsh's
-fpath for /usr/local; add the directory to fpath for another prefix),
-share/fish/vendor_completions.d/graceexec.fish. Example systemd units are
+The man page is share/man/man1/graceexec.1.gz: man finds it through PATH
+(PREFIX/bin on PATH means PREFIX/share/man). The completions:
+share/bash-completion/completions/graceexec, which bash-completion loads
+on first use from /usr/local/share and ~/.local/share (elsewhere, add
+PREFIX/share to XDG_DATA_DIRS); share/zsh/site-functions/_graceexec, in
+zsh's fpath for /usr/local (elsewhere, add the directory to fpath before
+compinit); share/fish/vendor_completions.d/graceexec.fish, which fish
+reads from /usr/local/share and ~/.local/share. Example systemd units are
 in share/doc/graceexec/examples/; they call /usr/bin/graceexec, so adjust
 the path.
 
