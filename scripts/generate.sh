@@ -1,6 +1,7 @@
 #!/bin/sh
 # Regenerate the files derived from the clap definitions: the shell
-# completions under completions/ and the man page doc/graceexec.1.
+# completions under completions/ and the man page doc/graceexec.1 (from
+# doc/graceexec.1.in and the parser, by src/cli/tests/man.rs).
 # Tests fail when the committed copies are out of date.
 set -eu
 cd "$(dirname "$0")/.."
