@@ -15,7 +15,6 @@
 
 const { spawnSync } = require("node:child_process");
 const http = require("node:http");
-const net = require("node:net");
 
 const LISTEN_FDS_START = 3;
 // A client that connects and sends nothing, or a keep-alive connection left
@@ -69,8 +68,8 @@ function notify(message) {
 }
 
 let draining = false;
-// Every open connection: how many requests it has been answered, and
-// whether one is being answered now.
+// Every open connection: how many answers it has had, and whether one is
+// under way.
 const connections = new Map();
 
 function handle(req, res) {
@@ -88,7 +87,11 @@ function handle(req, res) {
   const answer = (status, text) => {
     // Node then closes the connection once this response is sent.
     if (draining) res.setHeader("Connection", "close");
-    res.writeHead(status, { "Content-Type": "text/plain" }).end(text);
+    res.writeHead(status, {
+      "Content-Type": "text/plain",
+      "Content-Length": Buffer.byteLength(text),
+    });
+    res.end(text);
   };
   if (url.pathname === "/slow") {
     const ms = Number.parseInt(url.searchParams.get("ms") ?? "", 10);
@@ -106,19 +109,16 @@ function drain(servers) {
   draining = true;
   let open = servers.length;
   for (const server of servers) {
-    // net.Server's close, not http.Server's: since Node 19 the latter also
-    // destroys every connection with no request under way, including one
-    // just accepted whose request has not been read yet, and that request
-    // would be lost. This stops accepting, and calls back once every
-    // connection has closed.
-    net.Server.prototype.close.call(server, () => {
+    // Stops accepting, and calls back once every connection has closed.
+    server.close(() => {
       open -= 1;
       if (open === 0) process.exit(0);
     });
   }
   // Idle keep-alive connections would keep us up until the client or the
-  // keep-alive timeout closed them. Those that have a request under way,
-  // or have not sent their first yet, close after their next answer.
+  // keep-alive timeout closed them (Node 19+ closes them in close() too).
+  // Those that have a request under way, or have not sent their first yet,
+  // close after their next answer.
   for (const [socket, conn] of connections) {
     if (!conn.busy && conn.served > 0) socket.destroy();
   }

@@ -6,6 +6,7 @@ mod canary;
 mod chdir;
 mod contract;
 mod control;
+mod examples;
 mod faults;
 mod files;
 mod harness;
