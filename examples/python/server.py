@@ -141,6 +141,7 @@ def main():
     socks = inherited_sockets()
     # SIGTERM and SIGINT are taken by sigwait() in the main thread; blocked
     # before any thread exists, so no thread is ever interrupted by them.
+    # (A process started from here inherits the mask: unblock them in it.)
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
@@ -148,10 +149,14 @@ def main():
     # Readable once draining: wakes every idle keep-alive connection at once.
     wake_r, wake_w = os.pipe()
     servers = [Server(sock, draining, wake_r) for sock in socks]
-    threads = [threading.Thread(target=s.serve_forever) for s in servers]
-    for t in threads:
-        t.start()
-    notify("READY=1")
+    # Daemon threads: should main() fail, the process ends (SIGTERM could
+    # not end it, being blocked). A drain waits for them in shutdown().
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        notify("READY=1")
+    except OSError as e:
+        print(f"server.py: could not send READY=1: {e}", file=sys.stderr)
 
     signal.sigwait(stop_signals)
     draining.set()
