@@ -87,7 +87,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.connection.fileno() in ready
 
     def buffered(self):
-        """Whether the next request (pipelined) or EOF is already readable."""
+        """Whether bytes of the next request are here already (pipelined)."""
         self.connection.settimeout(0)
         try:
             return bool(self.rfile.peek(1))
