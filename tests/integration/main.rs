@@ -7,6 +7,7 @@ mod chdir;
 mod contract;
 mod control;
 mod events;
+mod examples;
 mod faults;
 mod files;
 mod harness;
