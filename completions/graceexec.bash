@@ -83,7 +83,7 @@ _graceexec() {
 
     case "${cmd}" in
         graceexec)
-            opts="-l -q -v -h -V --listen --ready --name --handover --ready-timeout --drain-wait --stop-signal --stop-timeout --restart --keep-old --promote-after --ramp --control --metrics-file --pid-file --chdir --user --check --watch --log-prefix --compat --backlog --unix-mode --quiet --verbose --help --version reload promote rollback status events stop upgrade list completions help"
+            opts="-l -q -v -h -V --listen --ready --name --handover --ready-timeout --drain-wait --stop-signal --stop-timeout --restart --keep-old --promote-after --ramp --control --metrics-file --fdstore --pid-file --chdir --user --check --watch --log-prefix --compat --backlog --unix-mode --quiet --verbose --help --version reload promote rollback status events stop upgrade list completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

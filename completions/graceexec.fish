@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_graceexec_global_optspecs
-    string join \n l/listen= ready= name= handover= ready-timeout= drain-wait= stop-signal= stop-timeout= restart= keep-old= promote-after= ramp= control= metrics-file= pid-file= chdir= user= check= watch= log-prefix compat= backlog= unix-mode= q/quiet v/verbose h/help V/version
+    string join \n l/listen= ready= name= handover= ready-timeout= drain-wait= stop-signal= stop-timeout= restart= keep-old= promote-after= ramp= control= metrics-file= fdstore pid-file= chdir= user= check= watch= log-prefix compat= backlog= unix-mode= q/quiet v/verbose h/help V/version
 end
 
 function __fish_graceexec_needs_command
@@ -48,6 +48,7 @@ complete -c graceexec -n "__fish_graceexec_needs_command" -l watch -d 'Reload wh
 complete -c graceexec -n "__fish_graceexec_needs_command" -l compat -d 'Also export another tool\'s variables, so servers written for it run unchanged' -r -f -a "server-starter\t'Also set SERVER_STARTER_PORT and SERVER_STARTER_GENERATION'"
 complete -c graceexec -n "__fish_graceexec_needs_command" -l backlog -d 'Listen backlog of TCP and unix stream sockets' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l unix-mode -d 'Permissions of unix socket files, in octal (e.g. 660)' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l fdstore -d 'Under systemd, with FileDescriptorStoreMax= set: keep the TCP and UDP sockets graceexec binds in the service manager\'s file descriptor store, and take them back at the next start, so that `systemctl restart` refuses no connection. Implied by $FDSTORE (systemd 254 and later)'
 complete -c graceexec -n "__fish_graceexec_needs_command" -l log-prefix -d 'Put "[gen K pid P] " before each line the server writes to stdout and stderr'
 complete -c graceexec -n "__fish_graceexec_needs_command" -s q -l quiet -d 'Only warnings and errors'
 complete -c graceexec -n "__fish_graceexec_needs_command" -s v -l verbose -d 'Also debug lines (notify messages, probe attempts, reaped orphans)'

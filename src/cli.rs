@@ -252,6 +252,14 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
 
+    /// Under systemd, with FileDescriptorStoreMax= set: keep the TCP and
+    /// UDP sockets graceexec binds in the service manager's file
+    /// descriptor store, and take them back at the next start, so that
+    /// `systemctl restart` refuses no connection. Implied by $FDSTORE
+    /// (systemd 254 and later).
+    #[arg(long)]
+    pub fdstore: bool,
+
     /// Write graceexec's pid here (atomically); removed at exit.
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,

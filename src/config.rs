@@ -34,6 +34,9 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// `--watch`'s paths, watched anew by an upgraded image.
     pub watch: Vec<PathBuf>,
+    /// Sockets go to systemd's file descriptor store (fdstore.rs).
+    #[serde(default)]
+    pub fdstore: bool,
 }
 
 impl Config {
@@ -66,6 +69,7 @@ impl Config {
             server_starter: None,
             metrics_file: cli.metrics_file.clone(),
             watch: cli.watch.clone(),
+            fdstore: false,
         }
     }
 

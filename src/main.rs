@@ -10,6 +10,7 @@ mod config;
 mod control;
 mod env;
 mod event_loop;
+mod fdstore;
 mod listen;
 mod log;
 mod metrics;

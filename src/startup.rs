@@ -22,6 +22,7 @@ use nix::sys::signalfd::SignalFd;
 use crate::cli::{Cli, Compat};
 use crate::config::Config;
 use crate::control::{paths, server::Server};
+use crate::fdstore::{self, Store, Stored};
 use crate::listen::{self, Listener};
 use crate::notify::{NotifyDir, SdNotify};
 use crate::pidfile::PidFile;
@@ -79,6 +80,8 @@ struct Adopted {
     cfg: Config,
     signals: SignalFd,
     systemd: Option<Vec<Listener>>,
+    /// Sockets of a previous run, back from systemd's store.
+    stored: Stored,
 }
 
 struct Reachable {
@@ -118,19 +121,22 @@ impl SignalsBlocked {
         let cfg = Config::new(&cli, name);
         // A missing command is reported before anything is bound.
         cfg.resolve_command().map_err(|e| failure(e.code, e.message))?;
-        let systemd = if cli.listen.is_empty() {
-            match listen::from_systemd() {
-                Ok(Some(l)) => Some(l),
-                Ok(None) => return Err(failure(EXIT_USAGE, "nothing to listen on: give --listen ADDR, or start graceexec by systemd socket activation")),
-                Err(e) => {
-                    return Err(failure(
-                        EXIT_STARTUP,
-                        format!("cannot adopt the sockets systemd passed: {e:#}"),
-                    ))
+        let passed = listen::from_systemd().map_err(|e| {
+            failure(EXIT_STARTUP, format!("cannot adopt the sockets systemd passed: {e:#}"))
+        })?;
+        let (systemd, stored) = match (cli.listen.is_empty(), passed) {
+            (true, Some(l)) => (Some(l), Stored::default()),
+            (true, None) => return Err(failure(EXIT_USAGE, "nothing to listen on: give --listen ADDR, or start graceexec by systemd socket activation")),
+            // With --listen, only what graceexec stored itself is taken
+            // back; anything else systemd passed is not served.
+            (false, Some(l)) => {
+                let (stored, other) = Stored::sort(l);
+                for l in other {
+                    log::warn(&format!("not serving {} ({}) that systemd passed: --listen is given", l.name, l.shown));
                 }
+                (None, stored)
             }
-        } else {
-            None
+            (false, None) => (None, Stored::default()),
         };
         // Our output never blocks the loop from here on (outbox.rs). After
         // adopting systemd's sockets: it opens fds, which must not take a
@@ -142,7 +148,7 @@ impl SignalsBlocked {
         // fds LISTEN_FDS names.
         let signals = signals::signalfd()
             .map_err(|e| failure(EXIT_STARTUP, format!("cannot set up signal handling: {e}")))?;
-        Ok(Adopted { cli, cfg, signals, systemd })
+        Ok(Adopted { cli, cfg, signals, systemd, stored })
     }
 }
 
@@ -168,9 +174,24 @@ impl Adopted {
 impl Reachable {
     fn bind(mut self) -> Result<Bound, Failure> {
         let cli = &self.prev.cli;
+        let store = match fdstore::wanted(cli.fdstore) {
+            true => Store::from_env(),
+            false => None,
+        };
+        if cli.fdstore && store.is_none() {
+            log::warn("--fdstore: no NOTIFY_SOCKET; the sockets are not stored");
+        }
+        self.prev.cfg.fdstore = store.is_some();
+        let stored = std::mem::take(&mut self.prev.stored);
         let sockets = match self.prev.systemd.take() {
             Some(l) => Sockets::adopted(l),
-            None => Sockets::bind(&cli.listen, cli.backlog, cli.unix_mode, cli.handover)?,
+            None => Sockets::bind(
+                &cli.listen,
+                cli.backlog,
+                cli.unix_mode,
+                cli.handover,
+                (stored, store),
+            )?,
         };
         self.prev.cfg.policy.steer = sockets.steering();
         for (name, shown, steered) in sockets.describe() {

@@ -225,7 +225,14 @@ impl Runtime {
                     self.io.control.reply(w, reply.clone(), true);
                 }
             }
-            Action::Systemd { state, status } => self.tell_systemd(state, &status),
+            Action::Systemd { state, status } => {
+                if state == Some(SdState::Stopping) {
+                    // Under systemd's store, what comes now waits for the
+                    // next start (fdstore.rs).
+                    self.io.sockets.park();
+                }
+                self.tell_systemd(state, &status)
+            }
             Action::Exit { code, waiters } => {
                 self.write_metrics(false);
                 for w in waiters {

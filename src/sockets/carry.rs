@@ -19,6 +19,11 @@ pub struct SocketsOut {
     shares: Vec<(GenId, u32)>,
     probes: Vec<(u16, GenId)>,
     routed: Option<u32>,
+    /// Whether the sockets go to systemd's store.
+    #[serde(default)]
+    store: bool,
+    #[serde(default)]
+    parked: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -47,6 +52,8 @@ impl Sockets {
             shares: self.shares.clone(),
             probes: self.probes.iter().map(|(p, g)| (*p, *g)).collect(),
             routed: self.routed,
+            store: self.store.is_some(),
+            parked: self.parked,
         }
     }
 
@@ -80,6 +87,8 @@ impl Sockets {
             shares: s.shares,
             probes: s.probes.into_iter().collect::<BTreeMap<_, _>>(),
             routed: s.routed,
+            store: if s.store { crate::fdstore::Store::from_env() } else { None },
+            parked: s.parked,
         })
     }
 }

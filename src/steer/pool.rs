@@ -109,6 +109,46 @@ impl Pool {
         Ok(pool)
     }
 
+    /// A pool taken back from the service manager's file descriptor store
+    /// (fdstore.rs): sockets 0..n of one group, still bound to an address
+    /// `want` accepts, still listening. New connections keep going where
+    /// most already wait (the socket parked at the last stop), which it
+    /// returns with the pool.
+    pub fn from_stored(
+        fds: Vec<(u32, OwnedFd)>,
+        want: SocketAddr,
+        backlog: i32,
+    ) -> Result<(Pool, u32), String> {
+        let backlog = Backlog::new(backlog).map_err(|e| e.to_string())?;
+        let mut sockets = Vec::with_capacity(fds.len());
+        let mut addr = None;
+        for (i, (slot, fd)) in fds.into_iter().enumerate() {
+            if slot != i as u32 {
+                return Err(format!("socket {i} of the group is missing"));
+            }
+            let local = local_addr(fd.as_fd()).map_err(|e| e.to_string())?;
+            let same_port = want.port() == 0 || want.port() == local.port();
+            if local.ip() != want.ip() || !same_port || addr.is_some_and(|a| a != local) {
+                return Err(format!("it is bound to {local}"));
+            }
+            let listening = nix::sys::socket::getsockopt(&fd, sockopt::AcceptConn);
+            let reuse = nix::sys::socket::getsockopt(&fd, sockopt::ReusePort);
+            if !listening.unwrap_or(false) || !reuse.unwrap_or(false) {
+                return Err("it is not a listening socket of a SO_REUSEPORT group".into());
+            }
+            addr = Some(local);
+            sockets.push(fd);
+        }
+        let addr = addr.ok_or("nothing was stored")?;
+        let family = if addr.is_ipv4() { Family::V4 } else { Family::V6 };
+        let pool = Pool { addr, family, backlog, sockets };
+        let waiting = |i: &u32| pool.queue_len(*i).unwrap_or(0);
+        let routed =
+            (0..pool.len()).max_by_key(|i| (waiting(i), std::cmp::Reverse(*i))).unwrap_or(0);
+        pool.attach(&Route::all(routed)).map_err(|e| e.to_string())?;
+        Ok((pool, routed))
+    }
+
     /// One more socket, at index `len()`, which it returns. The program in
     /// place never names it, so it gets no connection until a route does.
     /// Fails after `--user` has dropped root (the group belongs to root's
