@@ -43,6 +43,9 @@ _graceexec() {
             graceexec,stop)
                 cmd="graceexec__subcmd__stop"
                 ;;
+            graceexec,upgrade)
+                cmd="graceexec__subcmd__upgrade"
+                ;;
             graceexec__subcmd__help,completions)
                 cmd="graceexec__subcmd__help__subcmd__completions"
                 ;;
@@ -70,6 +73,9 @@ _graceexec() {
             graceexec__subcmd__help,stop)
                 cmd="graceexec__subcmd__help__subcmd__stop"
                 ;;
+            graceexec__subcmd__help,upgrade)
+                cmd="graceexec__subcmd__help__subcmd__upgrade"
+                ;;
             *)
                 ;;
         esac
@@ -77,7 +83,7 @@ _graceexec() {
 
     case "${cmd}" in
         graceexec)
-            opts="-l -q -v -h -V --listen --ready --name --handover --ready-timeout --drain-wait --stop-signal --stop-timeout --restart --keep-old --promote-after --ramp --control --metrics-file --pid-file --chdir --user --check --watch --log-prefix --compat --backlog --unix-mode --quiet --verbose --help --version reload promote rollback status events stop list completions help"
+            opts="-l -q -v -h -V --listen --ready --name --handover --ready-timeout --drain-wait --stop-signal --stop-timeout --restart --keep-old --promote-after --ramp --control --metrics-file --pid-file --chdir --user --check --watch --log-prefix --compat --backlog --unix-mode --quiet --verbose --help --version reload promote rollback status events stop upgrade list completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -223,7 +229,7 @@ _graceexec() {
             return 0
             ;;
         graceexec__subcmd__help)
-            opts="reload promote rollback status events stop list completions help"
+            opts="reload promote rollback status events stop upgrade list completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -362,6 +368,20 @@ _graceexec() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        graceexec__subcmd__help__subcmd__upgrade)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         graceexec__subcmd__list)
             opts="-h --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -484,6 +504,36 @@ _graceexec() {
                     return 0
                     ;;
                 --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        graceexec__subcmd__upgrade)
+            opts="-h --name --control --binary --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --binary)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

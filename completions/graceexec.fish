@@ -59,6 +59,7 @@ complete -c graceexec -n "__fish_graceexec_needs_command" -a "rollback" -d 'Retu
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "status" -d 'Show an instance: its sockets, generations and last reload'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "events" -d 'Follow an instance\'s events (reloads, generations, restarts, share changes) as they happen, until it exits'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
+complete -c graceexec -n "__fish_graceexec_needs_command" -a "upgrade" -d 'Replace graceexec itself in place: the same pid, every socket and generation kept, nothing restarted'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "list" -d 'List the running instances of this user'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "completions" -d 'Print a shell completion script'
 complete -c graceexec -n "__fish_graceexec_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -88,15 +89,21 @@ complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -l name -d 'Na
 complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -l control -d 'Path of its control socket, instead of --name' -r -F
 complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -l timeout -d 'How long to wait for it to exit' -r
 complete -c graceexec -n "__fish_graceexec_using_subcommand stop" -s h -l help -d 'Print help'
+complete -c graceexec -n "__fish_graceexec_using_subcommand upgrade" -l name -d 'Name of the instance (default: the only one running)' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand upgrade" -l control -d 'Path of its control socket, instead of --name' -r -F
+complete -c graceexec -n "__fish_graceexec_using_subcommand upgrade" -l binary -d 'The new graceexec binary (default: the file now at the path the instance runs from)' -r -F
+complete -c graceexec -n "__fish_graceexec_using_subcommand upgrade" -l timeout -d 'How long to wait for the new image to take over' -r
+complete -c graceexec -n "__fish_graceexec_using_subcommand upgrade" -s h -l help -d 'Print help'
 complete -c graceexec -n "__fish_graceexec_using_subcommand list" -l json -d 'A JSON array of their status objects'
 complete -c graceexec -n "__fish_graceexec_using_subcommand list" -s h -l help -d 'Print help'
 complete -c graceexec -n "__fish_graceexec_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "reload" -d 'Reload a running instance and wait for the outcome (exit 0: the new generation is ready; 1: the reload failed and the old one keeps serving; 3: no such instance; 4: no answer within --timeout)'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "promote" -d 'Give a canary every new connection; the previous generation drains'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "rollback" -d 'Return every new connection to the previous generation (a canary\'s, or the one --keep-old kept); the newer one drains'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "status" -d 'Show an instance: its sockets, generations and last reload'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "events" -d 'Follow an instance\'s events (reloads, generations, restarts, share changes) as they happen, until it exits'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "list" -d 'List the running instances of this user'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop list completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop upgrade list completions help" -f -a "reload" -d 'Reload a running instance and wait for the outcome (exit 0: the new generation is ready; 1: the reload failed and the old one keeps serving; 3: no such instance; 4: no answer within --timeout)'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop upgrade list completions help" -f -a "promote" -d 'Give a canary every new connection; the previous generation drains'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop upgrade list completions help" -f -a "rollback" -d 'Return every new connection to the previous generation (a canary\'s, or the one --keep-old kept); the newer one drains'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop upgrade list completions help" -f -a "status" -d 'Show an instance: its sockets, generations and last reload'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop upgrade list completions help" -f -a "events" -d 'Follow an instance\'s events (reloads, generations, restarts, share changes) as they happen, until it exits'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop upgrade list completions help" -f -a "stop" -d 'Stop an instance gracefully; returns once it has exited'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop upgrade list completions help" -f -a "upgrade" -d 'Replace graceexec itself in place: the same pid, every socket and generation kept, nothing restarted'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop upgrade list completions help" -f -a "list" -d 'List the running instances of this user'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop upgrade list completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c graceexec -n "__fish_graceexec_using_subcommand help; and not __fish_seen_subcommand_from reload promote rollback status events stop upgrade list completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -109,6 +109,19 @@ pub enum Sub {
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Replace graceexec itself in place: the same pid, every socket and
+    /// generation kept, nothing restarted.
+    Upgrade {
+        #[command(flatten)]
+        target: Target,
+        /// The new graceexec binary (default: the file now at the path the
+        /// instance runs from).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// How long to wait for the new image to take over.
+        #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// List the running instances of this user.
     List {
         /// A JSON array of their status objects.

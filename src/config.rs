@@ -13,7 +13,7 @@ use crate::readiness::Mode;
 use crate::supervisor::Policy;
 use crate::sys::spawn::SpawnError;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     pub name: String,
     /// COMMAND and its arguments; argv[0] is COMMAND as written.
@@ -27,11 +27,13 @@ pub struct Config {
     /// Set for every process graceexec starts (`--user`'s HOME, USER...).
     pub user_env: Vars,
     /// Inherited variables not passed on.
-    pub env_remove: Vec<&'static str>,
+    pub env_remove: Vec<String>,
     /// SERVER_STARTER_PORT's value under `--compat server-starter`, once
     /// the sockets are bound.
     pub server_starter: Option<String>,
     pub metrics_file: Option<PathBuf>,
+    /// `--watch`'s paths, watched anew by an upgraded image.
+    pub watch: Vec<PathBuf>,
 }
 
 impl Config {
@@ -63,6 +65,7 @@ impl Config {
             env_remove: Vec::new(),
             server_starter: None,
             metrics_file: cli.metrics_file.clone(),
+            watch: cli.watch.clone(),
         }
     }
 

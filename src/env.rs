@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Variables graceexec sets itself; any inherited value is dropped, so a
 /// graceexec started by systemd (or by another graceexec) never passes its
 /// own NOTIFY_SOCKET or LISTEN_* on.
-const OWN_VARS: [&str; 8] = [
+const OWN_VARS: [&str; 10] = [
     "LISTEN_PID",
     "LISTEN_FDS",
     "LISTEN_FDNAMES",
@@ -21,6 +21,8 @@ const OWN_VARS: [&str; 8] = [
     "GRACEEXEC_PID",
     "SERVER_STARTER_PORT",
     "SERVER_STARTER_GENERATION",
+    "GRACEEXEC_RESUME_FD",
+    "GRACEEXEC_UPGRADE_FAILED",
 ];
 
 pub type Vars = Vec<(OsString, OsString)>;
@@ -41,12 +43,14 @@ impl Env {
     pub fn new(
         inherited: impl IntoIterator<Item = (OsString, OsString)>,
         overrides: Vars,
-        remove: &[&str],
+        remove: &[String],
         dir: &Workdir,
     ) -> Env {
         let mut base: Vars = inherited
             .into_iter()
-            .filter(|(k, _)| !OWN_VARS.iter().chain(remove).any(|o| k == o))
+            .filter(|(k, _)| {
+                !OWN_VARS.iter().any(|o| k == o) && !remove.iter().any(|o| k == o.as_str())
+            })
             .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
             .collect();
         base.extend(overrides);
@@ -102,7 +106,7 @@ impl Env {
 }
 
 /// Where the processes start.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Workdir {
     /// graceexec's own working directory, as it is.
     Inherit,
@@ -176,7 +180,7 @@ mod tests {
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let user = vec![("HOME".into(), "/home/app".into())];
-        let env = Env::new(inherited, user, &["XDG_RUNTIME_DIR"], &Workdir::Inherit)
+        let env = Env::new(inherited, user, &["XDG_RUNTIME_DIR".into()], &Workdir::Inherit)
             .with_sockets(&["web", "admin"], None);
         let g = vars(&env.generation(3, Path::new("/tmp/n.sock")));
         assert!(g.contains(&("LISTEN_FDS".into(), "2".into())));

@@ -30,6 +30,15 @@ pub fn set_verbosity(quiet: bool, verbose: bool) {
     MAX.store(level as u8, Ordering::Relaxed);
 }
 
+/// The level in force, carried across `graceexec upgrade`.
+pub fn level() -> u8 {
+    MAX.load(Ordering::Relaxed)
+}
+
+pub fn set_level(level: u8) {
+    MAX.store(level.min(Level::Debug as u8), Ordering::Relaxed);
+}
+
 fn enabled(level: Level) -> bool {
     level as u8 <= MAX.load(Ordering::Relaxed)
 }

@@ -3,6 +3,7 @@
 
 #![deny(unsafe_code)]
 
+mod carry;
 mod check;
 mod cli;
 mod config;
@@ -35,6 +36,7 @@ mod watchdog;
 
 use cli::Sub;
 use control::client;
+use event_loop::upgrade;
 
 fn main() {
     // First: a signal that comes while the command line is parsed (host
@@ -52,6 +54,17 @@ fn run(before: nix::Result<nix::sys::signal::SigSet>) -> i32 {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == watchdog::MODE) {
         return watchdog::main(&args[2..]);
+    }
+    if args.get(1).is_some_and(|a| a == upgrade::CHECK_MODE) {
+        return upgrade::check_main();
+    }
+    // The image `graceexec upgrade` executed: the command line is the
+    // instance's, already acted on; the state comes from the document.
+    if let Some(fd) = std::env::var_os(upgrade::RESUME_FD) {
+        if let Err(e) = before {
+            log::error(&format!("cannot block signals: {e}"));
+        }
+        return upgrade::resume(fd);
     }
     let cli = cli::parse();
     log::set_verbosity(cli.quiet, cli.verbose);
@@ -84,6 +97,9 @@ fn run(before: nix::Result<nix::sys::signal::SigSet>) -> i32 {
             control::follow::events(target.which(), *json, *since)
         }
         Sub::Stop { target, timeout } => client::stop(target.which(), *timeout),
+        Sub::Upgrade { target, binary, timeout } => {
+            client::upgrade(target.which(), binary.as_deref(), *timeout)
+        }
         Sub::List { json } => client::list(*json),
         Sub::Completions { shell } => {
             print!("{}", cli::completions(*shell));

@@ -302,6 +302,25 @@ pub fn monotonic_usec() -> u64 {
     }
 }
 
+/// The notify directory and sockets across `graceexec upgrade`.
+impl NotifyDir {
+    pub fn adopt(path: PathBuf) -> NotifyDir {
+        NotifyDir { path }
+    }
+}
+
+impl NotifySocket {
+    /// Its fd (for the document) and path.
+    pub fn carry(&self, handed: &mut crate::carry::Handed) -> (i32, PathBuf) {
+        (handed.fd(std::os::fd::AsFd::as_fd(&self.sock)), self.path.clone())
+    }
+
+    pub fn adopt(fd: i32, path: PathBuf) -> Result<NotifySocket> {
+        let fd = crate::carry::take_socket(fd, "a notify socket")?;
+        Ok(NotifySocket { sock: UnixDatagram::from(fd), path })
+    }
+}
+
 #[cfg(test)]
 mod proptests;
 

@@ -160,6 +160,22 @@ pub fn flush_before_exit(deadline: Instant) {
     }
 }
 
+/// What waits in `stream`'s queue, taken out of it: the upgrade hands it
+/// to the new image, which queues it first (`requeue`).
+pub fn take_queued(stream: Stream) -> Vec<u8> {
+    let Some(s) = slot(stream) else { return Vec::new() };
+    let mut q = s.lock();
+    let head = std::mem::take(&mut q.head);
+    let bytes: Vec<u8> = q.chunks.drain(..).flatten().skip(head).collect();
+    q.len = 0;
+    bytes
+}
+
+/// Queue bytes taken by `take_queued`, never dropped.
+pub fn requeue(stream: Stream, bytes: &[u8]) {
+    child_output(stream, bytes);
+}
+
 /// The description `stream` is written through, when it is one graceexec
 /// opened anew: for the watchdog's stdout and stderr, so that it can
 /// write without blocking too even where it could not reopen them itself

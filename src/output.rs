@@ -109,8 +109,8 @@ impl Captured {
         }
     }
 
-    /// Keep the tail, pass nothing on (unit tests elsewhere).
-    #[cfg(test)]
+    /// Keep the tail, pass nothing on (the upgrade's dry run, whose answer
+    /// is read from it; unit tests elsewhere).
     pub fn silence(&mut self) {
         self.sink = |_, _| {};
     }
@@ -295,6 +295,9 @@ impl Tail {
         self.lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect()
     }
 }
+
+mod carry;
+pub use carry::CapturedOut;
 
 #[cfg(test)]
 mod tests;

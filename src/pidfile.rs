@@ -59,6 +59,17 @@ impl PidFile {
     }
 }
 
+impl PidFile {
+    /// Across `graceexec upgrade`: the same file, the same pid.
+    pub fn carry(&self) -> (PathBuf, u32) {
+        (self.path.clone(), self.pid)
+    }
+
+    pub fn adopt(path: PathBuf, pid: u32) -> PidFile {
+        PidFile { path, pid }
+    }
+}
+
 /// `.NAME.RANDOM.tmp` beside `path`, created by us and nobody else.
 fn create_temporary(path: &Path, name: &std::ffi::OsStr) -> Result<(PathBuf, File), String> {
     for _ in 0..ATTEMPTS {

@@ -31,6 +31,9 @@ pub const SLOTS: u32 = 4;
 
 const MILLION: u32 = 1_000_000;
 
+mod carry;
+pub use carry::SocketsOut;
+
 enum Entry {
     Shared(Listener),
     Steered { name: String, shown: String, pool: Pool },

@@ -30,6 +30,14 @@ impl SocketFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    pub fn carry(&self) -> crate::carry::FileOut {
+        crate::carry::FileOut { path: self.path.clone(), dev: self.id.0, ino: self.id.1 }
+    }
+
+    pub fn adopt(f: crate::carry::FileOut) -> SocketFile {
+        SocketFile { path: f.path, id: (f.dev, f.ino) }
+    }
 }
 
 impl Drop for SocketFile {

@@ -213,7 +213,7 @@ impl Bound {
             cfg.user_env = user::env(&id);
             // root's runtime directory is not USER's: the children and the
             // notify directory must not try to use it.
-            cfg.env_remove.push("XDG_RUNTIME_DIR");
+            cfg.env_remove.push("XDG_RUNTIME_DIR".into());
             std::env::remove_var("XDG_RUNTIME_DIR");
         }
         let notify_dir = NotifyDir::create()?;

@@ -374,5 +374,33 @@ fn stat(pid: i32) -> Option<Stat> {
     Some(Stat { zombie, started })
 }
 
+/// The watchdog across `graceexec upgrade`: it stays graceexec's child,
+/// and its pipe never sees EOF, so it never notices.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct WatchdogOut {
+    pid: i32,
+    pipe: i32,
+    pending: Vec<i32>,
+}
+
+impl Watchdog {
+    pub fn carry(&self, handed: &mut crate::carry::Handed) -> WatchdogOut {
+        WatchdogOut {
+            pid: self.pid.as_raw(),
+            pipe: handed.fd(self.pipe.as_fd()),
+            pending: self.pending.iter().copied().collect(),
+        }
+    }
+
+    pub fn carried_fd(w: &WatchdogOut) -> i32 {
+        w.pipe
+    }
+
+    pub fn adopt(w: WatchdogOut) -> anyhow::Result<Watchdog> {
+        let pipe = crate::carry::take_pipe(w.pipe, "the watchdog's pipe")?;
+        Ok(Watchdog { pid: Pid::from_raw(w.pid), pipe, pending: w.pending.into() })
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -65,6 +65,35 @@ pub fn stop(w: Which, timeout: Duration) -> i32 {
     stop_in(w, &default_dir(), timeout, &mut |line| say(&mut std::io::stdout(), &line)).emit()
 }
 
+/// `graceexec upgrade`: the binary made absolute (the instance has its own
+/// working directory), one answer once the new image has taken over.
+pub fn upgrade(w: Which, binary: Option<&Path>, timeout: Duration) -> i32 {
+    let binary = match binary.map(std::path::absolute).transpose() {
+        Ok(b) => b.map(|p| p.to_string_lossy().into_owned()),
+        Err(e) => {
+            return Output::fail(EXIT_FAILED, &format!("cannot resolve --binary: {e}")).emit()
+        }
+    };
+    upgrade_in(w, &default_dir(), Request::Upgrade { binary }, timeout).emit()
+}
+
+pub(super) fn upgrade_in(w: Which, dir: &Path, request: Request, timeout: Duration) -> Output {
+    let run = || -> Result<Output, Output> {
+        let (inst, _, r) = open(w, dir, request, "upgrade", timeout)?;
+        let name = &inst.name;
+        Ok(match r.answer {
+            Answer::Upgraded { from, to, pid, generations } => {
+                let s = if generations == 1 { "" } else { "s" };
+                Output::done(format!(
+                    "upgraded {name}: graceexec {from} → {to}, pid {pid}, {generations} generation{s} kept"
+                ))
+            }
+            _ => refused(name, &r),
+        })
+    };
+    run().unwrap_or_else(|o| o)
+}
+
 pub fn list(json: bool) -> i32 {
     list_in(&default_dir(), json).emit()
 }

@@ -13,6 +13,7 @@
 //! {"graceexec":1,"command":"events","since":N}   "since" optional
 //! {"graceexec":1,"command":"status"}
 //! {"graceexec":1,"command":"stop"}
+//! {"graceexec":1,"command":"upgrade","binary":PATH}    "binary" optional
 //! ```
 //!
 //! | request | reply lines (`reply`) |
@@ -23,6 +24,7 @@
 //! | events | `event` (the [`EventLine`] fields) per event, replayed from `since` then live, until the instance exits; `lagged` {missed} then EOF if the client does not keep up |
 //! | status | `status` (the [`Status`] fields) |
 //! | stop | `stopping` {pid} at once, then `exited` {code} when the instance exits |
+//! | upgrade | `upgraded` {from, to, pid, generations} once the new image has taken everything over |
 //! | anything wrong | `error` {error} |
 //!
 //! After `exited` the connection closes; the control socket is
@@ -35,7 +37,7 @@ use serde_json::Value;
 pub const VERSION: u64 = 1;
 
 /// What a client asked for.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Request {
     /// Start a new generation; with `wait`, answer once it is ready or
     /// failed. `canary`: its share of new connections, in percent.
@@ -55,6 +57,11 @@ pub enum Request {
     Status,
     /// Shut down; the connection is kept open until graceexec exits.
     Stop,
+    /// Re-execute graceexec in place from `binary` (an absolute path), or
+    /// from the path of its own binary.
+    Upgrade {
+        binary: Option<String>,
+    },
 }
 
 /// What the instance answers.
@@ -101,6 +108,14 @@ pub enum Answer {
     },
     Stopping {
         pid: u32,
+    },
+    /// graceexec runs `to` now, as the same `pid`, with `generations`
+    /// carried over.
+    Upgraded {
+        from: String,
+        to: String,
+        pid: u32,
+        generations: usize,
     },
     Exited {
         code: i32,
@@ -293,6 +308,9 @@ pub fn request_line(request: Request) -> String {
         Request::Rollback => serde_json::json!({"graceexec": VERSION, "command": "rollback"}),
         Request::Status => serde_json::json!({"graceexec": VERSION, "command": "status"}),
         Request::Stop => serde_json::json!({"graceexec": VERSION, "command": "stop"}),
+        Request::Upgrade { binary } => {
+            serde_json::json!({"graceexec": VERSION, "command": "upgrade", "binary": binary})
+        }
     };
     v.to_string()
 }
@@ -344,11 +362,18 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         Some("rollback") => Ok(Request::Rollback),
         Some("status") => Ok(Request::Status),
         Some("stop") => Ok(Request::Stop),
+        Some("upgrade") => match obj.get("binary") {
+            None | Some(Value::Null) => Ok(Request::Upgrade { binary: None }),
+            Some(Value::String(p)) if p.starts_with('/') => {
+                Ok(Request::Upgrade { binary: Some(p.clone()) })
+            }
+            Some(_) => Err("\"binary\" must be an absolute path".into()),
+        },
         Some(other) => Err(format!(
-            "unknown command \"{other}\"; this instance knows reload, promote, rollback, events, status and stop"
+            "unknown command \"{other}\"; this instance knows reload, promote, rollback, events, status, stop and upgrade"
         )),
         None => {
-            Err("the request has no \"command\" string (reload, promote, rollback, events, status or stop)".into())
+            Err("the request has no \"command\" string (reload, promote, rollback, events, status, stop or upgrade)".into())
         }
     }
 }

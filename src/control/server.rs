@@ -12,8 +12,10 @@ use super::paths;
 use super::protocol::{parse_request, Answer, Reply, Request};
 use crate::sockfile::{self, Existing, SocketFile};
 
+mod carry;
 mod stream;
 use anyhow::{anyhow, bail, Context, Result};
+pub use carry::ServerOut;
 use nix::fcntl::AT_FDCWD;
 use nix::poll::PollFlags;
 use nix::sys::socket::{getsockopt, send, sockopt, MsgFlags};

@@ -27,6 +27,18 @@ pub(super) struct Events {
     followers: Vec<ConnId>,
 }
 
+impl Events {
+    /// Across `graceexec upgrade`: the events kept, the next number, the
+    /// followers' connections.
+    pub(super) fn carry(&self) -> (Vec<EventLine>, u64, Vec<ConnId>) {
+        (self.kept.iter().cloned().collect(), self.next_seq, self.followers.clone())
+    }
+
+    pub(super) fn adopt(kept: Vec<EventLine>, next_seq: u64, followers: Vec<ConnId>) -> Events {
+        Events { kept: kept.into(), next_seq, followers }
+    }
+}
+
 fn ms(d: std::time::Duration) -> u64 {
     d.as_millis() as u64
 }

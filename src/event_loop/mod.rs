@@ -20,6 +20,7 @@ mod events;
 mod notified;
 mod reap;
 mod requests;
+pub mod upgrade;
 mod wait;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -79,41 +80,51 @@ pub struct Runtime {
     /// What --watch saw change since the last reload it asked for.
     watched: Vec<String>,
     events: events::Events,
+    /// `graceexec upgrade`'s dry run, while it runs.
+    upgrade: Option<upgrade::Pending>,
     exit: Option<i32>,
 }
 
 /// Run until the supervisor says exit; returns the exit code.
 pub fn run(cfg: Config, io: Started) -> i32 {
-    let names = io.sockets.names();
-    let env = Env::new(std::env::vars_os(), cfg.user_env.clone(), &cfg.env_remove, &cfg.workdir)
-        .with_sockets(&names, cfg.server_starter.clone());
     let sup = Supervisor::new(cfg.policy.clone());
-    let mut rt = Runtime {
-        cfg,
-        io,
-        sup,
-        env,
-        started: Instant::now(),
-        gens: BTreeMap::new(),
-        outputs: BTreeMap::new(),
-        tails: VecDeque::new(),
-        queue: VecDeque::new(),
-        check: None,
-        reap_due: false,
-        drains: drain::Drains::default(),
-        watched: Vec::new(),
-        events: events::Events::default(),
-        exit: None,
-    };
-    rt.run()
+    Runtime::new(cfg, io, sup).run(true)
 }
 
 impl Runtime {
-    fn run(&mut self) -> i32 {
+    fn new(cfg: Config, io: Started, sup: Supervisor) -> Runtime {
+        let names = io.sockets.names();
+        let env =
+            Env::new(std::env::vars_os(), cfg.user_env.clone(), &cfg.env_remove, &cfg.workdir)
+                .with_sockets(&names, cfg.server_starter.clone());
+        Runtime {
+            cfg,
+            io,
+            sup,
+            env,
+            started: Instant::now(),
+            gens: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            tails: VecDeque::new(),
+            queue: VecDeque::new(),
+            check: None,
+            reap_due: false,
+            drains: drain::Drains::default(),
+            watched: Vec::new(),
+            events: events::Events::default(),
+            upgrade: None,
+            exit: None,
+        }
+    }
+
+    /// `start`: a fresh instance; false for one an upgrade carried over.
+    fn run(&mut self, start: bool) -> i32 {
         // Signals that came during start-up go first: a TERM then means
         // that nothing is started at all.
         self.read_signals();
-        self.queue.push_back(Event::Start);
+        if start {
+            self.queue.push_back(Event::Start);
+        }
         loop {
             // Reaping queues events (a check's end, a probe's success), and
             // events may start processes: until both are done.

@@ -101,6 +101,10 @@ impl Runtime {
             self.queue.push_back(Event::CheckDone { ok, why, output });
             return;
         }
+        if self.upgrade.as_ref().is_some_and(|p| p.pid() == pid) {
+            self.upgrade_checked(status);
+            return;
+        }
         let probe = self.gens.iter_mut().find_map(|(gen, io)| {
             io.probe.as_mut().filter(|p| p.running_pid() == Some(pid)).map(|p| (*gen, p))
         });

@@ -41,6 +41,7 @@ impl Runtime {
                 let status = self.status(Instant::now(), true);
                 self.io.control.reply(id, Reply::new(Answer::Status(Box::new(status))), true);
             }
+            Request::Upgrade { binary } => self.on_upgrade(id, binary),
             Request::Stop => {
                 let pid = std::process::id();
                 self.io.control.reply(id, Reply::new(Answer::Stopping { pid }), false);

@@ -22,6 +22,7 @@ enum Source {
     Control(Key),
     Watch,
     Check,
+    Upgrade,
     Outbox,
     Watchdog,
 }
@@ -45,6 +46,7 @@ impl Runtime {
         deadline = earliest(deadline, self.io.control.wake_at());
         deadline = earliest(deadline, self.drains.wake_at());
         deadline = earliest(deadline, self.io.watch.as_ref().and_then(|w| w.wake_at()));
+        deadline = earliest(deadline, self.upgrade.as_ref().map(|p| p.deadline()));
         let timeout = match deadline {
             None => PollTimeout::NONE,
             Some(t) => {
@@ -80,6 +82,10 @@ impl Runtime {
         }
         if let Some(fd) = self.check.as_ref().and_then(|c| c.fd()) {
             sources.push(Source::Check);
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        if let Some(fd) = self.upgrade.as_ref().and_then(|p| p.fd()) {
+            sources.push(Source::Upgrade);
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         // Output waiting for a stalled reader, and words for the watchdog
@@ -129,6 +135,11 @@ impl Runtime {
                         c.read_available();
                     }
                 }
+                Source::Upgrade => {
+                    if let Some(p) = self.upgrade.as_mut() {
+                        p.read_available();
+                    }
+                }
                 Source::Outbox => outbox::on_writable(),
                 Source::Watchdog => {
                     if let Some(w) = self.io.watchdog.as_mut() {
@@ -156,6 +167,7 @@ impl Runtime {
             }
         }
         self.check_drains(now);
+        self.upgrade_timed_out(now);
         // Timeouts of half-sent requests are handled even when no fd fired.
         let (requests, warnings) = self.io.control.service(&control_keys, now);
         for w in warnings {

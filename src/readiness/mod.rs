@@ -31,7 +31,7 @@ const MAX_INTERVAL: Duration = Duration::from_millis(300);
 /// A tcp or http attempt that has not answered by then is abandoned.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
     Notify,
     Delay(Duration),

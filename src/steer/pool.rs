@@ -205,3 +205,38 @@ fn local_addr(fd: BorrowedFd<'_>) -> nix::Result<SocketAddr> {
 
 #[cfg(test)]
 mod tests;
+
+/// A pool across `graceexec upgrade`: its sockets by fd number, in index
+/// order. The program stays attached to the group in the kernel, so the
+/// new image steers on where this one left off.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PoolOut {
+    addr: SocketAddr,
+    backlog: i32,
+    sockets: Vec<i32>,
+}
+
+impl Pool {
+    pub fn carry(&self, handed: &mut crate::carry::Handed) -> PoolOut {
+        PoolOut {
+            addr: self.addr,
+            backlog: self.backlog.into(),
+            sockets: self.sockets.iter().map(|s| handed.fd(s.as_fd())).collect(),
+        }
+    }
+
+    pub fn carried_fds(p: &PoolOut) -> Vec<i32> {
+        p.sockets.clone()
+    }
+
+    pub fn adopt(p: PoolOut) -> anyhow::Result<Pool> {
+        let backlog = Backlog::new(p.backlog)?;
+        let family = if p.addr.is_ipv4() { Family::V4 } else { Family::V6 };
+        let sockets = p
+            .sockets
+            .into_iter()
+            .map(|n| crate::carry::take_socket(n, "a steered socket"))
+            .collect::<anyhow::Result<Vec<OwnedFd>>>()?;
+        Ok(Pool { addr: p.addr, family, backlog, sockets })
+    }
+}

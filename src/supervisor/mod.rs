@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use crate::log::Level;
 use crate::units::human;
 
+mod carry;
 mod exits;
 mod phase;
 mod reload;
@@ -55,6 +56,7 @@ pub mod signals;
 mod split;
 mod types;
 mod view;
+pub use carry::Carried;
 use phase::*;
 pub use signals::SYNCHRONOUS;
 pub use types::*;

@@ -39,7 +39,7 @@ impl std::fmt::Display for Status {
 }
 
 /// What counts as ready under `--ready`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReadyPolicy {
     Notify,
     Delay(Duration),
@@ -60,7 +60,7 @@ pub enum ReadySource {
 }
 
 /// The part of the configuration that is policy.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     pub ready: ReadyPolicy,
     pub ready_timeout: Duration,

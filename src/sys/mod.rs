@@ -41,6 +41,28 @@ pub fn claim_fd(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Look at fd `n`, which may not be open (an upgrade document's numbers,
+/// checked before any is taken): None if it is not.
+pub fn with_fd<T>(n: RawFd, look: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
+    if n < 0 {
+        return None;
+    }
+    // SAFETY: as in `claim_fd`: the borrow lives only for this call, and
+    // F_GETFD fails with EBADF on a number that is not open before `look`
+    // could use it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(n) };
+    fcntl(borrowed, FcntlArg::F_GETFD).ok()?;
+    Some(look(borrowed))
+}
+
+/// Borrow fd `n`, which the caller owns and keeps open for the borrow's
+/// life (the handed-over fds of an upgrade, by number).
+pub fn borrow_fd<'a>(n: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: callers pass fds this process owns and has not closed, and
+    // use the borrow only while they still own them (carry::inheritable).
+    unsafe { BorrowedFd::borrow_raw(n) }
+}
+
 /// Send signal number `sig` to `pid`; real-time signals included.
 pub fn kill(pid: i32, sig: SigNo) -> Result<(), Errno> {
     // SAFETY: kill(2) takes two integers and touches no memory of ours.

@@ -11,14 +11,14 @@ use serde_json::Value;
 use crate::harness::*;
 
 /// `graceexec events --json --since 0` for instance `name`, running.
-fn follow(name: &str) -> Child {
+pub(crate) fn follow(name: &str) -> Child {
     let mut c = command(&["events", "--json", "--since", "0", "--name", name]);
     c.stdout(Stdio::piped());
     c.spawn().unwrap()
 }
 
 /// Read events from `child` until one satisfies `last`; all read so far.
-fn read_until(child: &mut Child, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+pub(crate) fn read_until(child: &mut Child, last: impl Fn(&Value) -> bool) -> Vec<Value> {
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -40,7 +40,7 @@ fn read_until(child: &mut Child, last: impl Fn(&Value) -> bool) -> Vec<Value> {
 }
 
 /// The (event, generation) pairs, in order.
-fn kinds(events: &[Value]) -> Vec<(String, Option<u64>)> {
+pub(crate) fn kinds(events: &[Value]) -> Vec<(String, Option<u64>)> {
     events
         .iter()
         .map(|e| (e["event"].as_str().unwrap().to_string(), e["generation"].as_u64()))
@@ -48,7 +48,7 @@ fn kinds(events: &[Value]) -> Vec<(String, Option<u64>)> {
 }
 
 /// Whether `want` appears in `got` in this order (other events between).
-fn in_order(got: &[(String, Option<u64>)], want: &[(&str, Option<u64>)]) -> bool {
+pub(crate) fn in_order(got: &[(String, Option<u64>)], want: &[(&str, Option<u64>)]) -> bool {
     let mut it = got.iter();
     want.iter().all(|(k, g)| it.any(|(gk, gg)| gk == k && gg == g))
 }

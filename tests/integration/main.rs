@@ -22,4 +22,5 @@ mod signals;
 mod sockets;
 mod stalled;
 mod steer;
+mod upgrade;
 mod watchdog;

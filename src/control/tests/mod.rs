@@ -40,9 +40,20 @@ fn requests() {
     );
     assert_eq!(p(r#"{"graceexec":1,"command":"status"}"#), Ok(Request::Status));
     assert_eq!(p(r#"{"graceexec":1,"command":"stop"}"#), Ok(Request::Stop));
-    for r in [Request::Reload { wait: false, canary: None }, Request::Status, Request::Stop] {
-        assert_eq!(p(&request_line(r)), Ok(r));
+    let upgrade = Request::Upgrade { binary: Some("/usr/bin/graceexec".into()) };
+    for r in [
+        Request::Reload { wait: false, canary: None },
+        Request::Status,
+        Request::Stop,
+        Request::Upgrade { binary: None },
+        upgrade,
+    ] {
+        assert_eq!(p(&request_line(r.clone())), Ok(r));
     }
+    // The instance has its own working directory: the client sends an
+    // absolute path, and a relative one is refused.
+    let rel = parse_request(br#"{"graceexec":1,"command":"upgrade","binary":"ge"}"#);
+    assert_eq!(rel, Err("\"binary\" must be an absolute path".into()));
 }
 
 #[test]
@@ -138,7 +149,7 @@ fn service_parses_requests_and_answers_bad_ones() {
     let (reqs, warnings) = server.service(&[Key::Listener], now);
     assert!(warnings.is_empty());
     assert_eq!(reqs.len(), 1);
-    let (id, req) = reqs[0];
+    let (id, req) = reqs[0].clone();
     assert_eq!(req, Request::Status);
     assert!(server.is_open(id));
     server.reply(id, Reply::new(Answer::ReloadAccepted), true);
@@ -151,7 +162,7 @@ fn service_parses_requests_and_answers_bad_ones() {
     c.shutdown(std::net::Shutdown::Write).unwrap();
     let (reqs, _) = server.service(&[Key::Listener], now);
     assert_eq!(
-        reqs.iter().map(|r| r.1).collect::<Vec<_>>(),
+        reqs.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
         [Request::Reload { wait: false, canary: None }]
     );
 
@@ -300,7 +311,7 @@ fn a_follower_that_does_not_read_is_dropped_with_a_last_lagged_line() {
     let (mut server, _) = bind(&path, "api").unwrap();
     let c = send(&path, "{\"graceexec\":1,\"command\":\"events\"}\n");
     let (reqs, _) = server.service(&[Key::Listener], Instant::now());
-    let (id, req) = reqs[0];
+    let (id, req) = reqs[0].clone();
     assert_eq!(req, Request::Events { since: None });
     let big = EventLine { event: "x".repeat(4000), ..EventLine::default() };
     let event = || Reply::new(Answer::Event(Box::new(big.clone())));

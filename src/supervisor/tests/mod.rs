@@ -5,6 +5,7 @@
 
 use super::*;
 
+mod carry;
 mod reload;
 mod rules;
 mod steer;
