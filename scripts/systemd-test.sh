@@ -227,7 +227,7 @@ check_bad_reload() { # NAME: a bad release fails the reload; the old server goes
 
 # Stops with nothing left for systemd to kill: the unit's cgroup is gone,
 # the processes it held are gone, and systemd logged no kill.
-check_stopped() { # NAME CURSOR PIDS TOOK WHAT
+check_stopped() { # NAME JOURNAL-CURSOR PIDS-BEFORE TOOK WHAT CGROUP
     local cg=$6 p log
     for p in $3; do
         ! inside test -e "/proc/$p" || fail "$1" "pid $p is still running"
