@@ -95,8 +95,8 @@ for f in /usr/share/zsh/vendor-completions/_graceexec \
     /usr/share/fish/vendor_completions.d/graceexec.fish \
     /usr/share/doc/graceexec/copyright \
     /usr/share/doc/graceexec/README.md \
-    /usr/share/doc/graceexec/examples/systemd/app.service \
-    /usr/share/doc/graceexec/examples/systemd/socket-activated/app.socket; do
+    /usr/share/doc/graceexec/examples/systemd/api.service \
+    /usr/share/doc/graceexec/examples/systemd/socket/api.socket; do
     dpkg -S "$f" >/dev/null 2>&1 || fail "the package does not install $f"
 done
 if command -v zsh >/dev/null; then
@@ -109,9 +109,11 @@ fi
 # The example units as systemd reads them (their ExecStart= binary now
 # exists); only where systemd-analyze is installed.
 if command -v systemd-analyze >/dev/null; then
-    for unit in /usr/share/doc/graceexec/examples/systemd/app.service \
-        /usr/share/doc/graceexec/examples/systemd/socket-activated/app.socket \
-        /usr/share/doc/graceexec/examples/systemd/socket-activated/app.service; do
+    grep -q '^ExecStart=/usr/bin/graceexec ' /usr/share/doc/graceexec/examples/systemd/api.service ||
+        fail "the packaged api.service does not run /usr/bin/graceexec"
+    for unit in /usr/share/doc/graceexec/examples/systemd/api.service \
+        /usr/share/doc/graceexec/examples/systemd/socket/api.socket \
+        /usr/share/doc/graceexec/examples/systemd/socket/api.service; do
         out=$(cd "$(dirname "$unit")" && systemd-analyze verify --man=no "./$(basename "$unit")" 2>&1) ||
             fail "systemd-analyze verify $unit: $out"
     done

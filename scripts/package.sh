@@ -52,8 +52,12 @@ stage() {
     "$bin" completions zsh >"$share/$zsh/_graceexec"
     "$bin" completions fish >"$share/fish/vendor_completions.d/graceexec.fish"
     install -D -m 644 README.md "$doc/README.md"
-    (cd doc/examples && find . -type f) | while read -r f; do
-        install -D -m 644 "doc/examples/$f" "$doc/examples/$f"
+    # The units scripts/systemd-test.sh runs, with graceexec where this
+    # package puts it (the tar.gz keeps /usr/local/bin, where it says to
+    # install the binary system-wide).
+    (cd examples && find systemd -type f) | while read -r f; do
+        install -D -m 644 "examples/$f" "$doc/examples/$f"
+        sed -i "s|/usr/local/bin/graceexec|${prefix:-/usr/local}/bin/graceexec|g" "$doc/examples/$f"
     done
 }
 

@@ -243,6 +243,55 @@ check_stopped() { # NAME JOURNAL-CURSOR PIDS-BEFORE TOOK WHAT CGROUP
     info "journal: $(grep -vE '^(Stopping|Stopped) ' <<<"$log" | tail -n 3 | tr '\n' '|')"
 }
 
+# A bounded loop of requests, one at a time, while CMD runs; what each got.
+# Sets TOTAL BAD REFUSED DURING (requests that overlapped CMD) SLOWEST PIDS
+# (that answered, in order) TOOK and FAILED (the first failures).
+loop() {
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    inside bash -c 'set -f; for ((i = 0; i < 5000; i++)); do
+        [ ! -e "$1/loop.stop" ] || break
+        s=$EPOCHREALTIME; b=$(curl -sS --max-time 10 "$2/" 2>&1); rc=$?
+        echo "$s $EPOCHREALTIME $rc" $b >>"$1/loop.log"
+    done' loop "$NS_RUN" "$URL"
+}
+lines() { [ "$(wc -l <"$W/loop.log")" -ge "$1" ]; }
+under_load() { # NAME CMD...
+    local name=$1 looper t t0 t1 n out
+    shift
+    rm -f "$W/loop.stop"
+    : >"$W/loop.log"
+    NS_TIMEOUT=150 loop &
+    looper=$!
+    wait_for 20 lines 20 || fail "$name" "the request loop did not get going"
+    t0=$EPOCHREALTIME
+    t=$(now_ms)
+    out=$("$@" 2>&1) || fail "$name" "$* failed: $out"
+    TOOK=$(since "$t")
+    t1=$EPOCHREALTIME
+    n=$(wc -l <"$W/loop.log")
+    wait_for 30 lines $((n + 20)) || fail "$name" "the request loop stalled after it"
+    touch "$W/loop.stop"
+    wait "$looper" || fail "$name" "the request loop failed"
+    read -r TOTAL BAD REFUSED DURING SLOWEST PIDS < <(awk -v t0="$t0" -v t1="$t1" '
+        { total++; if ($3 != 0) bad++; if ($3 == 7) refused++
+          if ($1 < t1 && $2 > t0) { during++; if ($2 - $1 > slow) slow = $2 - $1 }
+          split($4, a, "="); if ($3 == 0 && !(a[2] in seen)) { seen[a[2]] = 1; pids = pids (pids ? "," : "") a[2] } }
+        END { printf "%d %d %d %d %.2fs %s\n", total, bad, refused, during, slow, pids }' "$W/loop.log")
+    FAILED=$(awk '$3 != 0' "$W/loop.log" | head -n3 | tr '\n' '|')
+    [ "$DURING" -gt 0 ] || fail "$name" "no request overlapped it"
+    [ "${PIDS//[^,]/}" = , ] || fail "$name" "answered by pids $PIDS, not by the old and then a new one"
+}
+
+# graceexec is SIGKILLed; systemd restarts it (Restart=on-failure). Returns
+# once a new graceexec serves.
+crash() {
+    local old new
+    old=$(prop api.service MainPID)
+    inside kill -KILL "$old"
+    restarted() { new=$(prop api.service MainPID) && [ "$new" != 0 ] && [ "$new" != "$old" ] && gstatus >/dev/null 2>&1 && [ -n "$(gstatus | serving)" ]; }
+    wait_for 30 restarted
+}
+
 # shellcheck disable=SC2016 # the inner shell expands these, inside the namespace
 cgroup_pids() { inside sh -c 'cat $(find "/sys/fs/cgroup$1" -name cgroup.procs)' sh "$1"; }
 
@@ -273,7 +322,24 @@ grep -q "^pid=$PID_NOW " "$W/slow.out" || fail "stop drains" "request in flight:
 check_stopped "stop drains" "$cur" "$pids" "$took" "the request in flight (3s) was answered" "$cg"
 
 check_start "start again"
+
+# --fdstore: graceexec's own sockets wait in systemd's store while it
+# restarts. systemd 252 keeps the store across `systemctl restart` and a
+# restart after a crash (Restart=on-failure), and empties it at a stop.
+stored() { prop api.service NFileDescriptorStore; }
+n=$(stored)
+[ "$n" -ge 4 ] || fail "fdstore" "systemd holds $n of graceexec's sockets"
+under_load "restart (--fdstore)" sdctl restart api.service
+[ "$BAD" -eq 0 ] || fail "restart (--fdstore)" "$BAD of $TOTAL requests failed ($REFUSED refused): $FAILED"
+ok "restart (--fdstore)" "$TOTAL requests, $DURING during the ${TOOK} restart (slowest $SLOWEST): 0 failed, 0 refused"
+info "answered by pids $PIDS; systemd held $n sockets, and $(stored) after the restart"
+under_load "crash (--fdstore)" crash
+[ "$REFUSED" -eq 0 ] || fail "crash (--fdstore)" "$REFUSED of $TOTAL requests refused: $FAILED"
+ok "crash (--fdstore)" "graceexec SIGKILLed: $TOTAL requests, $DURING during the ${TOOK} restart: 0 refused, $BAD failed"
+info "answered by pids $PIDS; a failure is a request the killed server had accepted${FAILED:+: $FAILED}"
 sdctl stop api.service >/dev/null
+[ "$(stored)" = 0 ] || fail "fdstore" "systemd still holds $(stored) sockets after a stop"
+ok "fdstore, stop" "systemctl stop empties the store: the next start binds anew"
 
 # ------------------------------------------------------------ examples/systemd/socket/
 rm "$W/units/api.service"
@@ -300,39 +366,10 @@ info "the server's fd 3 is PID 1's $sock, passed on as \"http\"; graceexec statu
 check_reload "reload (--control)"
 check_bad_reload "reload, bad release"
 
-# A bounded loop of requests across `systemctl restart`: every one answered.
-loop() {
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    inside bash -c 'set -f; for ((i = 0; i < 5000; i++)); do
-        [ ! -e "$1/loop.stop" ] || break
-        s=$EPOCHREALTIME; b=$(curl -sS --max-time 10 "$2/" 2>&1); rc=$?
-        echo "$s $EPOCHREALTIME $rc" $b >>"$1/loop.log"
-    done' loop "$NS_RUN" "$URL"
-}
-lines() { [ "$(wc -l <"$W/loop.log")" -ge "$1" ]; }
-: >"$W/loop.log"
-NS_TIMEOUT=150 loop &
-looper=$!
-wait_for 20 lines 20 || fail "restart" "the request loop did not get going"
-t0=$EPOCHREALTIME
-t=$(now_ms)
-out=$(sdctl restart api.service 2>&1) || fail "restart" "systemctl restart failed: $out"
-took=$(since "$t")
-t1=$EPOCHREALTIME
-n=$(wc -l <"$W/loop.log")
-wait_for 30 lines $((n + 20)) || fail "restart" "the request loop stalled after the restart"
-touch "$W/loop.stop"
-wait "$looper" || fail "restart" "the request loop failed"
-read -r total bad refused during slowest pids < <(awk -v t0="$t0" -v t1="$t1" '
-    { total++; if ($3 != 0) bad++; if ($3 == 7) refused++
-      if ($1 < t1 && $2 > t0) { during++; if ($2 - $1 > slow) slow = $2 - $1 }
-      split($4, a, "="); if (!(a[2] in seen)) { seen[a[2]] = 1; pids = pids (pids ? "," : "") a[2] } }
-    END { printf "%d %d %d %d %.2fs %s\n", total, bad, refused, during, slow, pids }' "$W/loop.log")
-[ "$bad" -eq 0 ] || fail "restart" "$bad of $total requests failed ($refused refused): $(awk '$3 != 0' "$W/loop.log" | head -n3)"
-[ "$during" -gt 0 ] || fail "restart" "no request overlapped the restart"
-[ "${pids//[^,]/}" = , ] || fail "restart" "answered by pids $pids, not by the old and then a new one"
-ok "restart" "$total requests, $during during the ${took} restart (slowest $slowest): 0 failed, 0 refused"
-info "answered by pids $pids; api.socket stayed $(prop api.socket ActiveState)"
+under_load "restart" sdctl restart api.service
+[ "$BAD" -eq 0 ] || fail "restart" "$BAD of $TOTAL requests failed ($REFUSED refused): $FAILED"
+ok "restart" "$TOTAL requests, $DURING during the ${TOOK} restart (slowest $SLOWEST): 0 failed, 0 refused"
+info "answered by pids $PIDS; api.socket stayed $(prop api.socket ActiveState)"
 
 cg=$(prop api.service ControlGroup)
 pids=$(cgroup_pids "$cg")
