@@ -284,12 +284,16 @@ under_load() { # NAME CMD...
 
 # graceexec is SIGKILLed; systemd restarts it (Restart=on-failure). Returns
 # once a new graceexec serves.
+restarted() { # OLD-MAINPID: a new graceexec serves
+    local new
+    new=$(prop api.service MainPID) && [ "$new" != 0 ] && [ "$new" != "$1" ] &&
+        [ -n "$(gstatus 2>/dev/null | serving)" ]
+}
 crash() {
-    local old new
+    local old
     old=$(prop api.service MainPID)
     inside kill -KILL "$old"
-    restarted() { new=$(prop api.service MainPID) && [ "$new" != 0 ] && [ "$new" != "$old" ] && gstatus >/dev/null 2>&1 && [ -n "$(gstatus | serving)" ]; }
-    wait_for 30 restarted
+    wait_for 30 restarted "$old"
 }
 
 # shellcheck disable=SC2016 # the inner shell expands these, inside the namespace
