@@ -57,9 +57,9 @@ pub fn render(name: &str, s: &Status, up: bool) -> String {
             &one(u8::from(r.ok).to_string()),
         );
     }
-    if let Some(t) = s.last_reload_unix {
+    if let Some(t) = s.last_reload_ok_unix {
         metric(
-            "When the last reload ended, in seconds since the epoch.",
+            "When the last successful reload ended, in seconds since the epoch.",
             "gauge",
             "graceexec_last_reload_success_timestamp_seconds",
             &one(format!("{t:.3}")),

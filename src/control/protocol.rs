@@ -212,6 +212,9 @@ pub struct Status {
     /// Wall-clock time of the last reload's end (Unix seconds).
     #[serde(default)]
     pub last_reload_unix: Option<f64>,
+    /// Wall-clock time of the end of the last reload that succeeded.
+    #[serde(default)]
+    pub last_reload_ok_unix: Option<f64>,
     /// The last generations that exited, oldest first.
     #[serde(default)]
     pub exited: Vec<ExitedStatus>,

@@ -83,6 +83,8 @@ impl Runtime {
             }
             Note::ReloadStarted { gen } => self.event("reload_started", Some(gen), |_| {}),
             Note::ReloadReady { gen, took } => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                self.last_ok_reload = now.ok().map(|d| d.as_secs_f64());
                 self.event("reload_ready", Some(gen), |e| e.took_ms = Some(ms(took)))
             }
             Note::ReloadFailed { gen, why } => {

@@ -80,6 +80,9 @@ pub struct Runtime {
     /// What --watch saw change since the last reload it asked for.
     watched: Vec<String>,
     events: events::Events,
+    /// When the last successful reload ended (Unix seconds), for the
+    /// metrics' `*_last_reload_success_timestamp_seconds`.
+    last_ok_reload: Option<f64>,
     /// `graceexec upgrade`'s dry run, while it runs.
     upgrade: Option<upgrade::Pending>,
     exit: Option<i32>,
@@ -112,6 +115,7 @@ impl Runtime {
             drains: drain::Drains::default(),
             watched: Vec::new(),
             events: events::Events::default(),
+            last_ok_reload: None,
             upgrade: None,
             exit: None,
         }

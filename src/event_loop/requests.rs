@@ -111,6 +111,7 @@ impl Runtime {
             let at = std::time::SystemTime::now() - Duration::from_millis(r.ago_ms);
             at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
         });
+        status.last_reload_ok_unix = self.last_ok_reload;
         status.version = env!("CARGO_PKG_VERSION").into();
         status.uptime_ms = ms(now.saturating_duration_since(self.started));
         status.command = self.cfg.command.iter().map(|a| a.to_string_lossy().into()).collect();

@@ -181,6 +181,13 @@ print(json.dumps(out))
     assert_eq!(m(r#"graceexec_reloads_total{"name": "ev4", "result": "failed"}"#), 1.0, "{seen}");
     assert_eq!(m(r#"graceexec_last_reload_successful{"name": "ev4"}"#), 0.0, "{seen}");
     assert_eq!(m(r#"graceexec_generation{"name": "ev4"}"#), 4.0, "{seen}");
+    // The time of the last *successful* reload (the convention's meaning),
+    // not of the failed one that came after it.
+    let ok_at = m(r#"graceexec_last_reload_success_timestamp_seconds{"name": "ev4"}"#);
+    let s = status_json("ev4").unwrap();
+    let failed_at = s["last_reload_unix"].as_f64().unwrap();
+    assert!(ok_at > 0.0 && ok_at < failed_at, "{seen}\n{s}");
+    assert!((s["last_reload_ok_unix"].as_f64().unwrap() - ok_at).abs() < 0.002, "{s}");
     // The same counts as `status --prometheus`.
     let (code, text, _) = ctl(&["status", "--name", "ev4", "--prometheus"]);
     assert_eq!(code, 0);

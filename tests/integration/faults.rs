@@ -1,7 +1,7 @@
 //! The fault matrix: servers that crash, hang or never get ready while
 //! clients keep coming, and a thousand reloads. Other rows of the matrix
 //! live in watchdog.rs (a SIGKILLed graceexec), reload.rs and control.rs
-//! (see the README's "Tests").
+//! (see CONTRIBUTING.md).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

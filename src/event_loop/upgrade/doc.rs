@@ -69,6 +69,8 @@ pub struct LoopOut {
     pub notify_dir: PathBuf,
     pub watchdog: Option<WatchdogOut>,
     pub pid_file: Option<(PathBuf, u32)>,
+    #[serde(default)]
+    pub last_ok_reload: Option<f64>,
     /// graceexec's own stdout and stderr not written yet.
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,

@@ -27,6 +27,7 @@ impl Runtime {
             outputs: self.outputs.iter().map(|(g, c)| (*g, c.carry(handed))).collect(),
             tails: self.tails.iter().cloned().collect(),
             watched: self.watched.clone(),
+            last_ok_reload: self.last_ok_reload,
             events,
             next_seq,
             followers,

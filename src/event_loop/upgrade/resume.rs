@@ -193,6 +193,7 @@ fn adopt(d: Doc) -> anyhow::Result<Runtime> {
     }
     r.tails = rt.tails.into();
     r.watched = rt.watched;
+    r.last_ok_reload = rt.last_ok_reload;
     r.events = Events::adopt(rt.events, rt.next_seq, rt.followers);
     for (gen, emptying) in r.sup.carried_gens() {
         if emptying {
