@@ -51,7 +51,11 @@ stage() {
     "$bin" completions bash >"$share/bash-completion/completions/graceexec"
     "$bin" completions zsh >"$share/$zsh/_graceexec"
     "$bin" completions fish >"$share/fish/vendor_completions.d/graceexec.fish"
-    install -D -m 644 README.md "$doc/README.md"
+    # The README with what its links point at, at the same relative paths.
+    for f in README.md CONTRIBUTING.md doc/benchmarks.md doc/protocol.md doc/bench/*.md \
+        doc/bench/*.png doc/diagram/how-it-works.png; do
+        install -D -m 644 "$f" "$doc/$f"
+    done
     # The units scripts/systemd-test.sh runs, with graceexec where this
     # package puts it (the tar.gz keeps /usr/local/bin, where it says to
     # install the binary system-wide).
