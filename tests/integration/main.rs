@@ -23,4 +23,5 @@ mod sockets;
 mod stalled;
 mod steer;
 mod upgrade;
+mod upgrade_more;
 mod watchdog;

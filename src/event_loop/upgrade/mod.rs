@@ -8,7 +8,9 @@
 //!    for, and nothing changes.
 //! 2. The new binary runs once as a dry run (`graceexec __upgrade-check`,
 //!    the document at fd 3): it must read the document and answer
-//!    `ok VERSION`. A binary that is missing, not executable, for another
+//!    `ok VERSION TOKEN`, the token being a random number in the document
+//!    (a program that only prints `ok` would pass otherwise, and end the
+//!    instance once executed). A binary that is missing, not executable, for another
 //!    architecture, that cannot read this document version, or crashes,
 //!    is refused with its reason. The dry run is a child like any other:
 //!    the loop goes on while it runs, and reaps it.
@@ -64,6 +66,8 @@ pub(super) struct Pending {
     requester: ConnId,
     binary: PathBuf,
     pid: i32,
+    /// What it must say back to show that it read the document.
+    token: u64,
     out: Captured,
     deadline: Instant,
 }
@@ -124,10 +128,12 @@ impl Runtime {
             return self.refuse_upgrade(id, why);
         }
         let binary = binary.map_or_else(own_binary, PathBuf::from);
-        let doc = match self.export(id, None) {
+        let mut doc = match self.export(id, None) {
             Ok((doc, _)) => doc,
             Err(why) => return self.refuse_upgrade(id, why),
         };
+        doc.token = doc::token();
+        let token = doc.token;
         let started = (|| -> anyhow::Result<(i32, Captured)> {
             let memfd = memfd_with(&doc.to_json(), MFdFlags::MFD_CLOEXEC)?;
             let (ends, mut out) = output::pipes(false, false)?;
@@ -155,7 +161,7 @@ impl Runtime {
             Ok((pid, out)) => {
                 log::info(&format!("upgrade: trying {} (dry run, pid {pid})", binary.display()));
                 let deadline = Instant::now() + CHECK_TIMEOUT;
-                self.upgrade = Some(Pending { requester: id, binary, pid, out, deadline });
+                self.upgrade = Some(Pending { requester: id, binary, pid, token, out, deadline });
             }
             Err(e) => {
                 let why = format!("cannot run {}: {e:#}", binary.display());
@@ -183,12 +189,22 @@ impl Runtime {
         let Some(mut p) = self.upgrade.take() else { return };
         p.out.read_available();
         let lines = p.out.tail();
-        let answer = lines.iter().rev().find_map(|l| l.strip_prefix("ok ")).map(str::to_string);
+        let answer = lines.iter().rev().find_map(|l| doc::answered(l, p.token)).map(str::to_string);
         let binary = p.binary.display().to_string();
+        let said = lines.last().map(|l| format!(": {l}")).unwrap_or_default();
         match answer {
             Some(version) if status == Status::Code(0) => self.exec_upgrade(p, &version),
+            // It exited with 0 but did not say the token back: whatever it
+            // is, it is no graceexec that read the document, and executed
+            // for real it would not take over.
+            None if status == Status::Code(0) => {
+                let why = format!(
+                    "{binary} did not read the upgrade document (its dry run exited with {status} \
+                     without the document's token{said}): is it a graceexec binary?"
+                );
+                self.refuse_upgrade(p.requester, why);
+            }
             _ => {
-                let said = lines.last().map(|l| format!(": {l}")).unwrap_or_default();
                 let why =
                     format!("{binary} cannot take over (its dry run exited with {status}{said})");
                 self.refuse_upgrade(p.requester, why);
@@ -253,6 +269,7 @@ impl Runtime {
             writer: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
             requester,
+            token: 0,
             previous: prev,
             log_level: log::level(),
             cfg: Config::clone(&self.cfg),

@@ -37,8 +37,8 @@ pub fn check_main() -> i32 {
         .and_then(|fd| Ok(std::fs::File::from(fd).read_to_end(&mut bytes)?));
     let parsed = read.map_err(|e| format!("{e:#}")).and_then(|_| doc::parse(&bytes));
     match parsed {
-        Ok(_) => {
-            println!("ok {}", env!("CARGO_PKG_VERSION"));
+        Ok(d) => {
+            println!("{}", doc::ok_line(env!("CARGO_PKG_VERSION"), d.token));
             0
         }
         Err(why) => {
