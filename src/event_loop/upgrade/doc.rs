@@ -21,6 +21,7 @@ use crate::control::server::{ConnId, ServerOut};
 use crate::output::CapturedOut;
 use crate::sockets::SocketsOut;
 use crate::supervisor::{Carried, GenId};
+use crate::watch::WatchOut;
 use crate::watchdog::WatchdogOut;
 
 /// The newest version this build writes and reads.
@@ -86,6 +87,8 @@ pub struct LoopOut {
     pub outputs: Vec<(GenId, CapturedOut)>,
     pub tails: Vec<(GenId, Vec<String>)>,
     pub watched: Vec<String>,
+    /// The `--watch` inotify instance (None without --watch).
+    pub watch: Option<WatchOut>,
     pub events: Vec<EventLine>,
     pub next_seq: u64,
     pub followers: Vec<ConnId>,

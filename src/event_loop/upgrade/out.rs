@@ -27,6 +27,7 @@ impl Runtime {
             outputs: self.outputs.iter().map(|(g, c)| (*g, c.carry(handed))).collect(),
             tails: self.tails.iter().cloned().collect(),
             watched: self.watched.clone(),
+            watch: self.io.watch.as_ref().map(|w| w.carry(now, handed)),
             events,
             next_seq,
             followers,
