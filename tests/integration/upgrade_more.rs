@@ -17,6 +17,19 @@ fn script(dir: &TempDir, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// SIGKILL for a process a test started indirectly, should the test fail
+/// before it is gone.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 #[test]
 fn a_program_that_only_answers_ok_is_refused_and_the_instance_lives() {
     // It says what a graceexec dry run says without reading the document;
@@ -81,4 +94,51 @@ fn a_watched_change_just_before_an_upgrade_still_reloads() {
     ge.wait_ready(2);
     load.wait_more(20);
     load.finish().assert_clean();
+}
+
+#[test]
+fn a_dry_run_that_times_out_leaves_none_of_its_processes() {
+    // A wrapper script that forks instead of exec'ing: killing only its
+    // pid at the timeout left the child running for good.
+    let dir = TempDir::new();
+    let child_pid = dir.path("child.pid");
+    let body = format!("sleep 120 &\necho $! > {}\nwait\n", child_pid.display());
+    let hanging = script(&dir, "hanging", &body);
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
+    ge.wait_ready(1);
+    let (code, _, err) = upgrade_to(&hanging);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("did not answer its dry run within"), "{err}");
+    let pid: i32 = std::fs::read_to_string(&child_pid).unwrap().trim().parse().unwrap();
+    let _guard = KillOnDrop(pid);
+    wait_until("the dry run's child to be gone", LONG, || !running(pid));
+    ge.wait_status("still serving", |s| s["state"] == "serving");
+}
+
+#[test]
+fn sigkill_during_the_dry_run_leaves_none_of_its_processes() {
+    // The dry run dies with graceexec (its parent-death signal), but what
+    // it forked is only found by the watchdog, which must know its group.
+    let dir = TempDir::new();
+    let child_pid = dir.path("child.pid");
+    let body =
+        format!("sleep 120 &\necho $! > {}.new\nmv {0}.new {0}\nwait\n", child_pid.display());
+    let hanging = script(&dir, "hanging", &body);
+    let mut ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "-v"], &[]);
+    ge.wait_ready(1);
+    let (watchdog, server) = (ge.watchdog_pid(), ge.gen_pid(1));
+    let runtime = runtime_dir();
+    let binary = hanging.to_str().unwrap().to_string();
+    let client =
+        std::thread::spawn(move || ctl_in(&runtime, &["upgrade", "--binary", binary.as_str()]));
+    wait_until("the dry run's child to start", LONG, || child_pid.exists());
+    let pid: i32 = std::fs::read_to_string(&child_pid).unwrap().trim().parse().unwrap();
+    let _guard = KillOnDrop(pid);
+    ge.signal(nix::sys::signal::Signal::SIGKILL);
+    wait_until("graceexec to be gone", LONG, || ge.try_status().is_some());
+    let (code, _, _) = client.join().unwrap();
+    assert_ne!(code, 0);
+    wait_until("the dry run's child, the server and the watchdog to be gone", LONG, || {
+        !running(pid) && !running(server) && !running(watchdog)
+    });
 }

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{open, OFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 
 pub use doc::{CHECK_MODE, RESUME_FD};
@@ -160,6 +161,10 @@ impl Runtime {
         match started {
             Ok((pid, out)) => {
                 log::info(&format!("upgrade: trying {} (dry run, pid {pid})", binary.display()));
+                // Its group is killed if graceexec dies meanwhile.
+                if let Some(w) = self.io.watchdog.as_mut() {
+                    w.watch(pid);
+                }
                 let deadline = Instant::now() + CHECK_TIMEOUT;
                 self.upgrade = Some(Pending { requester: id, binary, pid, token, out, deadline });
             }
@@ -170,11 +175,31 @@ impl Runtime {
         }
     }
 
+    /// `pid` has exited and is about to be reaped: if it is the dry run,
+    /// what it left in its group goes with it.
+    pub(super) fn before_reaping(&mut self, pid: i32) {
+        if self.upgrade.as_ref().is_some_and(|p| p.pid == pid) {
+            self.end_dry_run_group(pid);
+        }
+    }
+
+    /// The dry run's leader has exited or is to be killed, and is not
+    /// reaped yet, so its group id is still its (a group id is only ever
+    /// reused once the group is empty and its leader reaped): end the whole
+    /// group. A wrapper script that forked rather than exec'd leaves
+    /// children that would otherwise run on for good.
+    fn end_dry_run_group(&mut self, pid: i32) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        if let Some(w) = self.io.watchdog.as_mut() {
+            w.forget(pid);
+        }
+    }
+
     /// The dry run has not answered in time.
     pub(super) fn upgrade_timed_out(&mut self, now: Instant) {
         if self.upgrade.as_ref().is_some_and(|p| now >= p.deadline) {
             let p = self.upgrade.take().expect("present");
-            let _ = crate::sys::kill(p.pid, nix::libc::SIGKILL);
+            self.end_dry_run_group(p.pid);
             let why = format!(
                 "{} did not answer its dry run within {}s",
                 p.binary.display(),
