@@ -4,7 +4,7 @@
 //! after the property it pins.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::harness::*;
 use crate::upgrade::{copy_of_graceexec, exe, serving_under_load, upgrade_to};
@@ -141,4 +141,25 @@ fn sigkill_during_the_dry_run_leaves_none_of_its_processes() {
     wait_until("the dry run's child, the server and the watchdog to be gone", LONG, || {
         !running(pid) && !running(server) && !running(watchdog)
     });
+}
+
+#[test]
+fn a_stop_during_the_dry_run_answers_the_upgrade_client() {
+    let dir = TempDir::new();
+    let started = dir.path("started");
+    let hanging =
+        script(&dir, "hanging", &format!("touch {}\nexec sleep 120\n", started.display()));
+    let mut ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
+    ge.wait_ready(1);
+    let runtime = runtime_dir();
+    let binary = hanging.to_str().unwrap().to_string();
+    let client =
+        std::thread::spawn(move || ctl_in(&runtime, &["upgrade", "--binary", binary.as_str()]));
+    wait_until("the dry run to start", LONG, || Path::new(&started).exists());
+    let (code, _, err) = ctl(&["stop"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ge.wait_exit(), 0);
+    let (code, _, err) = client.join().unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("upgrade refused") && err.contains("stopping"), "{err}");
 }

@@ -195,6 +195,17 @@ impl Runtime {
         }
     }
 
+    /// graceexec exits while the dry run runs: the client hears why,
+    /// rather than see its connection closed without an answer.
+    pub(super) fn abandon_upgrade(&mut self, code: i32) {
+        if let Some(p) = self.upgrade.take() {
+            self.end_dry_run_group(p.pid);
+            let why =
+                format!("graceexec is stopping (exit status {code}) before the dry run answered");
+            self.refuse_upgrade(p.requester, why);
+        }
+    }
+
     /// The dry run has not answered in time.
     pub(super) fn upgrade_timed_out(&mut self, now: Instant) {
         if self.upgrade.as_ref().is_some_and(|p| now >= p.deadline) {
