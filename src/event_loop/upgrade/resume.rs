@@ -218,8 +218,9 @@ impl Runtime {
         let generations = self.gens.len();
         let reply = match failed {
             None => {
+                let s = if generations == 1 { "" } else { "s" };
                 log::info(&format!(
-                    "upgraded: graceexec {from} → {to}, pid {pid}, {generations} generations kept"
+                    "upgraded: graceexec {from} → {to}, pid {pid}, {generations} generation{s} kept"
                 ));
                 let version = format!("{from} → {to}");
                 self.event("upgraded", None, |e| e.version = Some(version));
