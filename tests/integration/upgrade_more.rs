@@ -10,7 +10,7 @@ use crate::harness::*;
 use crate::upgrade::{copy_of_graceexec, exe, serving_under_load, upgrade_to};
 
 /// An executable shell script at `dir/name`.
-fn script(dir: &TempDir, name: &str, body: &str) -> PathBuf {
+pub(crate) fn script(dir: &TempDir, name: &str, body: &str) -> PathBuf {
     let path = dir.path(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
