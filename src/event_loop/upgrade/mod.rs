@@ -260,11 +260,13 @@ impl Runtime {
         // Opened now, so that the new image can go back to this very file
         // even once a deploy has replaced or removed it.
         let previous = open("/proc/self/exe", OFlag::O_RDONLY, Mode::empty()).ok();
-        let queued = [outbox::take_queued(Stream::Stdout), outbox::take_queued(Stream::Stderr)];
         let (mut doc, handed) = match self.export(p.requester, previous.as_ref()) {
             Ok(x) => x,
             Err(why) => return self.refuse_upgrade(p.requester, why),
         };
+        // Taken last: from here to the exec nothing is written, and a
+        // refusal before this point must not lose what waits.
+        let queued = [outbox::take_queued(Stream::Stdout), outbox::take_queued(Stream::Stderr)];
         [doc.rt.stdout, doc.rt.stderr] = queued.clone();
         let failed = (|| -> anyhow::Result<()> {
             let memfd = memfd_with(&doc.to_json(), MFdFlags::empty())?;
