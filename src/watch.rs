@@ -27,6 +27,9 @@ use anyhow::{anyhow, Result};
 use inotify::{EventMask, Inotify, WatchMask};
 use nix::libc;
 
+mod carry;
+pub use carry::WatchOut;
+
 /// Quiet time after the last relevant event before the reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 

@@ -239,6 +239,7 @@ impl Runtime {
             }
             Action::Exit { code, waiters } => {
                 self.write_metrics(false);
+                self.abandon_upgrade(code);
                 for w in waiters {
                     self.io.control.reply(w, Reply::new(Answer::Exited { code }), true);
                 }

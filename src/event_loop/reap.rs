@@ -55,6 +55,7 @@ impl Runtime {
                     self.finish(gen);
                 }
             }
+            self.before_reaping(pid);
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
             if !ended {
                 self.reaped(pid, status);

@@ -23,4 +23,6 @@ mod sockets;
 mod stalled;
 mod steer;
 mod upgrade;
+mod upgrade_carried;
+mod upgrade_more;
 mod watchdog;

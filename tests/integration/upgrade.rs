@@ -12,22 +12,22 @@ use crate::harness::*;
 
 /// A copy of graceexec at a path of its own, as a deploy would install a
 /// new release: `/proc/PID/exe` then tells the images apart.
-fn copy_of_graceexec(dir: &TempDir, name: &str) -> PathBuf {
+pub(crate) fn copy_of_graceexec(dir: &TempDir, name: &str) -> PathBuf {
     let path = dir.path(name);
     std::fs::copy(bin(), &path).unwrap();
     path
 }
 
-fn exe(pid: i32) -> PathBuf {
+pub(crate) fn exe(pid: i32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
 }
 
-fn upgrade_to(binary: &Path) -> (i32, String, String) {
+pub(crate) fn upgrade_to(binary: &Path) -> (i32, String, String) {
     ctl(&["upgrade", "--binary", binary.to_str().unwrap()])
 }
 
 /// An instance serving under load from 8 clients.
-fn serving_under_load(args: &[&str], env: &[(&str, &str)]) -> (Ge, Load) {
+pub(crate) fn serving_under_load(args: &[&str], env: &[(&str, &str)]) -> (Ge, Load) {
     let mut full = vec!["-l", "127.0.0.1:0", "--ready", "notify"];
     full.extend_from_slice(args);
     let ge = Ge::start(&full, env);
@@ -199,6 +199,6 @@ fn sigkill_after_an_upgrade_leaves_no_process_behind() {
 }
 
 /// Whether any process is left in process group `pgid`.
-fn group_alive(pgid: i32) -> bool {
+pub(crate) fn group_alive(pgid: i32) -> bool {
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
 }

@@ -21,6 +21,7 @@ use crate::control::server::{ConnId, ServerOut};
 use crate::output::CapturedOut;
 use crate::sockets::SocketsOut;
 use crate::supervisor::{Carried, GenId};
+use crate::watch::WatchOut;
 use crate::watchdog::WatchdogOut;
 
 /// The newest version this build writes and reads.
@@ -33,6 +34,26 @@ pub const FAILED: &str = "GRACEEXEC_UPGRADE_FAILED";
 /// argv[1] of the dry run: `graceexec __upgrade-check`, the document at fd 3.
 pub const CHECK_MODE: &str = "__upgrade-check";
 
+/// A fresh token for a dry run. std's RandomState is seeded from the
+/// kernel's randomness once per process and differs at each call after.
+pub fn token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// What a dry run that can take `token`'s document over answers.
+pub fn ok_line(version: &str, token: u64) -> String {
+    format!("ok {version} {token}")
+}
+
+/// The version a dry run's `line` names, if it is the answer for `token`.
+pub fn answered(line: &str, token: u64) -> Option<&str> {
+    let (version, said) = line.strip_prefix("ok ")?.rsplit_once(' ')?;
+    (said.parse() == Ok(token)).then_some(version)
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Doc {
     pub version: u32,
@@ -42,6 +63,11 @@ pub struct Doc {
     pub pid: u32,
     /// The `upgrade` client, answered by the image that takes over.
     pub requester: ConnId,
+    /// A random number the dry run must say back (`ok VERSION TOKEN`):
+    /// proof that it read this document, which a program that only prints
+    /// `ok` never gives. Such a program, executed for real, would end the
+    /// instance and every generation with it.
+    pub token: u64,
     /// An fd of the binary that wrote the document, opened before the
     /// exec: where the new image goes back to if it cannot take over.
     pub previous: Option<i32>,
@@ -61,6 +87,8 @@ pub struct LoopOut {
     pub outputs: Vec<(GenId, CapturedOut)>,
     pub tails: Vec<(GenId, Vec<String>)>,
     pub watched: Vec<String>,
+    /// The `--watch` inotify instance (None without --watch).
+    pub watch: Option<WatchOut>,
     pub events: Vec<EventLine>,
     pub next_seq: u64,
     pub followers: Vec<ConnId>,
@@ -115,6 +143,16 @@ mod tests {
     fn a_newer_version_is_refused_with_the_versions_this_build_reads() {
         let err = parse(br#"{"version": 2, "writer": "9.0.0"}"#).unwrap_err();
         assert!(err.contains("version 2") && err.contains("reads versions 1 to 1"), "{err}");
+    }
+
+    #[test]
+    fn only_the_answer_with_the_token_counts() {
+        let t = token();
+        assert_ne!(t, token(), "each dry run gets its own");
+        assert_eq!(answered(&ok_line("1.2.3", t), t), Some("1.2.3"));
+        assert_eq!(answered(&ok_line("1.2.3", t), t.wrapping_add(1)), None);
+        assert_eq!(answered("ok 9.9.9", t), None);
+        assert_eq!(answered(&format!("ok {t}"), t), None, "no version");
     }
 
     #[test]

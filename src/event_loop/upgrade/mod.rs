@@ -8,7 +8,9 @@
 //!    for, and nothing changes.
 //! 2. The new binary runs once as a dry run (`graceexec __upgrade-check`,
 //!    the document at fd 3): it must read the document and answer
-//!    `ok VERSION`. A binary that is missing, not executable, for another
+//!    `ok VERSION TOKEN`, the token being a random number in the document
+//!    (a program that only prints `ok` would pass otherwise, and end the
+//!    instance once executed). A binary that is missing, not executable, for another
 //!    architecture, that cannot read this document version, or crashes,
 //!    is refused with its reason. The dry run is a child like any other:
 //!    the loop goes on while it runs, and reaps it.
@@ -40,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{open, OFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 
 pub use doc::{CHECK_MODE, RESUME_FD};
@@ -64,6 +67,8 @@ pub(super) struct Pending {
     requester: ConnId,
     binary: PathBuf,
     pid: i32,
+    /// What it must say back to show that it read the document.
+    token: u64,
     out: Captured,
     deadline: Instant,
 }
@@ -124,10 +129,12 @@ impl Runtime {
             return self.refuse_upgrade(id, why);
         }
         let binary = binary.map_or_else(own_binary, PathBuf::from);
-        let doc = match self.export(id, None) {
+        let mut doc = match self.export(id, None) {
             Ok((doc, _)) => doc,
             Err(why) => return self.refuse_upgrade(id, why),
         };
+        doc.token = doc::token();
+        let token = doc.token;
         let started = (|| -> anyhow::Result<(i32, Captured)> {
             let memfd = memfd_with(&doc.to_json(), MFdFlags::MFD_CLOEXEC)?;
             let (ends, mut out) = output::pipes(false, false)?;
@@ -154,8 +161,12 @@ impl Runtime {
         match started {
             Ok((pid, out)) => {
                 log::info(&format!("upgrade: trying {} (dry run, pid {pid})", binary.display()));
+                // Its group is killed if graceexec dies meanwhile.
+                if let Some(w) = self.io.watchdog.as_mut() {
+                    w.watch(pid);
+                }
                 let deadline = Instant::now() + CHECK_TIMEOUT;
-                self.upgrade = Some(Pending { requester: id, binary, pid, out, deadline });
+                self.upgrade = Some(Pending { requester: id, binary, pid, token, out, deadline });
             }
             Err(e) => {
                 let why = format!("cannot run {}: {e:#}", binary.display());
@@ -164,11 +175,42 @@ impl Runtime {
         }
     }
 
+    /// `pid` has exited and is about to be reaped: if it is the dry run,
+    /// what it left in its group goes with it.
+    pub(super) fn before_reaping(&mut self, pid: i32) {
+        if self.upgrade.as_ref().is_some_and(|p| p.pid == pid) {
+            self.end_dry_run_group(pid);
+        }
+    }
+
+    /// The dry run's leader has exited or is to be killed, and is not
+    /// reaped yet, so its group id is still its (a group id is only ever
+    /// reused once the group is empty and its leader reaped): end the whole
+    /// group. A wrapper script that forked rather than exec'd leaves
+    /// children that would otherwise run on for good.
+    fn end_dry_run_group(&mut self, pid: i32) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        if let Some(w) = self.io.watchdog.as_mut() {
+            w.forget(pid);
+        }
+    }
+
+    /// graceexec exits while the dry run runs: the client hears why,
+    /// rather than see its connection closed without an answer.
+    pub(super) fn abandon_upgrade(&mut self, code: i32) {
+        if let Some(p) = self.upgrade.take() {
+            self.end_dry_run_group(p.pid);
+            let why =
+                format!("graceexec is stopping (exit status {code}) before the dry run answered");
+            self.refuse_upgrade(p.requester, why);
+        }
+    }
+
     /// The dry run has not answered in time.
     pub(super) fn upgrade_timed_out(&mut self, now: Instant) {
         if self.upgrade.as_ref().is_some_and(|p| now >= p.deadline) {
             let p = self.upgrade.take().expect("present");
-            let _ = crate::sys::kill(p.pid, nix::libc::SIGKILL);
+            self.end_dry_run_group(p.pid);
             let why = format!(
                 "{} did not answer its dry run within {}s",
                 p.binary.display(),
@@ -183,12 +225,22 @@ impl Runtime {
         let Some(mut p) = self.upgrade.take() else { return };
         p.out.read_available();
         let lines = p.out.tail();
-        let answer = lines.iter().rev().find_map(|l| l.strip_prefix("ok ")).map(str::to_string);
+        let answer = lines.iter().rev().find_map(|l| doc::answered(l, p.token)).map(str::to_string);
         let binary = p.binary.display().to_string();
+        let said = lines.last().map(|l| format!(": {l}")).unwrap_or_default();
         match answer {
             Some(version) if status == Status::Code(0) => self.exec_upgrade(p, &version),
+            // It exited with 0 but did not say the token back: whatever it
+            // is, it is no graceexec that read the document, and executed
+            // for real it would not take over.
+            None if status == Status::Code(0) => {
+                let why = format!(
+                    "{binary} did not read the upgrade document (its dry run exited with {status} \
+                     without the document's token{said}): is it a graceexec binary?"
+                );
+                self.refuse_upgrade(p.requester, why);
+            }
             _ => {
-                let said = lines.last().map(|l| format!(": {l}")).unwrap_or_default();
                 let why =
                     format!("{binary} cannot take over (its dry run exited with {status}{said})");
                 self.refuse_upgrade(p.requester, why);
@@ -208,11 +260,13 @@ impl Runtime {
         // Opened now, so that the new image can go back to this very file
         // even once a deploy has replaced or removed it.
         let previous = open("/proc/self/exe", OFlag::O_RDONLY, Mode::empty()).ok();
-        let queued = [outbox::take_queued(Stream::Stdout), outbox::take_queued(Stream::Stderr)];
         let (mut doc, handed) = match self.export(p.requester, previous.as_ref()) {
             Ok(x) => x,
             Err(why) => return self.refuse_upgrade(p.requester, why),
         };
+        // Taken last: from here to the exec nothing is written, and a
+        // refusal before this point must not lose what waits.
+        let queued = [outbox::take_queued(Stream::Stdout), outbox::take_queued(Stream::Stderr)];
         [doc.rt.stdout, doc.rt.stderr] = queued.clone();
         let failed = (|| -> anyhow::Result<()> {
             let memfd = memfd_with(&doc.to_json(), MFdFlags::empty())?;
@@ -253,6 +307,7 @@ impl Runtime {
             writer: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
             requester,
+            token: 0,
             previous: prev,
             log_level: log::level(),
             cfg: Config::clone(&self.cfg),

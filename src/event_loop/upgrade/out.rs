@@ -28,6 +28,7 @@ impl Runtime {
             tails: self.tails.iter().cloned().collect(),
             watched: self.watched.clone(),
             last_ok_reload: self.last_ok_reload,
+            watch: self.io.watch.as_ref().map(|w| w.carry(now, handed)),
             events,
             next_seq,
             followers,

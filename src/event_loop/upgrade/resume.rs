@@ -37,8 +37,8 @@ pub fn check_main() -> i32 {
         .and_then(|fd| Ok(std::fs::File::from(fd).read_to_end(&mut bytes)?));
     let parsed = read.map_err(|e| format!("{e:#}")).and_then(|_| doc::parse(&bytes));
     match parsed {
-        Ok(_) => {
-            println!("ok {}", env!("CARGO_PKG_VERSION"));
+        Ok(d) => {
+            println!("{}", doc::ok_line(env!("CARGO_PKG_VERSION"), d.token));
             0
         }
         Err(why) => {
@@ -80,6 +80,9 @@ fn check(d: &Doc) -> Result<(), String> {
             return Err(format!("fd {n} is not what the upgrade document says"));
         }
     }
+    if d.rt.watch.as_ref().is_some_and(|w| !Watch::carried_ok(w)) {
+        return Err("the --watch inotify fd is not what the upgrade document says".into());
+    }
     Ok(())
 }
 
@@ -108,20 +111,27 @@ pub fn resume(value: OsString) -> i32 {
             return crate::startup::EXIT_STARTUP;
         }
     };
-    if let Err(why) = check(&d) {
-        match (d.previous, &failed) {
-            (Some(prev), None) => go_back(prev, memfd, &why),
-            _ => log::error(&format!("cannot resume after an upgrade: {why}")),
+    // Everything that can fail short of taking the fds fails here, where
+    // going back is still possible.
+    let ready = check(&d)
+        .and_then(|()| signals::signalfd().map_err(|e| format!("cannot create a signalfd: {e}")));
+    let signals = match ready {
+        Ok(s) => s,
+        Err(why) => {
+            match (d.previous, &failed) {
+                (Some(prev), None) => go_back(prev, memfd, &why),
+                _ => log::error(&format!("cannot resume after an upgrade: {why}")),
+            }
+            return crate::startup::EXIT_STARTUP;
         }
-        return crate::startup::EXIT_STARTUP;
-    }
+    };
     // The document is read: its memfd goes.
     drop(carry::take(memfd, S_IFREG, "the upgrade document"));
     if let Some(prev) = d.previous {
         drop(carry::take(prev, S_IFREG, "the previous binary"));
     }
     let (requester, writer) = (d.requester, d.writer.clone());
-    match adopt(d) {
+    match adopt(d, signals) {
         Ok(mut rt) => {
             rt.upgraded(requester, &writer, failed);
             rt.run(false)
@@ -146,30 +156,25 @@ fn go_back(prev: i32, memfd: i32, why: &str) {
     log::error(&format!("cannot go back to the previous binary: {e:#}"));
 }
 
-fn adopt(d: Doc) -> anyhow::Result<Runtime> {
+fn adopt(d: Doc, signals: nix::sys::signalfd::SignalFd) -> anyhow::Result<Runtime> {
     let now = Instant::now();
     log::set_level(d.log_level);
     let LoopOut { stdout, stderr, .. } = &d.rt;
     outbox::requeue(Stream::Stdout, stdout);
     outbox::requeue(Stream::Stderr, stderr);
-    let signals = signals::signalfd()?;
     let _ = signals::become_subreaper();
     let rt = d.rt;
     let sd = SdNotify::from_env().unwrap_or_else(|e| {
         log::warn(&format!("{e:#}"));
         None
     });
-    let watch = match d.cfg.watch.is_empty() {
-        true => None,
-        false => Some(Watch::new(&d.cfg.watch)?),
-    };
     let io = Started {
         signals,
         control: Server::adopt(rt.control, now)?,
         sockets: Sockets::adopt(rt.sockets)?,
         notify_dir: NotifyDir::adopt(rt.notify_dir),
         sd,
-        watch,
+        watch: rt.watch.map(|w| Watch::adopt(w, now)).transpose()?,
         watchdog: rt.watchdog.map(Watchdog::adopt).transpose()?,
         _pid_file: rt.pid_file.map(|(p, pid)| PidFile::adopt(p, pid)),
     };
@@ -214,8 +219,9 @@ impl Runtime {
         let generations = self.gens.len();
         let reply = match failed {
             None => {
+                let s = if generations == 1 { "" } else { "s" };
                 log::info(&format!(
-                    "upgraded: graceexec {from} → {to}, pid {pid}, {generations} generations kept"
+                    "upgraded: graceexec {from} → {to}, pid {pid}, {generations} generation{s} kept"
                 ));
                 let version = format!("{from} → {to}");
                 self.event("upgraded", None, |e| e.version = Some(version));
