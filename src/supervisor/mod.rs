@@ -257,12 +257,22 @@ impl Supervisor {
                 let why = format!("(pid {pid}) exited with {status} before it was ready");
                 self.candidate_failed(now, p, why, None, false)
             }
+            // The current generation exits within `--keep-old`: back to
+            // the kept one, which is ready, at once; a reload that runs
+            // carries on, now replacing the kept one.
             (P::Serving(cur), E::Exited { gen, pid, status })
                 if cur.id == gen && self.kept.is_some() =>
             {
                 self.out.push(Action::Finish { gen });
                 self.remember(gen, pid, status, now);
-                self.crashed_to_kept(gen, status).expect("a kept generation")
+                P::Serving(self.crashed_to_kept(gen, status).expect("a kept generation"))
+            }
+            (P::Reloading(cur, a), E::Exited { gen, pid, status })
+                if cur.id == gen && self.kept.is_some() =>
+            {
+                self.out.push(Action::Finish { gen });
+                self.remember(gen, pid, status, now);
+                P::Reloading(self.crashed_to_kept(gen, status).expect("a kept generation"), a)
             }
             (p, E::Exited { gen, pid, status }) if p.current().is_some_and(|c| c.id == gen) => {
                 self.out.push(Action::Finish { gen });

@@ -7,7 +7,7 @@
 //! | phase \ event | promote | rollback | new one exits | old one exits | Tick |
 //! |---|---|---|---|---|---|
 //! | Split | new gets all; old kept or drains → Serving(new) | old gets all; new drains → Serving(old) | old gets all → Serving(old) | new gets all → Serving(new) | ramp step; `--promote-after` |
-//! | Serving with a kept one | refused | kept gets all; current drains → Serving(kept) | (current exits:) the same, by itself | (kept exits:) forgotten | kept past `--keep-old` drains |
+//! | Serving (or Reloading) with a kept one | refused | kept gets all; current drains → Serving(kept) | (current exits:) kept gets all → Serving(kept) (or Reloading(kept): the reload goes on) | (kept exits:) forgotten | kept past `--keep-old` drains |
 
 use std::time::{Duration, Instant};
 
@@ -126,8 +126,9 @@ impl Supervisor {
         Phase::Serving(other)
     }
 
-    /// The current generation exited while one is kept: back to it.
-    pub(super) fn crashed_to_kept(&mut self, cur: GenId, status: Status) -> Option<Phase> {
+    /// The current generation exited while one is kept: back to it; the
+    /// generation that serves now.
+    pub(super) fn crashed_to_kept(&mut self, cur: GenId, status: Status) -> Option<Current> {
         let k = self.kept.take()?;
         let to = k.gen.id;
         self.warn(format!(
@@ -135,7 +136,7 @@ impl Supervisor {
         ));
         self.steer(&[(to, MILLION)]);
         self.serving_status(to);
-        Some(Phase::Serving(k.gen))
+        Some(k.gen)
     }
 
     /// A ramp's next step, `--promote-after`, the kept one's end.

@@ -241,3 +241,33 @@ fn a_ramp_raises_the_share_in_steps_then_promotes() {
     assert_eq!(h.tick(6000), vec![steer(&[(1, 500_000), (2, 500_000)])]);
     assert_eq!(h.tick(11_000), vec![steer(&[(2, ALL)]), watch(1)]);
 }
+
+/// Generation 2 serving, generation 1 kept for a minute since 1.1 s.
+fn kept() -> H {
+    let mut h = steered(|p| p.keep_old = Duration::from_secs(60));
+    h.at(1000).reload();
+    h.at(1100).ready(2);
+    h
+}
+
+/// Regression: new connections went to the reload's candidate, not yet
+/// ready, while the kept generation, ready, sat idle and kept.
+#[test]
+fn a_crash_of_the_serving_generation_during_a_reload_with_a_kept_one_goes_back_to_it() {
+    let mut h = kept();
+    assert_eq!(h.at(2000).reload(), vec![sp(3)]);
+    let a = h.at(2100).exited(2, Code(1));
+    assert_eq!(a, vec![fin(2), steer(&[(1, ALL)])], "the kept one serves at once");
+    assert_eq!(h.sup.view(h.now).kept_for, None);
+    assert_eq!(h.forward(), vec![usr1(1)]);
+    // The reload goes on, and replaces it (kept in turn) once ready.
+    assert_eq!(h.at(2200).ready(3), vec![steer(&[(3, ALL)])]);
+    assert_eq!(h.sup.view(h.now).kept_for, Some(Duration::from_secs(60)));
+    // A failed candidate instead leaves it serving.
+    let mut h = kept();
+    h.at(2000).reload();
+    h.at(2100).exited(2, Code(1));
+    assert_eq!(h.at(2200).exited(3, Code(1)), vec![fin(3)]);
+    assert_eq!(h.forward(), vec![usr1(1)]);
+    assert_eq!(h.sup.view(h.now).state, "serving");
+}
