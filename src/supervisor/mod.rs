@@ -6,7 +6,11 @@
 //! one [`Phase`], which holds the generations that matter to it (the
 //! *candidate*, started and not yet ready; the *current* one, ready and
 //! serving); every other generation is *draining*: it has been sent the
-//! stop signal, and the same rules apply to it in every phase.
+//! stop signal or, with steered sockets, gets it once it has nothing left
+//! (`Drained`) or after `--drain-wait`; the same rules apply to it in every
+//! phase. With steering, the Split phase (a canary or a ramp) and a kept
+//! generation (`--keep-old`) have their own table in split.rs; `Promote`
+//! and `Rollback` in any phase that table does not name are refused.
 //!
 //! | phase \ event | Reload | candidate ready | candidate fails¹ | current exits | Tick | Stop |
 //! |---|---|---|---|---|---|---|
