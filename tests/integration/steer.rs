@@ -120,6 +120,22 @@ fn a_server_that_never_accepts_on_its_socket_is_never_ready() {
     }
 }
 
+/// What the issue promised `status` says while such a server starts, seen
+/// from a live instance rather than a rendered fixture.
+#[test]
+fn status_says_a_candidate_that_never_accepts_waits_for_its_first_accept() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0"], &[("EXAMPLE_IGNORE_FDS", "1")]);
+    let waiting = "nothing accepted on fd 3 yet";
+    let s = ge.wait_status("the candidate's wait", |s| s["generations"][0]["waiting"] == waiting);
+    assert_eq!(
+        (&s["state"], &s["generations"][0]["state"]),
+        (&"starting".into(), &"starting".into())
+    );
+    let (code, out, err) = ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("waiting: {waiting}")), "{out}");
+}
+
 #[test]
 fn status_shows_each_generations_socket_queue_and_share() {
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
