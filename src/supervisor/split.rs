@@ -114,13 +114,19 @@ impl Supervisor {
         Phase::Serving(to)
     }
 
-    /// One of a split's two generations exited: the other gets all.
+    /// One of a split's two generations exited: the other gets all. A
+    /// canary (or a ramp's new one) that exits is rolled back, with the
+    /// event a `rollback` has.
     pub(super) fn split_exited(&mut self, s: Split, gen: GenId, status: Status) -> Phase {
-        let (gone, other) = if gen == s.new.id { (s.new, s.old) } else { (s.old, s.new) };
+        let new_gone = gen == s.new.id;
+        let (gone, other) = if new_gone { (s.new, s.old) } else { (s.old, s.new) };
         let (g, o) = (gone.id, other.id);
         self.warn(format!(
             "generation {g} exited with {status}; generation {o} gets every new connection"
         ));
+        if new_gone {
+            self.note(Note::RolledBack { gen: o, from: g });
+        }
         self.steer(&[(o, MILLION)]);
         self.serving_status(o);
         Phase::Serving(other)
@@ -134,6 +140,7 @@ impl Supervisor {
         self.warn(format!(
             "generation {cur} exited unexpectedly with {status}; back to the kept generation {to}"
         ));
+        self.note(Note::RolledBack { gen: to, from: cur });
         self.steer(&[(to, MILLION)]);
         self.serving_status(to);
         Some(k.gen)

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::events::{follow, read_until};
 use crate::harness::*;
 
 /// `n` requests, one connection each, and how many each pid answered.
@@ -84,7 +85,7 @@ fn a_rolled_back_canary_drains_and_the_previous_generation_serves_alone() {
 
 #[test]
 fn a_canary_that_crashes_is_rolled_back_at_once() {
-    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--name", "cc"], &[]);
     ge.wait_ready(1);
     let (addr, old) = (ge.tcp_addr(), ge.gen_pid(1));
     canary(&ge, "50");
@@ -94,6 +95,12 @@ fn a_canary_that_crashes_is_rolled_back_at_once() {
     assert_eq!(s["generations"].as_array().unwrap().len(), 1, "no restart: {s}");
     assert_eq!(answered_by(addr, 20).keys().collect::<Vec<_>>(), [&old]);
     ge.wait_log("generation 2 exited with signal SIGKILL; generation 1 gets every new connection");
+    // The event a `rollback` has, as the issue asked.
+    let mut events = follow("cc");
+    let seen = read_until(&mut events, |e| e["event"] == "rolled_back");
+    let _ = events.kill();
+    let e = seen.last().unwrap();
+    assert_eq!((&e["generation"], &e["from"]), (&1.into(), &2.into()), "{e}");
 }
 
 #[test]

@@ -42,6 +42,17 @@ fn verdict(h: &H) -> Vec<Verdict> {
     v
 }
 
+/// The (to, from) of every rollback the last event noted.
+fn rolled_back(h: &H) -> Vec<(GenId, GenId)> {
+    let mut v = vec![];
+    for a in &h.logs {
+        if let Action::Note(Note::RolledBack { gen, from }) = a {
+            v.push((*gen, *from));
+        }
+    }
+    v
+}
+
 impl H {
     fn drained(&mut self, gen: GenId) -> Vec<Action> {
         self.ev(Event::Drained { gen })
@@ -163,6 +174,7 @@ fn a_canary_that_exits_is_rolled_back_at_once() {
     h.at(1100).ready(2);
     assert_eq!(h.exited(2, Killed(11)), vec![fin(2), steer(&[(1, ALL)])]);
     assert_eq!(h.logged(Level::Warn).len(), 1);
+    assert_eq!(rolled_back(&h), [(1, 2)], "the event a rollback has");
     assert_eq!(h.sup.view(h.now).state, "serving");
 }
 
@@ -207,6 +219,7 @@ fn a_crash_of_the_newer_generation_goes_back_to_the_kept_one() {
     h.at(1000).reload();
     h.at(1100).ready(2);
     assert_eq!(h.at(1200).exited(2, Code(1)), vec![fin(2), steer(&[(1, ALL)])], "no restart");
+    assert_eq!(rolled_back(&h), [(1, 2)]);
     assert_eq!(h.deadline(), None);
 }
 
@@ -265,6 +278,7 @@ fn split_old_one_exits_the_new_one_gets_everything() {
     let mut h = split();
     assert_eq!(h.at(1500).exited(1, Code(1)), vec![fin(1), steer(&[(2, ALL)])]);
     assert_eq!(h.logged(Level::Warn).len(), 1);
+    assert_eq!(rolled_back(&h), [], "not a rollback");
     assert_eq!(h.sup.view(h.now).state, "serving");
     assert_eq!(h.forward(), vec![usr1(2)]);
     assert_eq!(h.deadline(), None, "no restart: generation 2 serves");
