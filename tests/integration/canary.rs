@@ -42,6 +42,11 @@ fn a_canary_gets_its_share_until_promoted() {
     let new = ge.gen_pid(2);
     let s = ge.wait_status("the canary", |s| s["state"] == "canary");
     assert_eq!((phase_of(&s, 1), phase_of(&s, 2)), ("serving".into(), "canary".into()), "{s}");
+    let share = |gen: u64| {
+        let gens = s["generations"].as_array().unwrap();
+        gens.iter().find(|g| g["generation"] == gen).and_then(|g| g["share"].as_f64())
+    };
+    assert_eq!((share(1), share(2)), (Some(75.0), Some(25.0)), "status shows each share: {s}");
     let by = answered_by(addr, 2000);
     let share = by.get(&new).copied().unwrap_or(0) as f64 / 2000.0;
     assert!((0.15..=0.35).contains(&share), "the canary answered {share} of 2000: {by:?}");
