@@ -143,6 +143,24 @@ fn rollback_within_keep_old_returns_to_the_kept_generation_without_a_start() {
 }
 
 #[test]
+fn a_kept_generation_drains_and_stops_once_its_window_ends() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--keep-old", "1s"], &[]);
+    ge.wait_ready(1);
+    let addr = ge.tcp_addr();
+    assert_eq!(ctl(&["reload"]).0, 0);
+    // Stopped as usual: the stop signal, which the example server answers
+    // by draining and exiting 0.
+    assert_eq!(ge.wait_exited(1), "status 0");
+    ge.wait_log("generation 1 was kept for 1s; it stops now");
+    let s = ge.wait_status("generation 2 alone", |s| s["kept_for_ms"].is_null());
+    assert_eq!(s["generations"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(pid_of(&get(addr, "/").unwrap()), ge.gen_pid(2));
+    let (code, _, err) = ctl(&["rollback"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the kept generation is gone"), "{err}");
+}
+
+#[test]
 fn a_crash_of_the_newer_generation_within_keep_old_goes_back_by_itself() {
     let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--keep-old", "10m"], &[]);
     ge.wait_ready(1);
