@@ -385,3 +385,24 @@ fn a_crash_of_the_serving_generation_during_a_reload_with_a_kept_one_goes_back_t
     assert_eq!(h.forward(), vec![usr1(1)]);
     assert_eq!(h.sup.view(h.now).state, "serving");
 }
+
+#[test]
+fn a_canary_reload_is_refused_unless_serving() {
+    let refused = |h: &H| {
+        let mut why = vec![];
+        for a in &h.reports {
+            if let Action::Report { outcome: Outcome::Failed { why: w, .. }, .. } = a {
+                why.push(w.clone());
+            }
+        }
+        why
+    };
+    let mut reloading = steered(|_| {});
+    reloading.at(1000).reload();
+    assert_eq!(reload_with(&mut reloading, Some(250_000), Some(1)), vec![]);
+    assert_eq!(refused(&reloading), ["a canary can start only while serving, not while reloading"]);
+    assert_eq!(reloading.at(1100).ready(2), vec![steer(&[(2, ALL)]), watch(1)], "not merged");
+    let mut split = split();
+    assert_eq!(reload_with(&mut split, Some(250_000), Some(2)), vec![]);
+    assert_eq!(refused(&split), ["a canary is running: promote or roll back first"]);
+}
