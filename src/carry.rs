@@ -36,12 +36,16 @@ impl Handed {
 /// Clear or set FD_CLOEXEC on every handed fd.
 pub fn inheritable(fds: &[RawFd], on: bool) -> Result<()> {
     for &n in fds {
-        // The fds are open and owned by the running image; the borrow
-        // lives for these two calls only.
-        let fd = crate::sys::borrow_fd(n);
-        let mut flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD)?);
-        flags.set(FdFlag::FD_CLOEXEC, !on);
-        fcntl(fd, FcntlArg::F_SETFD(flags))?;
+        // The fds are owned by the running image; the borrow lives for
+        // these two calls only, and a number that is not open is an error,
+        // not a borrow of nothing.
+        let set = crate::sys::with_fd(n, |fd| -> Result<()> {
+            let mut flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD)?);
+            flags.set(FdFlag::FD_CLOEXEC, !on);
+            fcntl(fd, FcntlArg::F_SETFD(flags))?;
+            Ok(())
+        });
+        set.unwrap_or_else(|| bail!("fd {n} is not open"))?;
     }
     Ok(())
 }
@@ -100,4 +104,28 @@ pub fn read_all(n: RawFd) -> Result<Vec<u8>> {
         Ok(bytes)
     });
     read.unwrap_or_else(|| bail!("fd {n} is not open"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    fn cloexec(fd: BorrowedFd<'_>) -> bool {
+        FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap())
+            .contains(FdFlag::FD_CLOEXEC)
+    }
+
+    #[test]
+    fn inheritable_toggles_close_on_exec_and_refuses_a_number_that_is_not_open() {
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        inheritable(&[read.as_raw_fd()], false).unwrap();
+        assert!(cloexec(read.as_fd()));
+        inheritable(&[read.as_raw_fd()], true).unwrap();
+        assert!(!cloexec(read.as_fd()));
+        // An fd number far above anything this test process opens.
+        let err = inheritable(&[1_000_000], true).unwrap_err();
+        assert_eq!(err.to_string(), "fd 1000000 is not open");
+    }
 }

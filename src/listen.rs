@@ -1,9 +1,11 @@
 //! `--listen` addresses: parsing, binding, and adopting systemd's sockets.
 //!
-//! Sockets are bound once and held for graceexec's whole life; every
-//! generation gets the same open file descriptions, so connections that
-//! arrive while one server hands over to the next wait in the kernel's
-//! accept queue instead of being refused.
+//! Sockets are bound once and held for graceexec's whole life, so
+//! connections that arrive while one server hands over to the next wait in
+//! the kernel's accept queue instead of being refused. A shared socket
+//! (UDP, unix, adopted, `--handover shared`) is the same open file
+//! description in every generation; a steered TCP address is a pool of
+//! sockets instead (sockets.rs, steer/pool.rs).
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -391,53 +393,7 @@ fn describe(fd: &OwnedFd) -> String {
 mod proptests;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(s: &str) -> Spec {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn forms() {
-        assert_eq!(parse("8080").addr, Addr::Tcp("0.0.0.0:8080".parse().unwrap()));
-        assert_eq!(parse(":8080").addr, Addr::Tcp("0.0.0.0:8080".parse().unwrap()));
-        assert_eq!(parse("127.0.0.1:80").addr, Addr::Tcp("127.0.0.1:80".parse().unwrap()));
-        assert_eq!(parse("[::1]:80").addr, Addr::Tcp("[::1]:80".parse().unwrap()));
-        assert_eq!(parse("tcp://127.0.0.1:1").addr, Addr::Tcp("127.0.0.1:1".parse().unwrap()));
-        assert_eq!(parse("udp://127.0.0.1:53").addr, Addr::Udp("127.0.0.1:53".parse().unwrap()));
-        assert_eq!(parse("unix:/a/b.sock").addr, Addr::Unix("/a/b.sock".into()));
-        assert_eq!(parse("unix:@x").addr, Addr::Abstract("x".into()));
-        let named = parse("web=127.0.0.1:80");
-        assert_eq!(named.name.as_deref(), Some("web"));
-    }
-
-    #[test]
-    fn rejects() {
-        for bad in [
-            "",
-            "abc",
-            "1.2.3.4:99999",
-            "unix:",
-            "unix:@",
-            "unix://run/app.sock",
-            "unix:///run/app.sock",
-            "web=unix://x",
-            "ftp://x:1",
-            "a:b=1",
-            "x y=80",
-        ] {
-            assert!(bad.parse::<Spec>().is_err(), "{bad} parsed");
-        }
-    }
-
-    #[test]
-    fn default_names() {
-        assert_eq!(default_name(&parse("8080").addr), "tcp-8080");
-        assert_eq!(default_name(&parse("udp://127.0.0.1:53").addr), "udp-53");
-        assert_eq!(default_name(&parse("unix:/run/app.sock").addr), "unix-app.sock");
-    }
-}
+mod tests;
 
 impl Listener {
     /// A TCP or UDP socket (what the file descriptor store keeps).
@@ -446,32 +402,5 @@ impl Listener {
     }
 }
 
-/// A shared socket across `graceexec upgrade`.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ListenerOut {
-    name: String,
-    fd: i32,
-    shown: String,
-    created: Option<crate::carry::FileOut>,
-}
-
-impl Listener {
-    pub fn carry(&self, handed: &mut crate::carry::Handed) -> ListenerOut {
-        ListenerOut {
-            name: self.name.clone(),
-            fd: handed.fd(self.fd.as_fd()),
-            shown: self.shown.clone(),
-            created: self._created.as_ref().map(SocketFile::carry),
-        }
-    }
-
-    pub fn carried_fd(l: &ListenerOut) -> i32 {
-        l.fd
-    }
-
-    pub fn adopt(l: ListenerOut) -> Result<Listener> {
-        let fd = crate::carry::take_socket(l.fd, "a listening socket")?;
-        let created = l.created.map(SocketFile::adopt);
-        Ok(Listener { name: l.name, fd, shown: l.shown, _created: created })
-    }
-}
+mod carry;
+pub use carry::ListenerOut;

@@ -25,7 +25,6 @@ mod signals;
 mod sockets;
 mod sockfile;
 mod startup;
-#[allow(dead_code)]
 mod steer;
 mod supervisor;
 #[allow(unsafe_code)]

@@ -186,6 +186,7 @@ impl Program {
         Ok(Program { insns })
     }
 
+    #[cfg(test)]
     pub fn insns(&self) -> &[Insn] {
         &self.insns
     }

@@ -46,6 +46,7 @@ const SYN_SENT: u8 = 2;
 pub const SYN_RECV: u8 = 3;
 const FIN_WAIT1: u8 = 4;
 const FIN_WAIT2: u8 = 5;
+#[cfg(test)]
 pub const TIME_WAIT: u8 = 6;
 const CLOSE: u8 = 7;
 pub const CLOSE_WAIT: u8 = 8;

@@ -169,6 +169,7 @@ impl Pool {
         self.addr
     }
 
+    #[cfg(test)]
     pub fn family(&self) -> Family {
         self.family
     }

@@ -140,11 +140,12 @@ impl Supervisor {
     }
 
     /// A second stop signal: SIGKILL to every group at once.
-    pub(super) fn escalate(&mut self, mut s: Stopping) -> Phase {
+    pub(super) fn escalate(&mut self, now: Instant, mut s: Stopping) -> Phase {
         if !s.escalated {
             s.escalated = true;
             self.warn("second stop request: killing every generation now".into());
-            let kill_at = Instant::now();
+            // The event's time: the supervisor never reads the clock.
+            let kill_at = now;
             for (gen, d) in self.draining.iter_mut() {
                 d.stage = Stage::Signalled { kill_at, killed: true };
                 self.out.push(Action::KillGroup { gen: *gen });

@@ -6,7 +6,11 @@
 //! one [`Phase`], which holds the generations that matter to it (the
 //! *candidate*, started and not yet ready; the *current* one, ready and
 //! serving); every other generation is *draining*: it has been sent the
-//! stop signal, and the same rules apply to it in every phase.
+//! stop signal or, with steered sockets, gets it once it has nothing left
+//! (`Drained`) or after `--drain-wait`; the same rules apply to it in every
+//! phase. With steering, the Split phase (a canary or a ramp) and a kept
+//! generation (`--keep-old`) have their own table in split.rs; `Promote`
+//! and `Rollback` in any phase that table does not name are refused.
 //!
 //! | phase \ event | Reload | candidate ready | candidate fails¹ | current exits | Tick | Stop |
 //! |---|---|---|---|---|---|---|
@@ -257,12 +261,22 @@ impl Supervisor {
                 let why = format!("(pid {pid}) exited with {status} before it was ready");
                 self.candidate_failed(now, p, why, None, false)
             }
+            // The current generation exits within `--keep-old`: back to
+            // the kept one, which is ready, at once; a reload that runs
+            // carries on, now replacing the kept one.
             (P::Serving(cur), E::Exited { gen, pid, status })
                 if cur.id == gen && self.kept.is_some() =>
             {
                 self.out.push(Action::Finish { gen });
                 self.remember(gen, pid, status, now);
-                self.crashed_to_kept(gen, status).expect("a kept generation")
+                P::Serving(self.crashed_to_kept(gen, status).expect("a kept generation"))
+            }
+            (P::Reloading(cur, a), E::Exited { gen, pid, status })
+                if cur.id == gen && self.kept.is_some() =>
+            {
+                self.out.push(Action::Finish { gen });
+                self.remember(gen, pid, status, now);
+                P::Reloading(self.crashed_to_kept(gen, status).expect("a kept generation"), a)
             }
             (p, E::Exited { gen, pid, status }) if p.current().is_some_and(|c| c.id == gen) => {
                 self.out.push(Action::Finish { gen });

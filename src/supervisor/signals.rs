@@ -71,7 +71,7 @@ impl Supervisor {
                     self.step(now, p, Event::Reload { waiter: None, canary: None })
                 }
                 Rule::Stop => match p {
-                    Phase::Stopping(s) => self.escalate(s),
+                    Phase::Stopping(s) => self.escalate(now, s),
                     Phase::Done => Phase::Done,
                     p => {
                         self.info(format!("received {name}: shutting down"));

@@ -7,7 +7,7 @@
 //! | phase \ event | promote | rollback | new one exits | old one exits | Tick |
 //! |---|---|---|---|---|---|
 //! | Split | new gets all; old kept or drains → Serving(new) | old gets all; new drains → Serving(old) | old gets all → Serving(old) | new gets all → Serving(new) | ramp step; `--promote-after` |
-//! | Serving with a kept one | refused | kept gets all; current drains → Serving(kept) | (current exits:) the same, by itself | (kept exits:) forgotten | kept past `--keep-old` drains |
+//! | Serving (or Reloading) with a kept one | refused | kept gets all; current drains → Serving(kept) | (current exits:) kept gets all → Serving(kept) (or Reloading(kept): the reload goes on) | (kept exits:) forgotten | kept past `--keep-old` drains |
 
 use std::time::{Duration, Instant};
 
@@ -114,28 +114,36 @@ impl Supervisor {
         Phase::Serving(to)
     }
 
-    /// One of a split's two generations exited: the other gets all.
+    /// One of a split's two generations exited: the other gets all. A
+    /// canary (or a ramp's new one) that exits is rolled back, with the
+    /// event a `rollback` has.
     pub(super) fn split_exited(&mut self, s: Split, gen: GenId, status: Status) -> Phase {
-        let (gone, other) = if gen == s.new.id { (s.new, s.old) } else { (s.old, s.new) };
+        let new_gone = gen == s.new.id;
+        let (gone, other) = if new_gone { (s.new, s.old) } else { (s.old, s.new) };
         let (g, o) = (gone.id, other.id);
         self.warn(format!(
             "generation {g} exited with {status}; generation {o} gets every new connection"
         ));
+        if new_gone {
+            self.note(Note::RolledBack { gen: o, from: g });
+        }
         self.steer(&[(o, MILLION)]);
         self.serving_status(o);
         Phase::Serving(other)
     }
 
-    /// The current generation exited while one is kept: back to it.
-    pub(super) fn crashed_to_kept(&mut self, cur: GenId, status: Status) -> Option<Phase> {
+    /// The current generation exited while one is kept: back to it; the
+    /// generation that serves now.
+    pub(super) fn crashed_to_kept(&mut self, cur: GenId, status: Status) -> Option<Current> {
         let k = self.kept.take()?;
         let to = k.gen.id;
         self.warn(format!(
             "generation {cur} exited unexpectedly with {status}; back to the kept generation {to}"
         ));
+        self.note(Note::RolledBack { gen: to, from: cur });
         self.steer(&[(to, MILLION)]);
         self.serving_status(to);
-        Some(Phase::Serving(k.gen))
+        Some(k.gen)
     }
 
     /// A ramp's next step, `--promote-after`, the kept one's end.

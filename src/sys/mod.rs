@@ -55,14 +55,6 @@ pub fn with_fd<T>(n: RawFd, look: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T>
     Some(look(borrowed))
 }
 
-/// Borrow fd `n`, which the caller owns and keeps open for the borrow's
-/// life (the handed-over fds of an upgrade, by number).
-pub fn borrow_fd<'a>(n: RawFd) -> BorrowedFd<'a> {
-    // SAFETY: callers pass fds this process owns and has not closed, and
-    // use the borrow only while they still own them (carry::inheritable).
-    unsafe { BorrowedFd::borrow_raw(n) }
-}
-
 /// Send signal number `sig` to `pid`; real-time signals included.
 pub fn kill(pid: i32, sig: SigNo) -> Result<(), Errno> {
     // SAFETY: kill(2) takes two integers and touches no memory of ours.

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::events::{follow, read_until};
 use crate::harness::*;
 
 /// `n` requests, one connection each, and how many each pid answered.
@@ -41,6 +42,11 @@ fn a_canary_gets_its_share_until_promoted() {
     let new = ge.gen_pid(2);
     let s = ge.wait_status("the canary", |s| s["state"] == "canary");
     assert_eq!((phase_of(&s, 1), phase_of(&s, 2)), ("serving".into(), "canary".into()), "{s}");
+    let share = |gen: u64| {
+        let gens = s["generations"].as_array().unwrap();
+        gens.iter().find(|g| g["generation"] == gen).and_then(|g| g["share"].as_f64())
+    };
+    assert_eq!((share(1), share(2)), (Some(75.0), Some(25.0)), "status shows each share: {s}");
     let by = answered_by(addr, 2000);
     let share = by.get(&new).copied().unwrap_or(0) as f64 / 2000.0;
     assert!((0.15..=0.35).contains(&share), "the canary answered {share} of 2000: {by:?}");
@@ -84,7 +90,7 @@ fn a_rolled_back_canary_drains_and_the_previous_generation_serves_alone() {
 
 #[test]
 fn a_canary_that_crashes_is_rolled_back_at_once() {
-    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--name", "cc"], &[]);
     ge.wait_ready(1);
     let (addr, old) = (ge.tcp_addr(), ge.gen_pid(1));
     canary(&ge, "50");
@@ -94,6 +100,12 @@ fn a_canary_that_crashes_is_rolled_back_at_once() {
     assert_eq!(s["generations"].as_array().unwrap().len(), 1, "no restart: {s}");
     assert_eq!(answered_by(addr, 20).keys().collect::<Vec<_>>(), [&old]);
     ge.wait_log("generation 2 exited with signal SIGKILL; generation 1 gets every new connection");
+    // The event a `rollback` has, as the issue asked.
+    let mut events = follow("cc");
+    let seen = read_until(&mut events, |e| e["event"] == "rolled_back");
+    let _ = events.kill();
+    let e = seen.last().unwrap();
+    assert_eq!((&e["generation"], &e["from"]), (&1.into(), &2.into()), "{e}");
 }
 
 #[test]
@@ -128,6 +140,24 @@ fn rollback_within_keep_old_returns_to_the_kept_generation_without_a_start() {
     load.finish().assert_clean();
     ge.wait_exited(2);
     assert_eq!(ge.started(), 2, "no process started for the rollback");
+}
+
+#[test]
+fn a_kept_generation_drains_and_stops_once_its_window_ends() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--keep-old", "1s"], &[]);
+    ge.wait_ready(1);
+    let addr = ge.tcp_addr();
+    assert_eq!(ctl(&["reload"]).0, 0);
+    // Stopped as usual: the stop signal, which the example server answers
+    // by draining and exiting 0.
+    assert_eq!(ge.wait_exited(1), "status 0");
+    ge.wait_log("generation 1 was kept for 1s; it stops now");
+    let s = ge.wait_status("generation 2 alone", |s| s["kept_for_ms"].is_null());
+    assert_eq!(s["generations"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(pid_of(&get(addr, "/").unwrap()), ge.gen_pid(2));
+    let (code, _, err) = ctl(&["rollback"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the kept generation is gone"), "{err}");
 }
 
 #[test]

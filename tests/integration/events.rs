@@ -53,6 +53,22 @@ pub(crate) fn in_order(got: &[(String, Option<u64>)], want: &[(&str, Option<u64>
     want.iter().all(|(k, g)| it.any(|(gk, gg)| gk == k && gg == g))
 }
 
+/// The delays (ms) of the first `n` crash restarts instance `name`
+/// scheduled, from its `restart_scheduled` events: typed, where the log's
+/// "restarting in 100ms" is wording.
+pub(crate) fn restart_delays(name: &str, n: usize) -> Vec<u64> {
+    let mut events = follow(name);
+    let seen = std::cell::Cell::new(0);
+    let all = read_until(&mut events, |e| {
+        seen.set(seen.get() + usize::from(e["event"] == "restart_scheduled"));
+        seen.get() == n
+    });
+    let _ = events.kill();
+    let _ = events.wait();
+    let delays = all.iter().filter(|e| e["event"] == "restart_scheduled");
+    delays.map(|e| e["delay_ms"].as_u64().expect("a delay_ms")).collect()
+}
+
 fn is(e: &Value, kind: &str, gen: u64) -> bool {
     e["event"] == kind && e["generation"] == gen
 }

@@ -12,6 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+use crate::events::restart_delays;
 use crate::harness::*;
 
 /// A wrapper that runs `before` in the generation's shell, then execs the
@@ -51,7 +52,7 @@ fn a_candidate_that_crashes_right_after_ready_is_replaced_and_no_request_fails()
     let dir = TempDir::new();
     let crash = dir.path("crash");
     let env = [("EXAMPLE_CRASH_GEN", "2"), ("EXAMPLE_CRASH_FILE", crash.to_str().unwrap())];
-    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &env);
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--name", "crash2"], &env);
     ge.wait_ready(1);
     let load = Load::start(ge.tcp_addr(), 4);
     load.wait_more(20);
@@ -65,7 +66,7 @@ fn a_candidate_that_crashes_right_after_ready_is_replaced_and_no_request_fails()
     let crashed = ge.gen_pid(2);
     assert_eq!(ge.wait_exited(2), "status 4");
     ge.wait_log(&format!("generation 2 (pid {crashed}) exited unexpectedly with status 4"));
-    ge.wait_log("restarting in 100ms");
+    assert_eq!(restart_delays("crash2", 1), [100]);
     ge.wait_ready(3);
     load.wait_more(20);
     let result = load.finish();
@@ -120,7 +121,8 @@ fn a_crash_loop_backs_off_without_a_fork_storm() {
         crash.display()
     );
     let script = wrapper(&dir, &before);
-    let ge = run_wrapper(&script, &["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
+    let args = ["-l", "127.0.0.1:0", "--ready", "notify", "--name", "loop"];
+    let ge = run_wrapper(&script, &args, &[]);
     ge.wait_ready(1);
     let load = Load::start(ge.tcp_addr(), 2);
     load.wait_more(10);
@@ -129,9 +131,7 @@ fn a_crash_loop_backs_off_without_a_fork_storm() {
     // Its own SIGTERM, not graceexec's: generation 1 drains what it has
     // (a SIGKILL would fail its requests in flight) and exits unasked.
     kill(Pid::from_raw(ge.gen_pid(1)), Signal::SIGTERM).unwrap();
-    for delay in ["100ms", "200ms", "400ms", "800ms"] {
-        ge.wait_log(&format!("restarting in {delay}"));
-    }
+    assert_eq!(restart_delays("loop", 4), [100, 200, 400, 800]);
     // Counted first, timed second: the bound is then an upper bound.
     let count = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count() as u32;
     let restarts = count(&starts) - 1;

@@ -60,6 +60,28 @@ fn systemd_hears_ready_reloading_ready_and_stopping_in_order() {
     ge.wait_exit();
 }
 
+/// Issue 10: systemd's STATUS= shows both generations of a split, and the
+/// one left after the promote.
+#[test]
+fn systemd_hears_a_canarys_shares_and_its_promotion() {
+    let sd = FakeSystemd::new();
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[("NOTIFY_SOCKET", &sd.path)]);
+    assert!(sd.next().starts_with("READY=1\nSTATUS=serving: generation 1 (pid "));
+    assert_eq!(ctl(&["reload", "--canary", "25"]).0, 0);
+    let (old, new) = (ge.gen_pid(1), ge.gen_pid(2));
+    let split = format!(
+        "STATUS=serving: generation 1 (pid {old}) (75.0%), generation 2 (pid {new}) (25.0%)"
+    );
+    let mut seen = Vec::new();
+    while !seen.last().is_some_and(|m: &String| m.contains(&split)) {
+        seen.push(sd.next());
+        assert!(seen.len() < 10, "no split status in {seen:#?}");
+    }
+    assert_eq!(ctl(&["promote"]).0, 0);
+    let m = sd.next();
+    assert_eq!(m, format!("STATUS=serving: generation 2 (pid {new})"), "after {seen:#?}");
+}
+
 #[test]
 fn check_failure_fails_the_reload_and_starts_nothing() {
     let dir = TempDir::new();

@@ -3,22 +3,24 @@
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::events::restart_delays;
 use crate::harness::*;
 
 #[test]
 fn a_crashed_server_is_restarted_with_backoff_while_the_socket_stays_open() {
-    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
+    let name = "crashed";
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--name", name], &[]);
     ge.wait_ready(1);
     let first = ge.gen_pid(1);
     kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
     ge.wait_log(&format!("generation 1 (pid {first}) exited unexpectedly with signal SIGKILL"));
-    ge.wait_log("restarting in 100ms");
+    assert_eq!(restart_delays(name, 1), [100]);
     ge.wait_ready(2);
     let second = ge.gen_pid(2);
     assert_eq!(pid_of(&get(ge.tcp_addr(), "/").unwrap()), second);
     // A second crash backs off further.
     kill(Pid::from_raw(second), Signal::SIGKILL).unwrap();
-    ge.wait_log("restarting in 200ms");
+    assert_eq!(restart_delays(name, 2), [100, 200]);
     ge.wait_ready(3);
 }
 

@@ -50,12 +50,20 @@ fn the_same_server_loses_requests_with_one_shared_socket() {
 
 #[test]
 fn connections_made_while_the_first_generation_starts_are_all_served() {
-    let ge = Ge::start(
-        &["-l", "127.0.0.1:0", "--ready", "notify"],
-        &[("EXAMPLE_SLOW_START_MS", "1500")],
-    );
+    // Generation 1 holds before it accepts or says READY=1 until the test
+    // lets it go, so the connections surely come while it starts (a slow
+    // start raced the load's first connection).
+    let dir = TempDir::new();
+    let hold = dir.path("hold");
+    let env = [("EXAMPLE_HOLD_GEN", "1"), ("EXAMPLE_HOLD_FILE", hold.to_str().unwrap())];
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &env);
     let addr = ge.tcp_addr();
     let load = Load::start(addr, 4);
+    let s = ge.wait_status("the four clients' connections to queue", |s| {
+        s["generations"][0]["queued"] == 4
+    });
+    assert_eq!((&s["state"], load.served()), (&"starting".into(), 0), "{s}");
+    std::fs::write(&hold, "").unwrap();
     ge.wait_ready(1);
     load.wait_more(20);
     load.finish().assert_clean();
@@ -118,6 +126,22 @@ fn a_server_that_never_accepts_on_its_socket_is_never_ready() {
         assert!(log.contains("was not ready within 1s (nothing accepted on fd 3 yet)"), "{log}");
         assert!(log.contains("ignores LISTEN_FDS"), "{log}");
     }
+}
+
+/// What the issue promised `status` says while such a server starts, seen
+/// from a live instance rather than a rendered fixture.
+#[test]
+fn status_says_a_candidate_that_never_accepts_waits_for_its_first_accept() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0"], &[("EXAMPLE_IGNORE_FDS", "1")]);
+    let waiting = "nothing accepted on fd 3 yet";
+    let s = ge.wait_status("the candidate's wait", |s| s["generations"][0]["waiting"] == waiting);
+    assert_eq!(
+        (&s["state"], &s["generations"][0]["state"]),
+        (&"starting".into(), &"starting".into())
+    );
+    let (code, out, err) = ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("waiting: {waiting}")), "{out}");
 }
 
 #[test]

@@ -54,6 +54,7 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const TCPDIAG_GETSOCK: u16 = 18;
+#[cfg(test)]
 pub const REQ_LEN: usize = 56;
 const OLD_REQ_LEN: usize = 60;
 const MSG_LEN: usize = 72;

@@ -15,14 +15,8 @@ fn pool(addr: &str, count: u32) -> Pool {
     Pool::bind(addr.parse().unwrap(), 1024, count).unwrap()
 }
 
-/// A connection from `source`'s port (bound before connect), as graceexec's
-/// probes will make them.
-fn connect_from(source: SocketAddr, to: SocketAddr) -> TcpStream {
-    let fd = open_client(source);
-    connect(fd.as_raw_fd(), &SockaddrStorage::from(to)).unwrap();
-    TcpStream::from(fd)
-}
-
+/// A client socket bound to `source` (port 0: any) before it connects,
+/// as graceexec's probes are, so that its port is known in advance.
 fn open_client(source: SocketAddr) -> OwnedFd {
     let family = if source.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();

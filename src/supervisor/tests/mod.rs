@@ -8,6 +8,7 @@ use super::*;
 mod carry;
 mod reload;
 mod rules;
+mod split;
 mod steer;
 mod table;
 use nix::sys::signal::Signal::{self, SIGTERM, SIGUSR1};

@@ -3,18 +3,18 @@
 
 use super::*;
 
-const ALL: u32 = MILLION;
+pub(super) const ALL: u32 = MILLION;
 
-fn steer(shares: &[(GenId, u32)]) -> Action {
+pub(super) fn steer(shares: &[(GenId, u32)]) -> Action {
     Action::Steer { shares: shares.to_vec() }
 }
 
-fn watch(gen: GenId) -> Action {
+pub(super) fn watch(gen: GenId) -> Action {
     Action::WatchDrain { gen }
 }
 
 /// Steered, `--ready notify`, generation 1 serving at 0 s.
-fn steered(tweak: impl FnOnce(&mut Policy)) -> H {
+pub(super) fn steered(tweak: impl FnOnce(&mut Policy)) -> H {
     let mut h = H::idle(Notify, true);
     h.sup.policy.steer = true;
     tweak(&mut h.sup.policy);
@@ -28,15 +28,26 @@ fn steered(tweak: impl FnOnce(&mut Policy)) -> H {
     h
 }
 
-fn reload_with(h: &mut H, canary: Option<u32>, w: Option<Waiter>) -> Vec<Action> {
+pub(super) fn reload_with(h: &mut H, canary: Option<u32>, w: Option<Waiter>) -> Vec<Action> {
     h.ev(Event::Reload { waiter: w, canary })
 }
 
-fn verdict(h: &H) -> Vec<Verdict> {
+pub(super) fn verdict(h: &H) -> Vec<Verdict> {
     let mut v = vec![];
     for a in &h.reports {
         if let Action::Answer { verdict, .. } = a {
             v.push(verdict.clone());
+        }
+    }
+    v
+}
+
+/// The (to, from) of every rollback the last event noted.
+pub(super) fn rolled_back(h: &H) -> Vec<(GenId, GenId)> {
+    let mut v = vec![];
+    for a in &h.logs {
+        if let Action::Note(Note::RolledBack { gen, from }) = a {
+            v.push((*gen, *from));
         }
     }
     v
@@ -163,6 +174,7 @@ fn a_canary_that_exits_is_rolled_back_at_once() {
     h.at(1100).ready(2);
     assert_eq!(h.exited(2, Killed(11)), vec![fin(2), steer(&[(1, ALL)])]);
     assert_eq!(h.logged(Level::Warn).len(), 1);
+    assert_eq!(rolled_back(&h), [(1, 2)], "the event a rollback has");
     assert_eq!(h.sup.view(h.now).state, "serving");
 }
 
@@ -207,6 +219,7 @@ fn a_crash_of_the_newer_generation_goes_back_to_the_kept_one() {
     h.at(1000).reload();
     h.at(1100).ready(2);
     assert_eq!(h.at(1200).exited(2, Code(1)), vec![fin(2), steer(&[(1, ALL)])], "no restart");
+    assert_eq!(rolled_back(&h), [(1, 2)]);
     assert_eq!(h.deadline(), None);
 }
 
