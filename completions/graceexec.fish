@@ -25,7 +25,7 @@ function __fish_graceexec_using_subcommand
 end
 
 complete -c graceexec -n "__fish_graceexec_needs_command" -s l -l listen -d 'Socket to bind and pass on; repeatable. ADDR: PORT, :PORT, HOST:PORT, [V6]:PORT, tcp://HOST:PORT, udp://HOST:PORT, unix:/PATH, unix:@NAME. NAME= sets its LISTEN_FDNAMES name (default from the address, e.g. tcp-8080). Without --listen, sockets passed by systemd are adopted' -r
-complete -c graceexec -n "__fish_graceexec_needs_command" -l ready -d 'When a new generation counts as ready: notify, delay:DURATION, tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND. Default: READY=1 or 1s alive, whichever comes first' -r
+complete -c graceexec -n "__fish_graceexec_needs_command" -l ready -d 'When a new generation counts as ready: notify, accept, delay:DURATION, tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND. Default: READY=1 or, with steered sockets, a connection accepted on each (else 1s alive), whichever comes first' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l name -d 'Name of this instance, for `graceexec reload --name` and friends. Default: the file name of COMMAND' -r
 complete -c graceexec -n "__fish_graceexec_needs_command" -l handover -d 'How a new generation takes over TCP sockets graceexec binds: steer (each generation its own socket; new connections steered to the new one, the old one stopped once it has nothing left) or shared (one socket for all, as systemd or a peer would pass it)' -r -f -a "steer\t''
 shared\t''"

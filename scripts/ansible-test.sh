@@ -40,7 +40,9 @@ python_with "ansible=ansible-core==2.19.*"
 ansible=$py
 command -v python3 >/dev/null || apt_install python3
 cargo build --quiet --bin graceexec --example load
-PATH=$PWD/target/debug:$PATH
+debug=${CARGO_TARGET_DIR:-target}/debug
+[[ $debug == /* ]] || debug=$PWD/$debug
+PATH=$debug:$PATH
 
 work=$(mktemp -d)
 pids=()  # graceexec instances and load generators
@@ -129,7 +131,7 @@ done
 
 echo "ansible-test: rolling out r2 under load"
 for host in api-1 api-2; do
-    target/debug/examples/load --addr "${addr[$host]}" --clients 1 --seconds 120 \
+    "$debug/examples/load" --addr "${addr[$host]}" --clients 1 --seconds 120 \
         --stop-file "$work/stop-load" >"$work/load-$host.out" &
     load[$host]=$!
     pids+=($!)

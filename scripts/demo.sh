@@ -14,7 +14,7 @@ CLIENTS=${CLIENTS:-32}
 
 echo "building (release)..."
 cargo build --release --quiet --bin graceexec --example server --example load
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 
 work=$(mktemp -d)
 log=$work/graceexec.log

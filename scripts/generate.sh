@@ -6,7 +6,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 cargo build --quiet
-bin=target/debug/graceexec
+bin=${CARGO_TARGET_DIR:-target}/debug/graceexec
 "$bin" completions bash > completions/graceexec.bash
 "$bin" completions zsh > completions/_graceexec
 "$bin" completions fish > completions/graceexec.fish

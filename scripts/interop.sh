@@ -35,7 +35,7 @@ done
 [[ $CLIENTS =~ ^[1-9][0-9]{0,3}$ ]] || usage_error "CLIENTS=$CLIENTS: want a whole number from 1 to 9999"
 [[ $PAUSE =~ ^[0-9]{1,2}(\.[0-9]+)?$ ]] || usage_error "PAUSE=$PAUSE: want seconds, such as 0.2"
 
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d "${TMPDIR:-/tmp}/graceexec-interop.XXXXXX")
 ge=""   # the graceexec instance running now
 load="" # the load generator running now

@@ -27,11 +27,12 @@ fi
 command -v python3 >/dev/null || apt_install python3
 
 cargo build --release --quiet --bin graceexec --example timing --example load
+rel=${CARGO_TARGET_DIR:-target}/release
 if [ "${FRESH_NETNS:-0}" = 1 ]; then
     if [ "$(id -u)" -ne 0 ] || ! command -v unshare >/dev/null || ! command -v ip >/dev/null; then
         echo "overhead.sh: FRESH_NETNS=1 needs root, unshare and ip" >&2
         exit 1
     fi
-    exec unshare --net sh -c 'ip link set lo up && exec python3 scripts/overhead.py target/release'
+    exec unshare --net sh -c 'ip link set lo up && exec python3 scripts/overhead.py "$1"' sh "$rel"
 fi
-exec python3 scripts/overhead.py target/release
+exec python3 scripts/overhead.py "$rel"

@@ -136,6 +136,10 @@ for f in INSTALL share/zsh/site-functions/_graceexec share/fish/vendor_completio
     share/doc/graceexec/LICENSE-MIT share/doc/graceexec/LICENSE-APACHE; do
     [ -f "$unpacked/$f" ] || fail "the archive has no $f"
 done
+# The INSTALL note names the graceexec the archive's units run.
+unit_bin=$(sed -n 's|^ExecStart=\([^ ]*\) .*|\1|p' "$unpacked/share/doc/graceexec/examples/systemd/api.service")
+grep -q "call $unit_bin," "$unpacked/INSTALL" ||
+    fail "INSTALL does not say that the example units call $unit_bin"
 home=$tmp/home
 mkdir -p "$home/.local"
 cp -R "$unpacked/bin" "$unpacked/share" "$home/.local/"

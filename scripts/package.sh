@@ -36,7 +36,8 @@ cargo build --release --locked --quiet
 rm -rf "$work"
 mkdir -p "$work"
 bin=$work/graceexec
-cp target/release/graceexec "$bin"
+# Where cargo put it: a CARGO_TARGET_DIR would leave target/release stale.
+cp "${CARGO_TARGET_DIR:-target}/release/graceexec" "$bin"
 # What dh_strip does: debug symbols and notes out (Debian policy 10.1).
 strip --remove-section=.comment --remove-section=.note "$bin"
 
@@ -168,8 +169,8 @@ PREFIX/share to XDG_DATA_DIRS); share/zsh/site-functions/_graceexec, in
 zsh's fpath for /usr/local (elsewhere, add the directory to fpath before
 compinit); share/fish/vendor_completions.d/graceexec.fish, which fish
 reads from /usr/local/share and ~/.local/share. Example systemd units are
-in share/doc/graceexec/examples/; they call /usr/bin/graceexec, so adjust
-the path.
+in share/doc/graceexec/examples/; they call /usr/local/bin/graceexec, so
+adjust the path for another prefix.
 
 To uninstall, remove what this archive lists (tar tzf) from the prefix.
 EOF

@@ -59,7 +59,7 @@ sweep() {
 }
 trap sweep EXIT
 
-PYTHONDONTWRITEBYTECODE=1 "$py" scripts/reload_bench --bin target/release --out "$OUT" &
+PYTHONDONTWRITEBYTECODE=1 "$py" scripts/reload_bench --bin "${CARGO_TARGET_DIR:-target}/release" --out "$OUT" &
 py=$!
 # A background job of a script ignores SIGINT, so Ctrl-C reaches us: pass it
 # on as SIGTERM and wait for the orchestrator to stop what it started.

@@ -18,7 +18,8 @@ case $UPGRADES$CLIENTS in *[!0-9]*) echo "upgrade-bench: UPGRADES and CLIENTS ar
 
 cargo build --release --quiet --bin graceexec --example server --example load
 dir=$(mktemp -d /tmp/graceexec-upgrade-bench.XXXXXX)
-ge=target/release/graceexec
+rel=${CARGO_TARGET_DIR:-target}/release
+ge=$rel/graceexec
 cp "$ge" "$dir/graceexec-a" && cp "$ge" "$dir/graceexec-b"
 export XDG_RUNTIME_DIR=$dir
 pid='' load=''
@@ -30,14 +31,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$ge" --name bench -l "$ADDR" --ready notify -- target/release/examples/server >"$dir/log" 2>&1 &
+"$ge" --name bench -l "$ADDR" --ready notify -- "$rel/examples/server" >"$dir/log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do "$ge" status --name bench >/dev/null 2>&1 && break; sleep 0.1; done
 "$ge" status --name bench >/dev/null || { cat "$dir/log"; exit 1; }
 fds() { find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 rss() { awk '/^VmRSS/ {print $2 " kB"}' "/proc/$pid/status"; }
 before="$(fds) fds, $(rss)"
-target/release/examples/load --addr "$ADDR" --clients "$CLIENTS" --seconds 600 --stop-file "$dir/stop" >"$dir/load" 2>&1 &
+"$rel/examples/load" --addr "$ADDR" --clients "$CLIENTS" --seconds 600 --stop-file "$dir/stop" >"$dir/load" 2>&1 &
 load=$!
 sleep 1
 for i in $(seq "$UPGRADES"); do

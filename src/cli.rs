@@ -172,7 +172,7 @@ Examples:
     max_term_width = 100,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    override_usage = "graceexec [OPTIONS] -- COMMAND [ARGS]...\n       graceexec reload|promote|rollback|status|stop|list [OPTIONS]",
+    override_usage = "graceexec [OPTIONS] -- COMMAND [ARGS]...\n       graceexec reload|promote|rollback|status|events|stop|upgrade|list [OPTIONS]",
     after_help = EXAMPLES
 )]
 pub struct Cli {
@@ -186,9 +186,10 @@ pub struct Cli {
     #[arg(short, long, value_name = "[NAME=]ADDR", value_parser = parse_spec)]
     pub listen: Vec<Spec>,
 
-    /// When a new generation counts as ready: notify, delay:DURATION,
+    /// When a new generation counts as ready: notify, accept, delay:DURATION,
     /// tcp:HOST:PORT, http://HOST:PORT/PATH or exec:COMMAND. Default: READY=1
-    /// or 1s alive, whichever comes first.
+    /// or, with steered sockets, a connection accepted on each (else 1s
+    /// alive), whichever comes first.
     #[arg(long, value_name = "MODE", value_parser = parse_ready)]
     pub ready: Option<Mode>,
 

@@ -89,3 +89,27 @@ fn command_after_double_dash() {
     assert_eq!(cli.command, vec![OsString::from("srv"), OsString::from("--flag")]);
     assert!(Cli::try_parse_from(["graceexec", "-l", "8080"]).is_err());
 }
+
+/// `--help` as a newcomer reads it: the flags everybody needs first, then
+/// examples, and a usage line that names every command.
+#[test]
+fn help_puts_listen_ready_and_name_first_and_ends_with_examples() {
+    use clap::CommandFactory;
+    let help = Cli::command().render_long_help().to_string();
+    let options = &help[help.find("Options:").expect("an Options block")..];
+    let flags: Vec<&str> = options
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| l.split_once("--").map(|(_, f)| f))
+        .filter_map(|f| f.split([' ', '<', ',']).next())
+        .take(3)
+        .collect();
+    assert_eq!(flags, ["listen", "ready", "name"], "{options}");
+    let examples = &help[help.find("Examples:").expect("an Examples block")..];
+    assert!(examples.contains(" -- python3 server.py"), "{examples}");
+    let usage = help.lines().skip_while(|l| !l.starts_with("Usage:")).nth(1).unwrap();
+    for sub in Cli::command().get_subcommands().map(|c| c.get_name()) {
+        assert!(sub == "completions" || usage.contains(sub), "{sub} not in: {usage}");
+    }
+}

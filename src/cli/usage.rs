@@ -4,28 +4,48 @@
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
-/// The commands, for "did you mean".
-const COMMANDS: [&str; 8] =
-    ["reload", "promote", "rollback", "status", "stop", "list", "completions", "help"];
+/// The commands, for "did you mean": the parser's own, so that none is
+/// left out when one is added.
+fn commands() -> Vec<String> {
+    use clap::CommandFactory;
+    let mut names: Vec<String> =
+        super::Cli::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+    names.push("help".into());
+    names
+}
 
 pub fn explain(e: &clap::Error) -> String {
-    // After a command (`graceexec reload extra`), clap's words are right.
-    let command = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let in_command = command.is_some_and(|c| COMMANDS.contains(&c.as_str()));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    explain_args(e, &args)
+}
+
+/// `args`: the command line without the program name.
+fn explain_args(e: &clap::Error, args: &[String]) -> String {
+    let commands = commands();
+    // A command comes first (`graceexec reload --name api`); after one,
+    // clap's words are right (`graceexec events extra`).
+    let in_command = args.first().is_some_and(|a| commands.contains(a));
     if e.kind() == ErrorKind::UnknownArgument && !in_command {
         if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
             if !arg.starts_with('-') {
-                return bare_word(arg);
+                return bare_word(arg, &commands);
             }
         }
     }
     one_line(&e.render().to_string())
 }
 
-/// A word where an option or a command was expected: a misspelt command,
-/// or the server's command line without `--` before it.
-fn bare_word(arg: &str) -> String {
-    if let Some(near) = COMMANDS.iter().find(|c| distance(arg, c) <= 2) {
+/// A word where an option or a command was expected: a command after
+/// options, a misspelt command, or the server's command line without `--`
+/// before it.
+fn bare_word(arg: &str, commands: &[String]) -> String {
+    if commands.iter().any(|c| c == arg) {
+        return format!(
+            "'{arg}' must come first, its options after it: graceexec {arg} [OPTIONS]; \
+             see 'graceexec {arg} --help'"
+        );
+    }
+    if let Some(near) = commands.iter().find(|c| distance(arg, c) <= 2) {
         return format!("unknown command '{arg}'; did you mean '{near}'? see 'graceexec --help'");
     }
     format!(
@@ -87,6 +107,35 @@ pub fn one_line(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn explained(args: &[&str]) -> String {
+        use clap::Parser;
+        let all = std::iter::once("graceexec").chain(args.iter().copied());
+        let e = super::super::Cli::try_parse_from(all).unwrap_err();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        explain_args(&e, &args)
+    }
+
+    /// Regression: `events` and `upgrade` were missing from the commands
+    /// "did you mean" knew, so `graceexec upgarde` was told to put `--`
+    /// before a server command; options before a command got "unknown
+    /// command 'reload'; did you mean 'reload'?"; and `graceexec events
+    /// extra` the advice about `--`.
+    #[test]
+    fn every_command_is_known_and_options_before_one_are_explained() {
+        for (typo, command) in [("upgarde", "upgrade"), ("evnets", "events"), ("relaod", "reload")]
+        {
+            let line = explained(&[typo]);
+            assert!(line.contains(&format!("did you mean '{command}'?")), "{line}");
+        }
+        let line = explained(&["--name", "api", "reload"]);
+        assert!(line.starts_with("'reload' must come first"), "{line}");
+        assert!(line.contains("graceexec reload [OPTIONS]"), "{line}");
+        let line = explained(&["events", "extra"]);
+        assert!(line.contains("unexpected argument 'extra'") && !line.contains("`--`"), "{line}");
+        let line = explained(&["-l", "8080", "python3", "server.py"]);
+        assert!(line.contains("put `--` before the server command"), "{line}");
+    }
 
     #[test]
     fn near_words() {

@@ -126,9 +126,11 @@ impl Supervisor {
         self.up_since.get_or_insert(now);
         let cur = Current { id: c.id, spawned_at: c.spawned_at, ready_after: took };
         let share = canary.filter(|_| matches!(h, Holder::Reloading(_)));
+        let mut waiters = Vec::new();
+        let outcome = Outcome::Ready { gen: c.id, took, share };
         if c.reload {
-            let outcome = Outcome::Ready { gen: c.id, took, share };
-            self.finish_reload(now, Some(cur.id), c.waiters, outcome);
+            waiters = c.waiters;
+            self.end_reload(now, Some(cur.id), outcome.clone());
         } else {
             let state = first.then_some(SdState::Ready);
             let status = SdStatus::Serving { gen: c.id, failed: None };
@@ -140,6 +142,9 @@ impl Supervisor {
             Holder::Reloading(old) => self.hand_over(now, old, cur, share),
             _ => Phase::Serving(cur),
         };
+        // Only then the answer: a client that connects as soon as `graceexec
+        // reload` returns must reach the new generation, not the old one.
+        self.report(waiters, outcome);
         match (next, follow_up) {
             (Phase::Serving(cur), Some(w)) => self.follow_up(now, Holder::Reloading(cur), w),
             (next, Some(w)) => {
@@ -252,6 +257,12 @@ impl Supervisor {
         waiters: Vec<Waiter>,
         outcome: Outcome,
     ) {
+        self.end_reload(now, serving, outcome.clone());
+        self.report(waiters, outcome);
+    }
+
+    /// A reload ended, but its waiters are answered by the caller.
+    fn end_reload(&mut self, now: Instant, serving: Option<GenId>, outcome: Outcome) {
         self.last_reload = Some((outcome.clone(), now));
         match &outcome {
             Outcome::Ready { gen, took, .. } => {
@@ -272,7 +283,6 @@ impl Supervisor {
             None => SdStatus::NotServing { failed },
         };
         self.out.push(Action::Systemd { state: Some(SdState::Ready), status });
-        self.report(waiters, outcome);
     }
 
     pub(super) fn report(&mut self, waiters: Vec<Waiter>, outcome: Outcome) {

@@ -152,6 +152,47 @@ fn a_stalled_follower_does_not_delay_reloads() {
     let _ = stalled.wait();
 }
 
+/// A follower that reconnects passes the last number it saw and gets what
+/// came after it, no more; one without `--since` gets only what is new.
+#[test]
+fn since_replays_what_came_after_and_no_since_only_what_is_new() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--name", "ev6"], &[]);
+    ge.wait_ready(1);
+    assert_eq!(ctl(&["reload", "--name", "ev6"]).0, 0);
+    let mut all = follow("ev6");
+    let seen = read_until(&mut all, |e| is(e, "reload_ready", 2));
+    let last = seen.last().unwrap()["seq"].as_u64().unwrap();
+    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "--since 0 replays all, numbered from 1");
+    let _ = all.kill();
+    let spawn = |args: &[&str]| {
+        let mut c = command(&[&["events", "--json", "--name", "ev6"], args].concat());
+        c.stdout(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let mut resumed = spawn(&["--since", &(last - 2).to_string()]);
+    let first = read_until(&mut resumed, |_| true);
+    assert_eq!(first[0]["seq"], last - 1, "{first:?}");
+    let _ = resumed.kill();
+    let mut live = spawn(&[]);
+    // Nothing is replayed: its first line is one of a reload asked from
+    // here on (until one is seen: `status` cannot tell when the follower
+    // is registered), numbered after what came before.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let first = read_until(&mut live, |_| true);
+        let _ = tx.send(());
+        let _ = live.kill();
+        first
+    });
+    wait_until("the follower to see a reload", LONG, || {
+        assert_eq!(ctl(&["reload", "--name", "ev6"]).0, 0);
+        rx.try_recv().is_ok()
+    });
+    let first = reader.join().unwrap();
+    assert!(first[0]["seq"].as_u64() > Some(last), "{first:?}");
+}
+
 /// prometheus_client's own parser, from the interpreter setup.sh prepared.
 fn python() -> String {
     let recorded = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python-for-tests");

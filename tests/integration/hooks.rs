@@ -111,6 +111,8 @@ fn watch_reloads_when_the_file_is_replaced() {
     ge.wait_ready(1);
     std::fs::write(&watched, "v2").unwrap();
     ge.wait_ready(2);
+    // The log says which file it was, not "a watched file changed".
+    ge.wait_log(&format!("{w} changed: reloading"));
     // Replaced by a rename, as a deploy that copies then moves does.
     let tmp = dir.path("release.new");
     std::fs::write(&tmp, "v3").unwrap();

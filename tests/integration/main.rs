@@ -10,6 +10,7 @@ mod events;
 mod examples;
 mod faults;
 mod files;
+mod first_contact;
 mod harness;
 mod hooks;
 mod lifecycle;

@@ -73,9 +73,13 @@ fn http_mode_needs_a_2xx_answer() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let bad = format!("http://127.0.0.1:{port}/missing");
-    let mut ge = Ge::start(&["-l", &listen, "--ready", &bad, "--ready-timeout", "500ms"], &[]);
+    let mut ge = Ge::start(&["-l", &listen, "--ready", &bad, "--ready-timeout", "3s"], &[]);
+    // What it waits for is in `status` while it waits, and in the failure.
+    let why = "last probe: HTTP status 404";
+    ge.wait_status("the probe's answer", |s| s["generations"][0]["waiting"] == why);
     assert_eq!(ge.wait_exit(), 1);
-    assert!(ge.log().contains("generation 1 was not ready within 500ms"), "{}", ge.log());
+    let failure = format!("generation 1 was not ready within 3s ({why}); giving up");
+    assert!(ge.log().contains(&failure), "{}", ge.log());
 }
 
 #[test]

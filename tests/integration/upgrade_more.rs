@@ -163,3 +163,32 @@ fn a_stop_during_the_dry_run_answers_the_upgrade_client() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("upgrade refused") && err.contains("stopping"), "{err}");
 }
+
+/// The "if execve itself fails, the running image carries on": a
+/// binary that passes its dry run (it reads the document and says its
+/// token back) and is gone when graceexec executes it.
+#[test]
+fn a_binary_gone_between_its_dry_run_and_the_exec_leaves_the_instance_as_it_was() {
+    let dir = TempDir::new();
+    let read_token = "python3 -c 'import json, sys; print(json.load(sys.stdin)[\"token\"])' <&3";
+    let body = format!("token=$({read_token}) || exit 1\nrm -f \"$0\"\necho \"ok 9.9.9 $token\"\n");
+    let vanishing = script(&dir, "vanishing", &body);
+    let (ge, load) = serving_under_load(&[], &[]);
+    let (before, server) = (exe(ge.pid()), ge.gen_pid(1));
+    let (code, _, err) = upgrade_to(&vanishing);
+    assert_eq!(code, 1, "{err}");
+    assert!(!vanishing.exists(), "the dry run did not run to its end: {err}");
+    let want = format!("upgrade refused: cannot execute {}", vanishing.display());
+    assert!(err.contains(&want) && err.contains("No such file or directory"), "{err}");
+    assert_eq!(exe(ge.pid()), before, "graceexec runs its own binary");
+    assert_eq!(ge.gen_pid(1), server, "the server was not restarted");
+    // Everything works as before: a reload, and an upgrade that goes through.
+    let (code, _, err) = ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    let new = copy_of_graceexec(&dir, "graceexec-new");
+    let (code, _, err) = upgrade_to(&new);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(exe(ge.pid()), new);
+    load.wait_more(20);
+    load.finish().assert_clean();
+}

@@ -155,6 +155,21 @@ mod tests {
         assert_eq!(answered(&format!("ok {t}"), t), None, "no version");
     }
 
+    /// What graceexec 0.1.0 handed its dry run (two sockets, --watch,
+    /// --check, --pid-file, --metrics-file, --log-prefix, an `events`
+    /// follower, after a reload): a later build must still read it, as the
+    /// rule for versions above says. A change that fails this needs a new
+    /// VERSION and a reader for this one.
+    #[test]
+    fn a_version_1_document_written_by_0_1_0_stays_readable() {
+        let d = parse(include_bytes!("fixtures/v1-0.1.0.json")).unwrap();
+        assert_eq!((d.version, d.writer.as_str()), (1, "0.1.0"));
+        assert_eq!(d.cfg.name, "api");
+        let rt = &d.rt;
+        assert_eq!((rt.gens.len(), rt.followers.len(), rt.events.len()), (1, 1, 12));
+        assert!(rt.watch.is_some() && rt.watchdog.is_some() && rt.pid_file.is_some());
+    }
+
     #[test]
     fn a_document_without_a_version_or_not_json_is_refused() {
         assert!(parse(b"{}").unwrap_err().contains("no version"));

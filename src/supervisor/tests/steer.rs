@@ -254,3 +254,23 @@ fn a_ramp_raises_the_share_in_steps_then_promotes() {
     assert_eq!(h.tick(6000), vec![steer(&[(1, 500_000), (2, 500_000)])]);
     assert_eq!(h.tick(11_000), vec![steer(&[(2, ALL)]), watch(1)]);
 }
+
+/// Regression: `graceexec reload` was answered before the switch, so a
+/// client that connected as soon as it returned (the README's quick start:
+/// reload, then curl) could still reach the old generation.
+#[test]
+fn a_reload_is_answered_only_after_the_switch() {
+    for canary in [None, Some(ALL / 4)] {
+        let mut h = steered(|_| {});
+        reload_with(h.at(1000), canary, Some(7));
+        let out = h.sup.handle(
+            h.base + Duration::from_millis(1100),
+            Event::Ready { gen: 2, by: ReadySource::Notify },
+        );
+        let at = |f: fn(&Action) -> bool| out.iter().position(f).expect("in the actions");
+        let switch =
+            at(|a| matches!(a, Action::Steer { shares } if shares.iter().any(|s| s.0 == 2)));
+        let answer = at(|a| matches!(a, Action::Report { waiters, .. } if waiters == &[7]));
+        assert!(switch < answer, "answered before the switch ({canary:?}): {out:?}");
+    }
+}
