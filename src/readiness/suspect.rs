@@ -75,8 +75,9 @@ fn shell(pid: i32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
+    use std::os::fd::OwnedFd;
     use std::os::unix::process::CommandExt;
-    use std::process::{Child, Command};
+    use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
     use super::*;
@@ -94,9 +95,11 @@ mod tests {
         }
     }
 
-    /// `sh -c script` as the leader of a process group of its own.
-    fn group(script: &str) -> (Group, i32) {
-        let child = Command::new("/bin/sh").args(["-c", script]).process_group(0).spawn().unwrap();
+    /// `sh -c script` as the leader of a process group of its own, with
+    /// `stdin`.
+    fn group(script: &str, stdin: Stdio) -> (Group, i32) {
+        let mut sh = Command::new("/bin/sh");
+        let child = sh.args(["-c", script]).stdin(stdin).process_group(0).spawn().unwrap();
         let pid = child.id() as i32;
         (Group(child), pid)
     }
@@ -115,23 +118,35 @@ mod tests {
     #[test]
     fn a_shell_with_a_child_is_a_wrapper() {
         // `; :` keeps the shell from exec'ing its last command.
-        let (_g, pid) = group("sleep 100; :");
+        let (_g, pid) = group("sleep 100; :", Stdio::null());
         let found = until("the child", || look(pid, pid));
         assert!(matches!(&found, Suspect::Wrapper { listens: None, .. }), "{found:?}");
     }
 
-    #[test]
-    fn a_listener_the_group_inherited_from_graceexec_is_not_its_own() {
-        // Not close-on-exec: the group holds it, and so does this process,
-        // as graceexec holds the sockets it passes.
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        nix::fcntl::fcntl(&l, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
-        let (_g, pid) = group("exec sleep 100");
+    /// `sleep` with `l` as its stdin, in a group of its own, once it runs
+    /// (before its exec, the child still holds all of this process's fds).
+    fn sleep_holding(l: OwnedFd) -> (Group, i32) {
+        let (g, pid) = group("exec sleep 100", l.into());
         let exe = format!("/proc/{pid}/exe");
         let is_sleep = || std::fs::read_link(&exe).is_ok_and(|e| e.ends_with("sleep"));
         until("sleep", || is_sleep().then_some(()));
-        let held = conns::group_sockets(pid).unwrap();
-        assert!(!held.is_empty(), "sleep holds the listener");
+        assert!(!conns::group_sockets(pid).unwrap().is_empty(), "it holds the listener");
+        (g, pid)
+    }
+
+    #[test]
+    fn a_listener_only_the_group_holds_is_a_port_of_its_own() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (_g, pid) = sleep_holding(l.into());
+        assert_eq!(look(pid, pid), Some(Suspect::OwnPort(addr)));
+    }
+
+    #[test]
+    fn a_listener_the_group_inherited_from_graceexec_is_not_its_own() {
+        // This process holds it too, as graceexec holds what it passes.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (_g, pid) = sleep_holding(l.try_clone().unwrap().into());
         assert_eq!(look(pid, pid), None);
     }
 }
