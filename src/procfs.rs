@@ -81,6 +81,14 @@ pub fn group_members(pgid: i32, but: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The live (not zombie) children of `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|c| stat(*c).is_some_and(|s| s.ppid == pid && !s.zombie()))
+        .collect()
+}
+
 /// Whether `pid` belongs to a generation whose process group is `pgid` and
 /// whose main process is `leader`: it is in that group, or `leader` is one
 /// of its ancestors (a worker that moved to a group or session of its own).

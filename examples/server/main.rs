@@ -10,7 +10,11 @@
 //!   generations (200 with `pid=P` elsewhere);
 //! - `EXAMPLE_STALL_FILE=PATH`: accept nothing while PATH exists;
 //! - `EXAMPLE_IGNORE_FDS=1`: serve a port of its own, never the inherited
-//!   sockets, and say no READY=1 (a server not made for socket activation).
+//!   sockets, and say no READY=1 (a server not made for socket activation);
+//! - `EXAMPLE_OPTIONAL_FDS=1`: when `LISTEN_PID` is not its own pid (it runs
+//!   under a wrapper script that did not `exec` it), serve a port of its own
+//!   as `EXAMPLE_IGNORE_FDS` does, instead of refusing to start: a server
+//!   for which socket activation is optional, with a port to fall back to.
 
 use std::env;
 use std::fs;
@@ -63,8 +67,14 @@ fn main() {
     let var = |key: &str| env::var(key).unwrap_or_default();
 
     let listen_pid = var("LISTEN_PID");
+    let mut ignore_fds = var("EXAMPLE_IGNORE_FDS") == "1";
     if listen_pid.trim().parse::<u32>().ok() != Some(pid) {
-        fail(&format!("LISTEN_PID={listen_pid} is not my pid {pid}; refusing inherited sockets"));
+        let why = format!("LISTEN_PID={listen_pid} is not my pid {pid}");
+        if var("EXAMPLE_OPTIONAL_FDS") != "1" {
+            fail(&format!("{why}; refusing inherited sockets"));
+        }
+        eprintln!("server: {why}; falling back to a port of my own");
+        ignore_fds = true;
     }
     let listen_fds_raw = var("LISTEN_FDS");
     let listen_fds = match listen_fds_raw.trim().parse::<i32>() {
@@ -91,7 +101,6 @@ fn main() {
     let crash_file =
         env::var_os("EXAMPLE_CRASH_FILE").filter(|_| gen_listed("EXAMPLE_CRASH_GEN", &gen));
 
-    let ignore_fds = var("EXAMPLE_IGNORE_FDS") == "1";
     let sockets: Vec<Inherited> = match ignore_fds {
         false => (3..listen_fds.saturating_add(3))
             .map(|fd| sys::adopt(fd).unwrap_or_else(|e| fail(&e)))

@@ -161,7 +161,10 @@ impl Runtime {
                 io.probe = None;
                 sockets.unroute_probes_of(*gen);
                 self.queue.push_back(Event::Ready { gen: *gen, by });
-            } else if let Some(why) = p.last_failure().filter(|w| io.waiting.as_ref() != Some(w)) {
+                continue;
+            }
+            p.look(now, io.leader, io.main);
+            if let Some(why) = p.last_failure().filter(|w| io.waiting.as_ref() != Some(w)) {
                 io.waiting = Some(why.clone());
                 self.queue.push_back(Event::Waiting { gen: *gen, why });
             }

@@ -25,6 +25,7 @@ use crate::sockets::Sockets;
 use crate::supervisor::{ReadyPolicy, ReadySource, Waiting};
 
 mod accept;
+mod suspect;
 
 const FIRST_INTERVAL: Duration = Duration::from_millis(5);
 const MAX_INTERVAL: Duration = Duration::from_millis(300);
@@ -195,6 +196,14 @@ impl Probe {
         match &self.accept {
             Some(a) => a.waiting(),
             None => self.last.clone().map(Waiting::Probe),
+        }
+    }
+
+    /// With `accept`: what the generation's processes (group `leader`, main
+    /// process `main`) do instead of accepting, for `last_failure`.
+    pub fn look(&mut self, now: Instant, leader: i32, main: i32) {
+        if let Some(a) = self.accept.as_mut() {
+            a.look(now, self.gen, (leader, main), self.verbose);
         }
     }
 

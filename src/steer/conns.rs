@@ -26,7 +26,7 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -115,21 +115,36 @@ impl Scanner {
             }
             self.path.truncate(self.path.len() - "stat".len());
             self.path.push_str("fd");
-            let fds = match fs::read_dir(&self.path) {
-                Ok(fds) => fds,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for fd in fds {
-                // An fd closed or a process gone between the listing and here.
-                let Ok(link) = fd.and_then(|fd| fs::read_link(fd.path())) else { continue };
-                self.seen.extend(socket_inode(link.as_os_str().as_bytes()));
-            }
+            fd_sockets(&self.path, &mut self.seen)?;
         }
         self.seen.sort_unstable();
         self.seen.dedup();
         Ok(())
     }
+}
+
+/// Into `out`: the socket inodes in `dir`, a /proc/PID/fd; nothing if the
+/// process is gone.
+fn fd_sockets(dir: &str, out: &mut Vec<u64>) -> io::Result<()> {
+    let fds = match fs::read_dir(dir) {
+        Ok(fds) => fds,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for fd in fds {
+        // An fd closed or a process gone between the listing and here.
+        let Ok(link) = fd.and_then(|fd| fs::read_link(fd.path())) else { continue };
+        out.extend(socket_inode(link.as_os_str().as_bytes()));
+    }
+    Ok(())
+}
+
+/// The socket inodes graceexec itself holds, sorted.
+pub fn own_sockets() -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    fd_sockets("/proc/self/fd", &mut out)?;
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// `seen`'s inodes, each with whether it is a connection: as `known` says,
@@ -218,6 +233,8 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 /// One row of /proc/net/tcp or tcp6.
 #[derive(Debug, PartialEq, Eq)]
 struct Row {
+    /// The local address.
+    ip: IpAddr,
     port: u16,
     remote: u16,
     state: u8,
@@ -238,11 +255,56 @@ fn row(line: &[u8]) -> Option<Row> {
         u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
     };
     Some(Row {
+        ip: ip_of(local)?,
         port: port(local)?,
         remote: port(remote)?,
         state: u8::from_str_radix(std::str::from_utf8(state).ok()?, 16).ok()?,
         inode: std::str::from_utf8(inode).ok()?.parse().ok()?,
     })
+}
+
+/// The address of a `HEXADDR:HEXPORT` field: 8 hex digits for IPv4, 32
+/// for IPv6, each group of 8 a 32-bit word of the address as it lies in
+/// memory (network order) printed as a number of this machine's order.
+fn ip_of(field: &[u8]) -> Option<IpAddr> {
+    let hex = std::str::from_utf8(&field[..field.iter().position(|&b| b == b':')?]).ok()?;
+    if hex.len() != 8 && hex.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, word) in hex.as_bytes().chunks(8).enumerate() {
+        let word = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Some(match hex.len() {
+        8 => IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        _ => IpAddr::from(bytes),
+    })
+}
+
+/// Into `out`: every listening TCP socket, as its local address and inode,
+/// from sock_diag or else /proc.
+pub fn listening(out: &mut Vec<(SocketAddr, u64)>) -> io::Result<()> {
+    via_diag(|| diag::listening(out)).unwrap_or_else(|| {
+        out.clear(); // what a failed query had found
+        proc_listening(out)
+    })
+}
+
+pub(super) fn proc_listening(out: &mut Vec<(SocketAddr, u64)>) -> io::Result<()> {
+    each_row(|r| {
+        if r.state == LISTEN {
+            out.push((SocketAddr::new(r.ip, r.port), r.inode));
+        }
+        true
+    })
+}
+
+/// The socket inodes that processes of group `pgrp` hold, sorted.
+pub fn group_sockets(pgrp: i32) -> io::Result<Vec<u64>> {
+    let mut scanner = Scanner::new();
+    scanner.group_sockets(pgrp)?;
+    Ok(scanner.seen)
 }
 
 /// Into `out`, from /proc: the inodes of the connections on `ports` that

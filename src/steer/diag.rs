@@ -98,6 +98,14 @@ pub fn held(ports: &[u16], out: &mut Vec<u64>) -> io::Result<()> {
     })
 }
 
+/// Into `out`: every listening TCP socket of both families, as its local
+/// address and inode. Only the listeners' hash is walked: no state but
+/// LISTEN is asked for.
+pub fn listening(out: &mut Vec<(SocketAddr, u64)>) -> io::Result<()> {
+    let filter = Filter { states: bits(&[LISTEN]), sport: 0, dport: 0, ports: None };
+    each(&filter, |s| out.push((SocketAddr::new(s.ip, s.sport), s.inode.into())))
+}
+
 /// The server side of the connection from `client` to `server` (as the
 /// client sees them: its local and peer addresses): Some(false) while it
 /// waits to be accepted (`is_queued`), Some(true) once accepted (it has an

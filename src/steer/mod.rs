@@ -7,7 +7,8 @@
 //! - `pool` binds the group's sockets, attaches programs and reads each
 //!   socket's accept queue;
 //! - `conns` counts the connections a process group still holds, so a
-//!   draining generation is stopped only once it has nothing left;
+//!   draining generation is stopped only once it has nothing left, and
+//!   lists the sockets listening (readiness/suspect.rs);
 //! - `diag` asks the kernel about TCP sockets by state and port
 //!   (sock_diag netlink), for `conns` and accept readiness.
 //!

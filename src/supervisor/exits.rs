@@ -288,10 +288,8 @@ impl Supervisor {
             Step::Starting(c) if now >= c.deadline => {
                 let mut why = format!("was not ready within {}", human(self.policy.ready_timeout));
                 if let Some(w) = &c.waiting {
-                    why.push_str(&format!(" ({w})"));
-                    if let Some(hint) = w.hint() {
-                        why.push_str(&format!("; {hint}"));
-                    }
+                    why.push(' ');
+                    why.push_str(&w.failure());
                 }
                 self.candidate_failed(now, p, why, None, true)
             }

@@ -60,11 +60,13 @@ pub mod signals;
 mod split;
 mod types;
 mod view;
+mod waiting;
 pub use carry::Carried;
 use phase::*;
 pub use signals::SYNCHRONOUS;
 pub use types::*;
 pub use view::{ExitView, Role, View};
+pub use waiting::{Suspect, Waiting};
 
 const AUTO_READY_AFTER: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::Waiting;
 use crate::log::Level;
 use crate::units::{signal_name, SigNo};
 
@@ -86,38 +87,6 @@ pub struct Policy {
     /// How often a candidate not ready yet is mentioned in the log, with
     /// what it waits for.
     pub nag_every: Duration,
-}
-
-/// Why a candidate is not ready yet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Waiting {
-    /// The last probe attempt's failure: `connection refused`, `HTTP
-    /// status 404`...
-    Probe(String),
-    /// The probe connection to the socket at this fd is still queued.
-    NotAccepted { fd: usize },
-}
-
-impl Waiting {
-    /// What to check, when the reason points at a common mistake.
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
-            Waiting::NotAccepted { .. } => Some(
-                "a server that binds a port of its own, ignores LISTEN_FDS, or runs under a \
-                 wrapper script that does not `exec` it never accepts on the socket it is given",
-            ),
-            Waiting::Probe(_) => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Waiting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Waiting::Probe(why) => write!(f, "last probe: {why}"),
-            Waiting::NotAccepted { fd } => write!(f, "nothing accepted on fd {fd} yet"),
-        }
-    }
 }
 
 /// How a reload ended.

@@ -6,6 +6,7 @@ mod canary;
 mod chdir;
 mod contract;
 mod control;
+mod diagnose;
 mod events;
 mod examples;
 mod faults;

@@ -123,8 +123,7 @@ fn a_server_that_never_accepts_on_its_socket_is_never_ready() {
         let mut ge = Ge::start(&args, &[("EXAMPLE_IGNORE_FDS", "1")]);
         assert_eq!(ge.wait_exit(), 1);
         let log = ge.log();
-        assert!(log.contains("was not ready within 1s (nothing accepted on fd 3 yet)"), "{log}");
-        assert!(log.contains("ignores LISTEN_FDS"), "{log}");
+        assert!(log.contains("was not ready within 1s (nothing accepted on fd 3 yet); "), "{log}");
     }
 }
 
@@ -133,8 +132,12 @@ fn a_server_that_never_accepts_on_its_socket_is_never_ready() {
 #[test]
 fn status_says_a_candidate_that_never_accepts_waits_for_its_first_accept() {
     let ge = Ge::start(&["-l", "127.0.0.1:0"], &[("EXAMPLE_IGNORE_FDS", "1")]);
+    // Then what it does instead (it listens on a port of its own):
+    // diagnose.rs.
     let waiting = "nothing accepted on fd 3 yet";
-    let s = ge.wait_status("the candidate's wait", |s| s["generations"][0]["waiting"] == waiting);
+    let s = ge.wait_status("the candidate's wait", |s| {
+        s["generations"][0]["waiting"].as_str().is_some_and(|w| w.starts_with(waiting))
+    });
     assert_eq!(
         (&s["state"], &s["generations"][0]["state"]),
         (&"starting".into(), &"starting".into())

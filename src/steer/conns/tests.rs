@@ -58,12 +58,22 @@ const TCP6: &str = "\
 fn rows_parse_v4_and_v6() {
     let v4: Vec<_> = TCP.lines().map(|l| row(l.as_bytes())).collect();
     assert_eq!(v4[0], None); // the header
-    assert_eq!(v4[1], Some(Row { port: 8080, remote: 0, state: 0x0a, inode: 1661 }));
-    assert_eq!(v4[5], Some(Row { port: 8080, remote: 0xa341, state: 0x08, inode: 7002 }));
-    assert_eq!(v4[6], Some(Row { port: 0xa33f, remote: 8080, state: 0x01, inode: 7003 }));
+                             // The samples are of a little-endian machine's.
+    let ip = IpAddr::from([127, 0, 0, 1]);
+    assert_eq!(v4[1], Some(Row { ip, port: 8080, remote: 0, state: 0x0a, inode: 1661 }));
+    assert_eq!(v4[5], Some(Row { ip, port: 8080, remote: 0xa341, state: 0x08, inode: 7002 }));
+    assert_eq!(v4[6], Some(Row { ip, port: 0xa33f, remote: 8080, state: 0x01, inode: 7003 }));
     let v6: Vec<_> = TCP6.lines().map(|l| row(l.as_bytes())).collect();
     assert_eq!(v6[0], None);
-    assert_eq!(v6[2], Some(Row { port: 8080, remote: 0x9afc, state: 0x01, inode: 8002 }));
+    let ip = std::net::Ipv6Addr::LOCALHOST.into();
+    assert_eq!(v6[2], Some(Row { ip, port: 8080, remote: 0x9afc, state: 0x01, inode: 8002 }));
+    assert_eq!(
+        ip_of(b"B80D0120000000000000000007000000:0050"),
+        Some("2001:db8::7".parse().unwrap())
+    );
+    for bad in [&b"0100007F"[..], b"100007F:1F90", b"0100007G:1F90", b"0100007F0100007F:0050"] {
+        assert_eq!(ip_of(bad), None, "{}", String::from_utf8_lossy(bad));
+    }
     for bad in ["", "   0: 0100007F:1F90 00000000:0000 0A", "   0: 0100007F 0 0A 0 0 0 0 0 1"] {
         assert_eq!(row(bad.as_bytes()), None, "{bad}");
     }

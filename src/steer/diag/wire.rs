@@ -39,7 +39,8 @@
 //! to 4 bytes; a datagram holds one or more.
 //! inet_diag_msg (72)     u8 family, u8 state, u8 timer, u8 retrans,
 //!                        inet_diag_sockid id (4..52), u32 expires, rqueue,
-//!                        wqueue, uid, inode (68..72); attributes follow
+//!                        wqueue, uid, inode (68..72); attributes follow.
+//!                        The id's src is the local address.
 //! ```
 
 use std::io;
@@ -78,6 +79,8 @@ pub const MAX_PROGRAM_PORTS: usize = 1000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sock {
     pub state: u8,
+    /// The local address.
+    pub ip: IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub inode: u32,
@@ -244,8 +247,15 @@ fn sock(m: &[u8]) -> io::Result<Sock> {
     if m.len() < MSG_LEN {
         return Err(invalid("an inet_diag_msg cut short"));
     }
+    // The local address: 16 bytes at 8, of which an AF_INET one uses 4.
+    let src: [u8; 16] = m[8..24].try_into().expect("16 bytes");
+    let ip = match m[0] {
+        AF_INET => IpAddr::from([src[0], src[1], src[2], src[3]]),
+        _ => IpAddr::from(src),
+    };
     Ok(Sock {
         state: m[1],
+        ip,
         sport: u16::from_be_bytes([m[4], m[5]]),
         dport: u16::from_be_bytes([m[6], m[7]]),
         inode: u32_at(m, 68),

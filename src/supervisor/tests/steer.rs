@@ -121,16 +121,36 @@ fn readiness_without_ready_is_notify_or_accept_never_a_timer() {
 }
 
 #[test]
-fn a_candidate_that_never_accepts_fails_with_what_it_waits_for() {
-    let mut h = steered(|p| p.ready = Accept);
+fn a_candidate_that_never_accepts_fails_with_what_it_probably_does_instead() {
+    let mut h = steered(|p| {
+        p.ready = Accept;
+        p.nag_every = Duration::from_secs(5);
+    });
     assert_eq!(h.at(1000).ask(5), vec![sp(2), Action::StartProbe { gen: 2 }]);
-    h.ev(Event::Waiting { gen: 2, why: Waiting::NotAccepted { fd: 3 } });
-    h.tick(31_000);
-    let msg = h.logged(Level::Warn)[0].to_string();
-    assert!(
-        msg.contains("not ready within 30s (nothing accepted on fd 3 yet); a server that binds"),
-        "{msg}"
+    h.ev(Event::Waiting { gen: 2, why: Waiting::NotAccepted { fd: 3, suspect: None } });
+    h.tick(6000);
+    assert_eq!(
+        h.logged(Level::Info),
+        ["generation 2 not ready after 5s (nothing accepted on fd 3 yet)"]
     );
+    // The loop looked at its processes: one listens on a port of its own.
+    let own = Suspect::OwnPort("127.0.0.1:8090".parse().unwrap());
+    h.ev(Event::Waiting { gen: 2, why: Waiting::NotAccepted { fd: 3, suspect: Some(own) } });
+    h.tick(11_000);
+    assert_eq!(
+        h.logged(Level::Info),
+        ["generation 2 not ready after 10s (nothing accepted on fd 3 yet; it listens on \
+          127.0.0.1:8090 itself)"]
+    );
+    h.tick(31_000);
+    let why = "generation 2 was not ready within 30s (nothing accepted on fd 3 yet); it listens \
+               on 127.0.0.1:8090 itself: make it accept on the inherited fd 3 (LISTEN_FDS) \
+               instead of binding";
+    assert!(h.logged(Level::Warn)[0].contains(why), "{:?}", h.logged(Level::Warn));
+    let reported = h.reports.iter().any(
+        |a| matches!(a, Action::Report { outcome: Outcome::Failed { why: w, .. }, .. } if w == why),
+    );
+    assert!(reported, "the reload's reply says it too: {:?}", h.reports);
 }
 
 // ---- canary ----

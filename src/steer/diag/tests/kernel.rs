@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::steer::conns::{proc_accepted, proc_half_open, proc_held};
+use crate::steer::conns::{proc_accepted, proc_half_open, proc_held, proc_listening};
 use crate::steer::diag::wire::{self, Filter, Sock, AF_INET, BC_S_GE, NLMSG_HDRLEN, REQ_LEN};
 use crate::steer::diag::{self, *};
 
@@ -76,7 +76,7 @@ fn listener_accepted_queued_and_time_wait(ip: &str) {
     drop(server);
     assert_eq!((&client).read(&mut [0]).unwrap(), 0, "the server's FIN");
     drop(client);
-    let time_wait = Sock { state: TIME_WAIT, sport: port, dport: tw.port(), inode: 0 };
+    let time_wait = Sock { state: TIME_WAIT, ip: to.ip(), sport: port, dport: tw.port(), inode: 0 };
     wait_for("TIME_WAIT", || sockets(1 << TIME_WAIT, port) == [time_wait]);
 
     let accepted = TcpStream::connect(to).unwrap();
@@ -136,6 +136,15 @@ fn listener_accepted_queued_and_time_wait(ip: &str) {
     let listening = sockets(1 << LISTEN, port);
     assert_eq!(listening.len(), 1);
     assert_eq!(listening[0].inode as u64, inode_of_listener(&listener));
+    assert_eq!(listening[0].ip, to.ip());
+    // Among every listener, with its address: from sock_diag and /proc
+    // alike (other tests' listeners come and go meanwhile).
+    let mine = (to, inode_of_listener(&listener));
+    let (mut diag, mut proc) = (Vec::new(), Vec::new());
+    diag::listening(&mut diag).unwrap();
+    proc_listening(&mut proc).unwrap();
+    assert!(diag.contains(&mine), "{mine:?} in {diag:?}");
+    assert!(proc.contains(&mine), "{mine:?} in {proc:?}");
 }
 
 fn inode_of_listener(l: &TcpListener) -> u64 {
@@ -193,7 +202,7 @@ fn half_open_then_queued(ip: &str) {
     assert_eq!(diag::half_open(&[port.wrapping_add(1)]).unwrap(), 0);
     assert_eq!(both_accepted(to, from), Some(false), "not even queued yet");
     // A request socket is dumped only for SYN_RECV, as SYN_RECV, inode 0.
-    let request = Sock { state: SYN_RECV, sport: port, dport: from.port(), inode: 0 };
+    let request = Sock { state: SYN_RECV, ip: to.ip(), sport: port, dport: from.port(), inode: 0 };
     assert_eq!(sockets(!(1 << SYN_RECV) & !(1 << LISTEN), port), []);
     assert_eq!(sockets(1 << SYN_RECV, port), [request]);
 

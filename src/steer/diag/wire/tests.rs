@@ -175,12 +175,17 @@ fn message(kind: u16, seq: u32, body: &[u8]) -> Vec<u8> {
     m
 }
 
-/// An inet_diag_msg, with `attrs` bytes of attributes after it.
+/// The local address of `diag_msg`'s sockets.
+const LOCAL: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+
+/// An inet_diag_msg of an AF_INET6 socket on 2001:db8::7, with `attrs`
+/// bytes of attributes after it.
 fn diag_msg(state: u8, sport: u16, dport: u16, inode: u32, attrs: usize) -> Vec<u8> {
     let mut b = vec![10, state, 0, 0];
     b.extend(sport.to_be_bytes());
     b.extend(dport.to_be_bytes());
-    b.resize(68, 0xee); // addresses, interface, cookie, timers, queues, uid
+    b.extend(LOCAL);
+    b.resize(68, 0xee); // remote address, interface, cookie, timers, queues, uid
     b.extend(inode.to_ne_bytes());
     b.resize(72 + attrs, 0xaa);
     b
@@ -200,8 +205,15 @@ fn answers_parse_into_sockets_until_done() {
     buf.extend(message(1, 5, &[])); // NLMSG_NOOP
     let (r, got) = parsed(&buf);
     assert!(!r.unwrap(), "no DONE yet");
-    let a = Sock { state: 1, sport: 8080, dport: 0xa33d, inode: 7001 };
-    assert_eq!(got, [a, Sock { state: 6, sport: 443, dport: 1, inode: 0 }]);
+    let ip = LOCAL.into();
+    let a = Sock { state: 1, ip, sport: 8080, dport: 0xa33d, inode: 7001 };
+    assert_eq!(got, [a, Sock { state: 6, ip, sport: 443, dport: 1, inode: 0 }]);
+    // An AF_INET socket's address is the first 4 of the 16 bytes.
+    let mut v4 = diag_msg(10, 80, 0, 1, 0);
+    v4[0] = AF_INET;
+    v4[8..24].copy_from_slice(&[127, 0, 0, 1, 0xee, 0xee, 0xee, 0xee, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let (_, got) = parsed(&message(20, 5, &v4));
+    assert_eq!(got[0].ip, std::net::IpAddr::from([127, 0, 0, 1]));
 
     buf.extend(message(3, 5, &0i32.to_ne_bytes()));
     buf.extend(message(20, 5, &diag_msg(1, 2, 2, 2, 0))); // after DONE: unread
