@@ -54,6 +54,8 @@ impl Config {
                 // Set once the sockets are bound: whether any is steered.
                 steer: false,
                 drain_wait: cli.drain_wait,
+                // Set with `fdstore`.
+                park_at_stop: false,
                 keep_old: cli.keep_old,
                 promote_after: cli.promote_after,
                 ramp: cli.ramp,

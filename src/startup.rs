@@ -182,6 +182,7 @@ impl Reachable {
             log::warn("--fdstore: no NOTIFY_SOCKET; the sockets are not stored");
         }
         self.prev.cfg.fdstore = store.is_some();
+        self.prev.cfg.policy.park_at_stop = store.is_some();
         let stored = std::mem::take(&mut self.prev.stored);
         let sockets = match self.prev.systemd.take() {
             Some(l) => Sockets::adopted(l),

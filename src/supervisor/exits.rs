@@ -84,19 +84,19 @@ impl Supervisor {
         let attempt = match p {
             Phase::Serving(cur) => {
                 final_gen = Some(cur.id);
-                self.stop(now, cur.id, cur.spawned_at, Some(cur.ready_after));
+                self.end(now, cur.id, cur.spawned_at, Some(cur.ready_after));
                 None
             }
             Phase::Reloading(cur, a) => {
                 final_gen = Some(cur.id);
-                self.stop(now, cur.id, cur.spawned_at, Some(cur.ready_after));
+                self.end(now, cur.id, cur.spawned_at, Some(cur.ready_after));
                 Some(a)
             }
             Phase::Booting(a) | Phase::Recovering(Recovery::Trying(a)) => Some(a),
             Phase::Split(s) => {
                 final_gen = Some(s.old.id);
-                self.stop(now, s.old.id, s.old.spawned_at, Some(s.old.ready_after));
-                self.stop(now, s.new.id, s.new.spawned_at, Some(s.new.ready_after));
+                self.end(now, s.old.id, s.old.spawned_at, Some(s.old.ready_after));
+                self.end(now, s.new.id, s.new.spawned_at, Some(s.new.ready_after));
                 None
             }
             Phase::Recovering(Recovery::Backoff { waiters, .. }) => {
@@ -129,14 +129,36 @@ impl Supervisor {
         if let Some(k) = self.kept.take() {
             self.stop(now, k.gen.id, k.gen.spawned_at, Some(k.gen.ready_after));
         }
-        // Those steered away from and still emptying stop now too.
-        let emptying: Vec<GenId> = self.draining.keys().copied().collect();
-        for gen in emptying {
-            self.signal_now(now, gen);
+        // Those steered away from and still emptying stop now too, unless
+        // the stop hands over to the next start: then they finish first.
+        if !self.hands_over() {
+            let emptying: Vec<GenId> = self.draining.keys().copied().collect();
+            for gen in emptying {
+                self.signal_now(now, gen);
+            }
         }
         failed.sort_unstable();
         self.report(failed, self.shutting_down());
         Phase::Stopping(Stopping { waiters, final_gen, serving, forced, escalated: false })
+    }
+
+    /// Whether a stop hands over to the next start (`park_at_stop`, with
+    /// steering): new connections wait for it in a socket of their own.
+    fn hands_over(&self) -> bool {
+        self.policy.steer && self.policy.park_at_stop
+    }
+
+    /// A generation that serves, at a stop: signalled now; or, when the
+    /// stop hands over to the next start, once it has finished what it
+    /// has (or after `--drain-wait`), as at a reload. Stopped at once, it
+    /// would leave what waits in its socket behind, where the next start,
+    /// which takes one socket, would not serve it (fdstore.rs).
+    fn end(&mut self, now: Instant, id: GenId, spawned_at: Instant, ready_after: Option<Duration>) {
+        if self.hands_over() {
+            self.retire(now, id, spawned_at, ready_after);
+        } else {
+            self.stop(now, id, spawned_at, ready_after);
+        }
     }
 
     /// A second stop signal: SIGKILL to every group at once.

@@ -76,6 +76,12 @@ pub struct Policy {
     /// How long a generation steered away from waits to have nothing
     /// left before it gets the stop signal anyway (`--drain-wait`).
     pub drain_wait: Duration,
+    /// With the service manager's file descriptor store (`--fdstore`), a
+    /// stop hands over to the next start: new connections wait for it
+    /// (`Sockets::park`), and with steering each generation first
+    /// finishes what it has, as at a reload.
+    #[serde(default)]
+    pub park_at_stop: bool,
     /// After a promotion, the previous generation stays alive, idle, this
     /// long, for a rollback without a start (`--keep-old`; 0: not kept).
     pub keep_old: Duration,

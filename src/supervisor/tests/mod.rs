@@ -73,6 +73,7 @@ impl H {
             check: false,
             steer,
             drain_wait,
+            park_at_stop: false,
             keep_old: Duration::ZERO,
             promote_after: None,
             ramp: None,

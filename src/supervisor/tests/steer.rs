@@ -153,6 +153,38 @@ fn a_candidate_that_never_accepts_fails_with_what_it_probably_does_instead() {
     assert!(reported, "the reload's reply says it too: {:?}", h.reports);
 }
 
+/// Regression: with --fdstore, a stop signalled every generation at once,
+/// and what waited in its socket then was left to a start that takes one
+/// socket: those clients waited for an answer that never came.
+#[test]
+fn a_stop_that_hands_over_to_the_next_start_lets_each_generation_finish_first() {
+    let mut h = steered(|p| p.park_at_stop = true);
+    reload_with(&mut h, Some(250_000), None);
+    h.at(1100).ready(2);
+    assert_eq!(h.at(2000).shutdown(), vec![watch(1), watch(2)], "nobody signalled yet");
+    assert!(
+        h.reports
+            .iter()
+            .any(|a| matches!(a, Action::Systemd { state: Some(SdState::Stopping), .. })),
+        "STOPPING=1 parks new connections first: {:?}",
+        h.reports
+    );
+    assert_eq!(h.drained(2), vec![term(2)]);
+    assert_eq!(h.exited(2, Code(0)), vec![fin(2)]);
+    assert_eq!(h.deadline(), Some(7000), "--drain-wait");
+    assert_eq!(h.tick(7000), vec![term(1)]);
+    assert_eq!(h.exited(1, Code(0)), vec![fin(1), ex(0)]);
+}
+
+#[test]
+fn a_stop_that_hands_over_leaves_one_already_emptying_to_finish() {
+    let mut h = steered(|p| p.park_at_stop = true);
+    h.at(1000).reload();
+    h.at(1100).ready(2);
+    assert_eq!(h.at(1200).shutdown(), vec![watch(2)], "generation 1 goes on emptying");
+    assert_eq!(h.drained(1), vec![term(1)]);
+}
+
 // ---- canary ----
 
 #[test]
