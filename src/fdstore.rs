@@ -6,32 +6,43 @@
 //!   later set to the unit's `FileDescriptorStoreMax=`), graceexec sends
 //!   each TCP or UDP socket it bound itself to `NOTIFY_SOCKET` as
 //!   `FDSTORE=1` + `FDNAME=graceexec-P-S`: P its position in `--listen`
-//!   order, S its index in the steered pool (0 for a shared socket). A
-//!   steered pool is stored in index order: if the store is full, the
-//!   sockets left out are the last ones, and the kernel's numbering of the
-//!   group (steer/pool.rs) still matches S once they are gone.
+//!   order, S its index in the steered pool (0 for a shared socket). Index
+//!   0 of every address goes first, then index 1...: a store too small for
+//!   every socket leaves out the highest indexes, so every address
+//!   survives, and the kernel's numbering of each group (steer/pool.rs)
+//!   still matches S once the others are gone.
 //! - **Taking back.** At the next start, systemd passes the stored sockets
-//!   in `LISTEN_FDS`, named. graceexec takes each one whose address still
-//!   matches its `--listen` (the same address, or the same IP where the
-//!   port was 0) instead of binding again: connections that came while it
-//!   restarted wait in those sockets' queues. A stored socket that matches
-//!   nothing is removed from the store (`FDSTOREREMOVE=1`) and closed.
+//!   in `LISTEN_FDS`, named. graceexec takes back the ones stored for each
+//!   address of its `--listen`, wherever that address was in the last
+//!   run's (a port 0 address: what its own position had, on its IP), in
+//!   the form they were stored in, instead of binding again: connections
+//!   that came while it restarted wait in those sockets' queues. An
+//!   address that moved is stored again under its new position; one no
+//!   longer listed is closed and removed from the store
+//!   (`FDSTOREREMOVE=1`). Every pool then steers to the one index where
+//!   most connections wait, which the first generation gets; what waits
+//!   in any other socket (a canary's share when graceexec was killed) is
+//!   reset rather than left waiting for good.
 //! - **Parking.** When graceexec stops while storing, it steers new
 //!   connections to a pool socket no generation holds: they queue there,
 //!   untouched by servers that are stopping, and the next start's first
-//!   generation gets that socket.
+//!   generation gets that socket. Each generation finishes what it has
+//!   first, as at a reload (supervisor/exits.rs), so that nothing is left
+//!   in its socket.
 //!
 //! systemd 252 keeps the store across `systemctl restart` and a restart
 //! by `Restart=`, and empties it when the unit stops (v254's
 //! `FileDescriptorStorePreserve=` changes that).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 
-use crate::listen::Listener;
+use crate::listen::{self, Addr, Listener, Spec};
 use crate::log;
 
 const PREFIX: &str = "graceexec-";
@@ -75,10 +86,43 @@ impl Stored {
         (stored, other)
     }
 
-    /// The sockets stored for `--listen` position `pos`, by index.
-    pub fn take(&mut self, pos: usize) -> Vec<(u32, OwnedFd)> {
-        let keys: Vec<(usize, u32)> = self.fds.keys().filter(|(p, _)| *p == pos).copied().collect();
-        keys.into_iter().map(|k| (k.1, self.fds.remove(&k).expect("present"))).collect()
+    /// The stored sockets for each of `specs`, matched by address rather
+    /// than by position, so that an address added, removed or moved in
+    /// `--listen` since the last run leaves the others theirs. Binding an
+    /// address anew while the service manager still holds a stored pool
+    /// of it would join that pool's SO_REUSEPORT group, whose numbering
+    /// then shifts under the new pool as the old sockets close: every
+    /// connection would go to a socket no generation accepts from. A port
+    /// 0 address takes what was stored at its own position if that is on
+    /// its IP and no fixed address claims it: anywhere else, it could keep
+    /// open an address taken out of `--listen`.
+    pub fn claim(&mut self, specs: &[Spec]) -> Vec<Option<Claimed>> {
+        let mut out: Vec<Option<Claimed>> = specs.iter().map(|_| None).collect();
+        let any_port = |s: &Spec| matches!(s.addr, Addr::Tcp(a) | Addr::Udp(a) if a.port() == 0);
+        let positions = |fds: &BTreeMap<(usize, u32), OwnedFd>| {
+            let mut p: Vec<usize> = fds.keys().map(|(p, _)| *p).collect();
+            p.dedup();
+            p
+        };
+        // Fixed addresses first, wherever they were; then port 0.
+        for port_0 in [false, true] {
+            for (pos, spec) in specs.iter().enumerate().filter(|(_, s)| any_port(s) == port_0) {
+                let fits = |from: &usize| {
+                    let first = self.fds.range((*from, 0)..(*from + 1, 0)).next();
+                    first.is_some_and(|(_, fd)| listen::fits(&spec.addr, fd.as_fd()).is_ok())
+                };
+                let from = match port_0 {
+                    false => positions(&self.fds).into_iter().find(fits),
+                    true => Some(pos).filter(fits),
+                };
+                let Some(from) = from else { continue };
+                let keys: Vec<(usize, u32)> =
+                    self.fds.range((from, 0)..(from + 1, 0)).map(|(k, _)| *k).collect();
+                let fds = keys.into_iter().map(|k| (k.1, self.fds.remove(&k).expect("present")));
+                out[pos] = Some(Claimed { from, fds: fds.collect() });
+            }
+        }
+        out
     }
 
     /// Names of those nobody took.
@@ -87,11 +131,30 @@ impl Stored {
     }
 }
 
+/// The sockets stored for one `--listen` position of the last run.
+pub struct Claimed {
+    /// That position: they are stored as `graceexec-FROM-S`.
+    pub from: usize,
+    /// By index in the pool (0 for a shared socket), in order.
+    pub fds: Vec<(u32, OwnedFd)>,
+}
+
 /// Where stored sockets go: the service manager's notify socket.
 pub struct Store {
     addr: UnixAddr,
     sock: std::os::unix::net::UnixDatagram,
+    /// Whether a send waits (up to PATIENCE) for room in the manager's
+    /// queue: during start-up, before the loop runs.
+    patient: Cell<bool>,
 }
+
+/// How long a start-up message may wait for room. A unix datagram socket
+/// queues few messages (net.unix.max_dgram_qlen: 10 unless systemd raised
+/// it to 512, which it cannot where /proc/sys is read-only, as in many
+/// containers), and a start that takes back, removes and stores a few
+/// pools sends more than that at once: without waiting, the rest would be
+/// dropped, a socket left out of the store.
+const PATIENCE: Duration = Duration::from_millis(250);
 
 impl Store {
     /// From `NOTIFY_SOCKET`; None without it.
@@ -104,9 +167,15 @@ impl Store {
         }
         .ok()?;
         let sock = std::os::unix::net::UnixDatagram::unbound().ok()?;
-        // A manager that does not read must not stall graceexec.
-        sock.set_nonblocking(true).ok()?;
-        Some(Store { addr, sock })
+        // A manager that does not read must not stall graceexec: the loop
+        // never waits (MSG_DONTWAIT), start-up at most PATIENCE.
+        sock.set_write_timeout(Some(PATIENCE)).ok()?;
+        Some(Store { addr, sock, patient: Cell::new(false) })
+    }
+
+    /// Whether sends wait for room in the manager's queue, as at start-up.
+    pub fn set_patient(&self, patient: bool) {
+        self.patient.set(patient);
     }
 
     /// Store `fd` as `name`.
@@ -124,8 +193,13 @@ impl Store {
 
     fn send(&self, msg: &str, cmsg: &[ControlMessage<'_>]) {
         let iov = [IoSlice::new(msg.as_bytes())];
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let mut flags = MsgFlags::MSG_NOSIGNAL;
+        if !self.patient.get() {
+            flags |= MsgFlags::MSG_DONTWAIT;
+        }
         if let Err(e) = sendmsg(self.sock.as_raw_fd(), &iov, cmsg, flags, Some(&self.addr)) {
+            // One wait in vain is enough: the rest go without.
+            self.patient.set(false);
             log::warn(&format!("cannot reach the service manager's file descriptor store: {e}"));
         }
     }

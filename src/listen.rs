@@ -278,21 +278,28 @@ pub fn bind_spec(spec: &Spec, backlog: i32, unix_mode: Option<u32>) -> Result<Li
     Ok(Listener { name, fd, shown: shown.to_string(), _created: None })
 }
 
-/// A TCP or UDP socket taken back from the file descriptor store
-/// (fdstore.rs) for `spec`, if it still fits: the same type, bound to the
-/// same address (or the same IP where the port was 0).
-pub fn take_stored(spec: &Spec, fd: OwnedFd) -> std::result::Result<Listener, String> {
-    let (want, ty) = match spec.addr {
+/// Whether a stored socket (fdstore.rs) can serve `addr`: the same
+/// type, bound to the same address, or the same IP where the port was 0.
+/// Its address if so.
+pub fn fits(addr: &Addr, fd: BorrowedFd<'_>) -> std::result::Result<SocketAddr, String> {
+    let (want, ty) = match addr {
         Addr::Tcp(a) => (a, SockType::Stream),
         Addr::Udp(a) => (a, SockType::Datagram),
         _ => return Err("only TCP and UDP sockets are stored".into()),
     };
     let local = local_inet(&fd).ok_or("it is not an internet socket")?;
     let same_port = want.port() == 0 || want.port() == local.port();
-    let same_type = nix::sys::socket::getsockopt(&fd, sockopt::SockType).is_ok_and(|t| t == ty);
+    let same_type = getsockopt(&fd, sockopt::SockType).is_ok_and(|t| t == ty);
     if local.ip() != want.ip() || !same_port || !same_type {
         return Err(format!("it is bound to {local}"));
     }
+    Ok(local)
+}
+
+/// A TCP or UDP socket taken back from the file descriptor store
+/// (fdstore.rs) for `spec`, if it still fits.
+pub fn take_stored(spec: &Spec, fd: OwnedFd) -> std::result::Result<Listener, String> {
+    let local = fits(&spec.addr, fd.as_fd())?;
     let shown = match spec.addr {
         Addr::Tcp(_) => Addr::Tcp(local),
         _ => Addr::Udp(local),

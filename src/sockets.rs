@@ -18,10 +18,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::cli::Handover;
-use crate::fdstore::{self, Store, Stored};
+use crate::fdstore::{Store, Stored};
 use crate::listen::{bind_failed, bind_spec, Addr, Listener, Spec};
 use crate::log;
-use crate::steer::bpf::Route;
 use crate::steer::pool::{Pool, PoolError};
 use crate::supervisor::GenId;
 
@@ -34,30 +33,8 @@ const MILLION: u32 = 1_000_000;
 
 mod carry;
 mod route;
+mod store;
 pub use carry::SocketsOut;
-
-/// Sockets stored for one `--listen` address, taken back if they fit;
-/// with the slot new connections go to, for a pool.
-fn take_back(
-    spec: &Spec,
-    back: Vec<(u32, std::os::fd::OwnedFd)>,
-    backlog: i32,
-    handover: Handover,
-) -> Result<(Entry, Option<u32>), String> {
-    match (&spec.addr, handover) {
-        (Addr::Tcp(a), Handover::Steer) => {
-            let (pool, routed) = Pool::from_stored(back, *a, backlog)?;
-            let shown = Addr::Tcp(pool.addr()).to_string();
-            let name = spec.name.clone().unwrap_or_else(|| format!("tcp-{}", pool.addr().port()));
-            Ok((Entry::Steered { name, shown, pool }, Some(routed)))
-        }
-        (Addr::Tcp(_) | Addr::Udp(_), _) if back.len() == 1 => {
-            let fd = back.into_iter().next().expect("one").1;
-            Ok((Entry::Shared(crate::listen::take_stored(spec, fd)?), None))
-        }
-        _ => Err("it was stored with another --handover".into()),
-    }
-}
 
 enum Entry {
     Shared(Listener),
@@ -103,32 +80,22 @@ impl Sockets {
         handover: Handover,
         (mut stored, store): (Stored, Option<Store>),
     ) -> anyhow::Result<Sockets> {
+        store.iter().for_each(|s| s.set_patient(true));
+        let mut claimed = stored.claim(specs);
+        // Stored for no address given now: closed, and removed.
+        for name in stored.left() {
+            store.iter().for_each(|s| s.remove(&name));
+        }
         let mut entries = Vec::with_capacity(specs.len());
-        let mut routed = None;
+        let mut taken = Vec::new();
         for (pos, spec) in specs.iter().enumerate() {
-            let back = stored.take(pos);
-            if !back.is_empty() {
-                let slots: Vec<u32> = back.iter().map(|(s, _)| *s).collect();
-                match take_back(spec, back, backlog, handover) {
-                    Ok((entry, r)) => {
-                        log::info(&format!(
-                            "{}: taken back from the file descriptor store",
-                            spec.addr
-                        ));
-                        routed = routed.or(r);
-                        entries.push(entry);
-                        continue;
-                    }
-                    Err(why) => {
-                        log::warn(&format!(
-                            "{}: the stored socket does not fit ({why}); binding anew",
-                            spec.addr
-                        ));
-                        for slot in slots {
-                            store.iter().for_each(|s| s.remove(&fdstore::name(pos, slot)));
-                        }
-                    }
-                }
+            let back = claimed[pos]
+                .take()
+                .and_then(|c| store::take_back(pos, spec, c, backlog, handover, store.as_ref()));
+            if let Some(entry) = back {
+                taken.push(pos);
+                entries.push(entry);
+                continue;
             }
             let steerable = handover == Handover::Steer && matches!(spec.addr, Addr::Tcp(_));
             let entry = match (&spec.addr, steerable) {
@@ -155,57 +122,16 @@ impl Sockets {
             };
             entries.push(entry);
         }
-        for name in stored.left() {
-            store.iter().for_each(|s| s.remove(&name));
-        }
         let mut sockets = Sockets::from_entries(entries);
-        sockets.routed = routed;
+        if taken.iter().any(|p| matches!(sockets.entries[*p], Entry::Steered { .. })) {
+            sockets.settle_taken_back(&taken);
+        }
         sockets.store = store;
         for (pos, slot) in sockets.storable() {
             sockets.put(pos, slot);
         }
+        sockets.store.iter().for_each(|s| s.set_patient(false));
         Ok(sockets)
-    }
-
-    /// (position, index) of every socket the store takes: TCP and UDP.
-    fn storable(&self) -> Vec<(usize, u32)> {
-        let mut out = Vec::new();
-        for (pos, e) in self.entries.iter().enumerate() {
-            match e {
-                Entry::Steered { pool, .. } => out.extend((0..pool.len()).map(|i| (pos, i))),
-                Entry::Shared(l) if l.is_inet() => out.push((pos, 0)),
-                Entry::Shared(_) => {}
-            }
-        }
-        out
-    }
-
-    fn put(&self, pos: usize, slot: u32) {
-        let Some(store) = &self.store else { return };
-        let fd = match &self.entries[pos] {
-            Entry::Steered { pool, .. } => pool.socket(slot),
-            Entry::Shared(l) => Some(l.fd.as_fd()),
-        };
-        if let Some(fd) = fd {
-            store.put(fd, &fdstore::name(pos, slot));
-        }
-    }
-
-    /// graceexec stops while storing: new connections go to a socket no
-    /// generation holds, and stay there for the next start.
-    pub fn park(&mut self) {
-        if self.store.is_none() {
-            return;
-        }
-        let Some(slot) = (0..self.len()).find(|s| self.users(*s) == 0) else { return };
-        for pool in self.pools() {
-            if let Err(e) = pool.attach(&Route::all(slot)) {
-                log::warn(&format!("cannot steer {}: {e}", pool.addr()));
-            }
-        }
-        log::info(&format!("new connections wait in socket {slot} for the next start"));
-        self.routed = Some(slot);
-        self.parked = true;
     }
 
     /// Sockets adopted from systemd: shared, as systemd made them.

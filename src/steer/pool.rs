@@ -26,6 +26,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::libc;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
     SockType, SockaddrStorage,
@@ -42,6 +43,13 @@ pub struct Pool {
     family: Family,
     backlog: Backlog,
     sockets: Vec<OwnedFd>,
+}
+
+/// A pool taken back from the store, and the indexes of stored sockets it
+/// could not take (to close).
+pub struct TakenBack {
+    pub pool: Pool,
+    pub dropped: Vec<u32>,
 }
 
 /// Why a pool could not be made, grown or steered.
@@ -110,21 +118,25 @@ impl Pool {
     }
 
     /// A pool taken back from the service manager's file descriptor store
-    /// (fdstore.rs): sockets 0..n of one group, still bound to an address
-    /// `want` accepts, still listening. New connections keep going where
-    /// most already wait (the socket parked at the last stop), which it
-    /// returns with the pool.
+    /// (fdstore.rs): sockets of one group by index, still bound to an
+    /// address `want` accepts, still listening. Only those from index 0 up
+    /// to the first one missing are taken: one that was not stored left
+    /// the group when the last run ended, the last socket moved into its
+    /// index, and the numbering above it is lost. Those are returned to be
+    /// closed. The group keeps the program it had: the caller steers it.
     pub fn from_stored(
         fds: Vec<(u32, OwnedFd)>,
         want: SocketAddr,
         backlog: i32,
-    ) -> Result<(Pool, u32), String> {
+    ) -> Result<TakenBack, String> {
         let backlog = Backlog::new(backlog).map_err(|e| e.to_string())?;
         let mut sockets = Vec::with_capacity(fds.len());
+        let mut dropped = Vec::new();
         let mut addr = None;
-        for (i, (slot, fd)) in fds.into_iter().enumerate() {
-            if slot != i as u32 {
-                return Err(format!("socket {i} of the group is missing"));
+        for (slot, fd) in fds {
+            if slot != sockets.len() as u32 || !dropped.is_empty() {
+                dropped.push(slot);
+                continue;
             }
             let local = local_addr(fd.as_fd()).map_err(|e| e.to_string())?;
             let same_port = want.port() == 0 || want.port() == local.port();
@@ -139,14 +151,40 @@ impl Pool {
             addr = Some(local);
             sockets.push(fd);
         }
-        let addr = addr.ok_or("nothing was stored")?;
+        let addr = addr.ok_or("socket 0 of the group was not stored")?;
         let family = if addr.is_ipv4() { Family::V4 } else { Family::V6 };
-        let pool = Pool { addr, family, backlog, sockets };
-        let waiting = |i: &u32| pool.queue_len(*i).unwrap_or(0);
-        let routed =
-            (0..pool.len()).max_by_key(|i| (waiting(i), std::cmp::Reverse(*i))).unwrap_or(0);
-        pool.attach(&Route::all(routed)).map_err(|e| e.to_string())?;
-        Ok((pool, routed))
+        Ok(TakenBack { pool: Pool { addr, family, backlog, sockets }, dropped })
+    }
+
+    /// Resets every connection waiting in socket `index`'s accept queue
+    /// (accepted, then closed with SO_LINGER 0): for a socket no generation
+    /// will accept from, whose clients would otherwise wait for nothing.
+    /// Only while nobody else accepts from it: then a readable listening
+    /// socket has a connection to accept, and accept() never blocks (nor
+    /// is the description made non-blocking, which generations share).
+    /// How many it reset.
+    pub fn reset_queued(&self, index: u32) -> u32 {
+        let Some(fd) = self.socket(index) else { return 0 };
+        let Ok(listener) = fd.try_clone_to_owned().map(std::net::TcpListener::from) else {
+            return 0;
+        };
+        let mut reset = 0;
+        // Bounded by what the queue can hold.
+        for _ in 0..self.backlog_len() {
+            let mut p = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut p, PollTimeout::ZERO), Ok(1)) {
+                break;
+            }
+            let Ok((conn, _)) = listener.accept() else { break };
+            let abort = libc::linger { l_onoff: 1, l_linger: 0 };
+            let _ = setsockopt(&conn, sockopt::Linger, &abort);
+            reset += 1;
+        }
+        reset
+    }
+
+    fn backlog_len(&self) -> u32 {
+        i32::from(self.backlog).max(1) as u32 + 1
     }
 
     /// One more socket, at index `len()`, which it returns. The program in

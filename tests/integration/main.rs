@@ -10,6 +10,7 @@ mod diagnose;
 mod events;
 mod examples;
 mod faults;
+mod fdstore;
 mod files;
 mod first_contact;
 mod harness;

@@ -383,3 +383,5 @@ mod extra;
 mod load;
 pub use extra::*;
 pub use load::*;
+mod fdstore;
+pub use fdstore::*;
