@@ -243,43 +243,47 @@ check_stopped() { # NAME JOURNAL-CURSOR PIDS-BEFORE TOOK WHAT CGROUP
     info "journal: $(grep -vE '^(Stopping|Stopped) ' <<<"$log" | tail -n 3 | tr '\n' '|')"
 }
 
-# A bounded loop of requests, one at a time, while CMD runs; what each got.
-# Sets TOTAL BAD REFUSED DURING (requests that overlapped CMD) SLOWEST PIDS
-# (that answered, in order) TOOK and FAILED (the first failures).
+# A bounded loop of requests while CMD runs, one at a time from each of
+# CLIENTS (default 1) clients; what each got. Sets TOTAL BAD REFUSED
+# STRANDED (no answer within 10s) DURING (requests that overlapped CMD)
+# SLOWEST PIDS (that answered, in order) TOOK and FAILED (the first
+# failures). PIDS must be the old and then a new one, or PIDS_WANT pids.
 loop() {
     # shellcheck disable=SC2016 # expanded by the inner bash
-    inside bash -c 'set -f; for ((i = 0; i < 5000; i++)); do
+    inside bash -c 'set -f; one() { for ((i = 0; i < 5000; i++)); do
         [ ! -e "$1/loop.stop" ] || break
         s=$EPOCHREALTIME; b=$(curl -sS --max-time 10 "$2/" 2>&1); rc=$?
         echo "$s $EPOCHREALTIME $rc" $b >>"$1/loop.log"
-    done' loop "$NS_RUN" "$URL"
+    done; }
+    for ((c = 0; c < $3; c++)); do one "$1" "$2" & done; wait' loop "$NS_RUN" "$URL" "${CLIENTS:-1}"
 }
 lines() { [ "$(wc -l <"$W/loop.log")" -ge "$1" ]; }
 under_load() { # NAME CMD...
-    local name=$1 looper t t0 t1 n out
+    local name=$1 looper t t0 t1 n out clients=${CLIENTS:-1}
     shift
     rm -f "$W/loop.stop"
     : >"$W/loop.log"
     NS_TIMEOUT=150 loop &
     looper=$!
-    wait_for 20 lines 20 || fail "$name" "the request loop did not get going"
+    wait_for 20 lines $((20 * clients)) || fail "$name" "the request loop did not get going"
     t0=$EPOCHREALTIME
     t=$(now_ms)
     out=$("$@" 2>&1) || fail "$name" "$* failed: $out"
     TOOK=$(since "$t")
     t1=$EPOCHREALTIME
     n=$(wc -l <"$W/loop.log")
-    wait_for 30 lines $((n + 20)) || fail "$name" "the request loop stalled after it"
+    wait_for 30 lines $((n + 20 * clients)) || fail "$name" "the request loop stalled after it"
     touch "$W/loop.stop"
     wait "$looper" || fail "$name" "the request loop failed"
-    read -r TOTAL BAD REFUSED DURING SLOWEST PIDS < <(awk -v t0="$t0" -v t1="$t1" '
-        { total++; if ($3 != 0) bad++; if ($3 == 7) refused++
+    read -r TOTAL BAD REFUSED STRANDED DURING SLOWEST PIDS < <(awk -v t0="$t0" -v t1="$t1" '
+        { total++; if ($3 != 0) bad++; if ($3 == 7) refused++; if ($3 == 28) stranded++
           if ($1 < t1 && $2 > t0) { during++; if ($2 - $1 > slow) slow = $2 - $1 }
           split($4, a, "="); if ($3 == 0 && !(a[2] in seen)) { seen[a[2]] = 1; pids = pids (pids ? "," : "") a[2] } }
-        END { printf "%d %d %d %d %.2fs %s\n", total, bad, refused, during, slow, pids }' "$W/loop.log")
+        END { printf "%d %d %d %d %d %.2fs %s\n", total, bad, refused, stranded, during, slow, pids }' "$W/loop.log")
     FAILED=$(awk '$3 != 0' "$W/loop.log" | head -n3 | tr '\n' '|')
     [ "$DURING" -gt 0 ] || fail "$name" "no request overlapped it"
-    [ "${PIDS//[^,]/}" = , ] || fail "$name" "answered by pids $PIDS, not by the old and then a new one"
+    local commas=$((${PIDS_WANT:-2} - 1)) got=${PIDS//[^,]/}
+    [ "${#got}" -eq "$commas" ] || fail "$name" "answered by pids $PIDS, not by the old and then a new one"
 }
 
 # graceexec is SIGKILLed; systemd restarts it (Restart=on-failure). Returns
@@ -341,6 +345,59 @@ under_load "crash (--fdstore)" crash
 [ "$REFUSED" -eq 0 ] || fail "crash (--fdstore)" "$REFUSED of $TOTAL requests refused: $FAILED"
 ok "crash (--fdstore)" "graceexec SIGKILLed: $TOTAL requests, $DURING during the ${TOOK} restart: 0 refused, $BAD failed"
 info "answered by pids $PIDS; a failure is a request the killed server had accepted${FAILED:+: $FAILED}"
+
+# A canary split when graceexec restarts, then when it is killed: nothing
+# waits for good in a socket the next start does not take. At a restart
+# the old generation and the canary first finish what waits in theirs;
+# after a kill, what waits in the canary's is reset (counted in BAD).
+canary() {
+    local out
+    out=$(inside /usr/local/bin/graceexec reload --name api --canary 25 2>&1) ||
+        fail "$1" "reload --canary 25: $out"
+}
+canary "canary restart (--fdstore)"
+CLIENTS=8 PIDS_WANT=3 under_load "canary restart (--fdstore)" sdctl restart api.service
+[ "$BAD" -eq 0 ] ||
+    fail "canary restart (--fdstore)" "$BAD of $TOTAL requests failed ($REFUSED refused, $STRANDED never answered): $FAILED"
+ok "canary restart (--fdstore)" "8 clients, $TOTAL requests, $DURING during the ${TOOK} restart from a 75/25 split: 0 failed"
+info "answered by pids $PIDS: the old generation, the canary, the new one"
+canary "canary crash (--fdstore)"
+CLIENTS=8 PIDS_WANT=3 under_load "canary crash (--fdstore)" crash
+[ "$((REFUSED + STRANDED))" -eq 0 ] ||
+    fail "canary crash (--fdstore)" "of $TOTAL requests, $REFUSED refused and $STRANDED never answered: $FAILED"
+ok "canary crash (--fdstore)" "graceexec SIGKILLed during a 75/25 split: $TOTAL requests, $DURING during the ${TOOK} restart: 0 refused, 0 unanswered"
+info "$BAD failed: the canary's share of the meantime, reset at the start, and requests the killed servers had accepted"
+
+# --listen changed between restarts (a drop-in): a new address in front
+# of 0.0.0.0:80, then gone again. systemd holds 80's sockets meanwhile,
+# under their old position: they are taken back, never bound anew.
+listen_in_front() { # ADDR, or nothing: the README's unit as it is
+    local d=$W/units/api.service.d line
+    rm -rf "$d"
+    if [ -n "$1" ]; then
+        line=$(sed -n "s|^ExecStart=\(.*\)--listen 0.0.0.0:80 |ExecStart=\1--listen $1 --listen 0.0.0.0:80 |p" \
+            "$ROOT/examples/systemd/api.service")
+        [ -n "$line" ] || fail "listen changed" "no --listen 0.0.0.0:80 in examples/systemd/api.service"
+        mkdir "$d" && printf '[Service]\nExecStart=\n%s\n' "$line" >"$d/listen.conf"
+    fi
+    sdctl daemon-reload
+}
+stored_is() { [ "$(stored)" = "$1" ]; }
+listen_in_front 127.0.0.1:8081
+under_load "listen added (--fdstore)" sdctl restart api.service
+[ "$BAD" -eq 0 ] || fail "listen added (--fdstore)" "$BAD of $TOTAL requests failed ($REFUSED refused): $FAILED"
+out=$(inside curl -sS --max-time 5 http://127.0.0.1:8081/ 2>&1) || fail "listen added (--fdstore)" "127.0.0.1:8081: $out"
+wait_for 5 stored_is 8 || fail "listen added (--fdstore)" "systemd holds $(stored) sockets, not 8"
+ok "listen added (--fdstore)" "0.0.0.0:80 second now: $TOTAL requests, $DURING during the ${TOOK} restart: 0 failed"
+info "127.0.0.1:8081 answers ($out); systemd holds 8 sockets"
+listen_in_front ""
+under_load "listen removed (--fdstore)" sdctl restart api.service
+[ "$BAD" -eq 0 ] || fail "listen removed (--fdstore)" "$BAD of $TOTAL requests failed ($REFUSED refused): $FAILED"
+rc=0 && out=$(inside curl -sS --max-time 5 http://127.0.0.1:8081/ 2>&1) || rc=$?
+[ "$rc" = 7 ] || fail "listen removed (--fdstore)" "127.0.0.1:8081 after its removal: curl exit $rc: $out"
+wait_for 5 stored_is 4 || fail "listen removed (--fdstore)" "systemd holds $(stored) sockets, not 4"
+ok "listen removed (--fdstore)" "0.0.0.0:80 first again: $TOTAL requests, $DURING during the ${TOOK} restart: 0 failed"
+info "127.0.0.1:8081 refuses connections; systemd holds 4 sockets"
 sdctl stop api.service >/dev/null
 [ "$(stored)" = 0 ] || fail "fdstore" "systemd still holds $(stored) sockets after a stop"
 ok "fdstore, stop" "systemctl stop empties the store: the next start binds anew"
