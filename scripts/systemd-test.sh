@@ -101,8 +101,11 @@ t=$(now_ms)
     fail build "cargo build failed"
 echo "systemd-test: $("$SYSTEMD" --version | head -n1); build $(since "$t")"
 mkdir -p "$W/bin" "$W/srv/api/releases" "$W/releases" "$W/etc"
-cp "$ROOT/target/release/graceexec" "$W/bin/"
-cp "$ROOT/target/release/examples/server" "$W/srv/api/releases/server"
+# What cargo just built: under CARGO_TARGET_DIR when that is set (relative
+# to ROOT, where cargo ran), not a stale target/.
+REL=$(cd "$ROOT" && realpath -m "${CARGO_TARGET_DIR:-target}")/release
+cp "$REL/graceexec" "$W/bin/"
+cp "$REL/examples/server" "$W/srv/api/releases/server"
 # Releases are what a deploy puts at /srv/api/server. The good one takes a
 # second to be ready, so a `systemctl start` that returned early would show.
 printf '#!/bin/sh\nEXAMPLE_SLOW_START_MS=1000 exec /srv/api/releases/server "$@"\n' >"$W/releases/good"
