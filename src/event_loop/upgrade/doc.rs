@@ -119,8 +119,13 @@ pub fn parse(bytes: &[u8]) -> Result<Doc, String> {
         .map_err(|e| format!("the upgrade document is not JSON: {e}"))?;
     let version = v.get("version").and_then(serde_json::Value::as_u64);
     match version {
-        Some(1) => serde_json::from_value(v)
-            .map_err(|e| format!("cannot read the upgrade document (version 1): {e}")),
+        Some(1) => {
+            let mut d: Doc = serde_json::from_value(v)
+                .map_err(|e| format!("cannot read the upgrade document (version 1): {e}"))?;
+            // Written before park_at_stop (0.1.0): --fdstore says it.
+            d.cfg.policy.park_at_stop |= d.cfg.fdstore;
+            Ok(d)
+        }
         Some(n) => Err(format!(
             "the upgrade document is version {n}; graceexec {} reads versions 1 to {VERSION}",
             env!("CARGO_PKG_VERSION")
@@ -168,6 +173,16 @@ mod tests {
         let rt = &d.rt;
         assert_eq!((rt.gens.len(), rt.followers.len(), rt.events.len()), (1, 1, 12));
         assert!(rt.watch.is_some() && rt.watchdog.is_some() && rt.pid_file.is_some());
+        assert!(!d.cfg.policy.park_at_stop);
+    }
+
+    #[test]
+    fn a_version_1_document_with_fdstore_but_no_park_at_stop_parks_at_stop() {
+        let text = include_str!("fixtures/v1-0.1.0.json")
+            .replace(r#""fdstore":false"#, r#""fdstore":true"#);
+        assert!(!text.contains("park_at_stop"), "0.1.0 did not write it");
+        let d = parse(text.as_bytes()).unwrap();
+        assert!(d.cfg.fdstore && d.cfg.policy.park_at_stop);
     }
 
     #[test]
