@@ -28,7 +28,9 @@
 //!   untouched by servers that are stopping, and the next start's first
 //!   generation gets that socket. Each generation finishes what it has
 //!   first, as at a reload (supervisor/exits.rs), so that nothing is left
-//!   in its socket.
+//!   in its socket. Stopped before any generation served (the first one
+//!   still starting), it leaves new connections where the last restart's
+//!   already wait for it.
 //!
 //! systemd 252 keeps the store across `systemctl restart` and a restart
 //! by `Restart=`, and empties it when the unit stops (v254's

@@ -233,7 +233,7 @@ impl Runtime {
                 if state == Some(SdState::Stopping) {
                     // Under systemd's store, what comes now waits for the
                     // next start (fdstore.rs).
-                    self.io.sockets.park();
+                    self.io.sockets.park(self.sup.stopped_while_serving());
                 }
                 self.tell_systemd(state, &status)
             }

@@ -156,13 +156,17 @@ impl Sockets {
     }
 
     /// graceexec stops while storing: new connections go to a socket no
-    /// generation holds, and stay there for the next start. False if no
-    /// socket is free (they go where they went).
-    pub fn park(&mut self) -> bool {
+    /// generation holds, and stay there for the next start; or, when no
+    /// generation was `serving` yet, on to where they already wait (for
+    /// the first generation, or a crashed one's restart): the next start
+    /// serves one socket. False if no socket is free.
+    pub fn park(&mut self, serving: bool) -> bool {
         if self.store.is_none() {
             return false;
         }
-        let Some(slot) = (0..self.len()).find(|s| self.users(*s) == 0) else { return false };
+        let waiting = self.routed.filter(|r| !serving || self.users(*r) == 0);
+        let free = || (0..self.len()).find(|s| self.users(*s) == 0);
+        let Some(slot) = waiting.or_else(free) else { return false };
         for pool in self.pools() {
             if let Err(e) = pool.attach(&Route::all(slot)) {
                 log::warn(&format!("cannot steer {}: {e}", pool.addr()));

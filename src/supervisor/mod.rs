@@ -295,6 +295,13 @@ impl Supervisor {
         }
     }
 
+    /// Whether a generation was serving when the stop began: false when
+    /// the first one, or the restart of a crashed one, was still starting,
+    /// and what came meanwhile waits in its socket for nobody yet.
+    pub fn stopped_while_serving(&self) -> bool {
+        matches!(&self.phase, Phase::Stopping(s) if s.serving.is_some())
+    }
+
     /// Whether `graceexec reload --canary` can start now.
     fn canary_possible(&self, p: &Phase) -> bool {
         self.policy.steer && matches!(p, Phase::Serving(_))

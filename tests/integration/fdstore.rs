@@ -288,6 +288,35 @@ fn connections_queued_in_a_canarys_socket_when_graceexec_is_killed_are_not_stran
     }
 }
 
+/// Regression: stopped while its first generation was still starting,
+/// graceexec parked new connections in another socket than the one where
+/// those of the last restart waited for that generation; the next start
+/// serves one of the two, and the others were reset.
+#[test]
+fn a_restart_while_the_first_generation_starts_keeps_what_waited_for_it() {
+    let mut store = FakeStore::new(16);
+    let listen = ["127.0.0.1:0"];
+    let mut ge = store.start(&args(&listen, &[]), &[]);
+    let addr = ge.tcp_addr();
+    stop(&mut ge);
+    let first: Vec<_> = (0..4).map(|_| pending(addr)).collect();
+    // Held before it accepts anything, until it is told to stop.
+    let dir = TempDir::new();
+    let hold = dir.path("never");
+    let held = [("EXAMPLE_HOLD_FILE", hold.to_str().unwrap()), ("EXAMPLE_HOLD_GEN", "1")];
+    let mut ge = store.start(&args(&listen, &[]), &held);
+    ge.gen_pid(1);
+    ge.signal(Signal::SIGTERM);
+    ge.wait_exit();
+    let second: Vec<_> = (0..4).map(|_| pending(addr)).collect();
+    let mut ge = store.start(&args(&listen, &[]), &[]);
+    let pid = ge.gen_pid(1);
+    for r in outcomes(first).into_iter().chain(outcomes(second)) {
+        assert_eq!(pid_of(&r.expect("answered")), pid);
+    }
+    stop(&mut ge);
+}
+
 /// Regression: the pools were stored one after the other, so a store
 /// smaller than them all (FileDescriptorStoreMax=) kept no socket of the
 /// last addresses, which then refused connections across a restart.
