@@ -278,10 +278,31 @@ impl Sockets {
         self.slot_of(gen).is_some_and(|s| self.users(s) > 1)
     }
 
-    /// `gen` has exited: its slot is free (and keeps what is queued in it
-    /// for whoever gets it next).
+    /// `gen` has exited: its slot is free. What is queued in it waits for
+    /// the generation a crash restart brings if new connections go there;
+    /// else it is reset (`reset_stranded`).
     pub fn release(&mut self, gen: GenId) {
         self.slots.remove(&gen);
+        self.reset_stranded();
+    }
+
+    /// Reset what waits in a socket that no generation holds and new
+    /// connections do not go to: nothing would ever accept it (a canary
+    /// that crashed and was rolled back, a generation killed before it
+    /// had emptied its queue), and its clients would wait until the next
+    /// reload happened to take that socket, hours later maybe, or give up.
+    fn reset_stranded(&self) {
+        for slot in (0..self.len()).filter(|s| Some(*s) != self.routed && self.users(*s) == 0) {
+            for pool in self.pools() {
+                let n = pool.reset_queued(slot);
+                if n > 0 {
+                    log::warn(&format!(
+                        "{}: {n} connection(s) waiting in socket {slot}, which no generation takes now, reset",
+                        pool.addr()
+                    ));
+                }
+            }
+        }
     }
 
     /// Connections queued in `slot`, over every pool.

@@ -107,5 +107,7 @@ impl Sockets {
                 log::warn(&format!("cannot steer {}: {e}", pool.addr()));
             }
         }
+        // A socket steered away from whose generation is gone.
+        self.reset_stranded();
     }
 }

@@ -111,18 +111,8 @@ impl Sockets {
                 log::warn(&format!("cannot steer {}: {e}", pool.addr()));
             }
         }
-        for pool in self.pools() {
-            for slot in (0..pool.len()).filter(|s| *s != routed) {
-                let n = pool.reset_queued(slot);
-                if n > 0 {
-                    log::warn(&format!(
-                        "{}: {n} connection(s) waiting in socket {slot}, which no generation takes now, reset",
-                        pool.addr()
-                    ));
-                }
-            }
-        }
         self.routed = Some(routed);
+        self.reset_stranded();
     }
 
     /// (position, index) of every socket the store takes (TCP and UDP):

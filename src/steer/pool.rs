@@ -25,8 +25,8 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::libc;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
     SockType, SockaddrStorage,
@@ -158,28 +158,36 @@ impl Pool {
 
     /// Resets every connection waiting in socket `index`'s accept queue
     /// (accepted, then closed with SO_LINGER 0): for a socket no generation
-    /// will accept from, whose clients would otherwise wait for nothing.
-    /// Only while nobody else accepts from it: then a readable listening
-    /// socket has a connection to accept, and accept() never blocks (nor
-    /// is the description made non-blocking, which generations share).
+    /// holds or will get, whose clients would otherwise wait for nothing.
+    /// The socket is made non-blocking for the moment, so that accept()
+    /// never blocks (should a dying process of an exited generation take
+    /// a connection first): that setting belongs to the open description,
+    /// which generations share, so this is only for a socket no running
+    /// generation holds, and the flags are set back before one gets it.
     /// How many it reset.
     pub fn reset_queued(&self, index: u32) -> u32 {
+        if self.queue_len(index).unwrap_or(0) == 0 {
+            return 0;
+        }
         let Some(fd) = self.socket(index) else { return 0 };
+        // A copy of the fd: the same description, and the same queue.
         let Ok(listener) = fd.try_clone_to_owned().map(std::net::TcpListener::from) else {
             return 0;
         };
+        let Ok(flags) = fcntl(&listener, FcntlArg::F_GETFL) else { return 0 };
+        let flags = OFlag::from_bits_truncate(flags);
+        if fcntl(&listener, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).is_err() {
+            return 0;
+        }
         let mut reset = 0;
         // Bounded by what the queue can hold.
         for _ in 0..self.backlog_len() {
-            let mut p = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-            if !matches!(poll(&mut p, PollTimeout::ZERO), Ok(1)) {
-                break;
-            }
             let Ok((conn, _)) = listener.accept() else { break };
             let abort = libc::linger { l_onoff: 1, l_linger: 0 };
             let _ = setsockopt(&conn, sockopt::Linger, &abort);
             reset += 1;
         }
+        let _ = fcntl(&listener, FcntlArg::F_SETFL(flags));
         reset
     }
 

@@ -108,6 +108,37 @@ fn a_canary_that_crashes_is_rolled_back_at_once() {
     assert_eq!((&e["generation"], &e["from"]), (&1.into(), &2.into()), "{e}");
 }
 
+/// Regression: the connections that waited in a canary's socket when it
+/// crashed stayed there after the rollback, answered by nobody until a
+/// later reload happened to take that socket (with 10 requests, 7
+/// waited out the client's 30 s).
+#[test]
+fn what_waited_for_a_canary_that_crashed_is_reset_not_left_waiting() {
+    let dir = TempDir::new();
+    let crash = dir.path("crash");
+    // Generation 2 is ready, then accepts nothing until it crashes.
+    let env = [("EXAMPLE_CRASH_FILE", crash.to_str().unwrap()), ("EXAMPLE_CRASH_GEN", "2")];
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--name", "cw"], &env);
+    ge.wait_ready(1);
+    let (addr, old) = (ge.tcp_addr(), ge.gen_pid(1));
+    canary(&ge, "50");
+    let reqs: Vec<_> = (0..20).map(|_| pending(addr)).collect();
+    ge.wait_status("requests queued for the canary", |s| {
+        let gens = s["generations"].as_array().unwrap();
+        gens.iter().any(|g| g["generation"] == 2 && g["queued"].as_u64() > Some(0))
+    });
+    std::fs::write(&crash, "").unwrap();
+    ge.wait_exited(2);
+    for r in reqs.into_iter().map(|h| h.join().unwrap()) {
+        match r {
+            Ok(body) => assert_eq!(pid_of(&body), old),
+            Err(e) => assert!(e.contains("reset"), "{e}"),
+        }
+    }
+    ge.wait_log("which no generation takes now, reset");
+    assert_eq!(answered_by(addr, 20).keys().collect::<Vec<_>>(), [&old]);
+}
+
 #[test]
 fn promote_after_promotes_a_canary_still_up() {
     let ge =

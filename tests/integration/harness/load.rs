@@ -36,6 +36,33 @@ pub fn get_unix(path: &Path, url: &str) -> std::io::Result<String> {
     exchange(s, url)
 }
 
+/// A request sent on a new connection; its outcome comes later: the body
+/// of a 200 answer, or what went wrong: a reset, or nothing within LONG
+/// ("stranded": it waited in a socket no generation accepts from).
+pub fn pending(addr: SocketAddr) -> JoinHandle<Result<String, String>> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    std::thread::spawn(move || {
+        s.set_read_timeout(Some(LONG)).unwrap();
+        let mut resp = String::new();
+        match s.read_to_string(&mut resp) {
+            Ok(_) => match resp.split_once("\r\n\r\n") {
+                Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+                _ => Err(format!("answered {resp:?}")),
+            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err("stranded".into())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    })
+}
+
 /// The example server's `/info` as key=value pairs.
 pub fn info(addr: SocketAddr) -> HashMap<String, String> {
     parse_info(&get(addr, "/info").unwrap())
