@@ -127,6 +127,10 @@ impl Stored {
         out
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
     /// Names of those nobody took.
     pub fn left(self) -> Vec<String> {
         self.fds.into_keys().map(|(p, s)| name(p, s)).collect()

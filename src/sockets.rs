@@ -80,18 +80,26 @@ impl Sockets {
         handover: Handover,
         (mut stored, store): (Stored, Option<Store>),
     ) -> anyhow::Result<Sockets> {
-        store.iter().for_each(|s| s.set_patient(true));
+        // Without --fdstore now, what an earlier run stored is still taken
+        // back, and what is not still removed: the manager would hold it,
+        // and its port, until the unit stops.
+        let remover = match &store {
+            None if !stored.is_empty() => Store::from_env(),
+            _ => None,
+        };
+        let rm = store.as_ref().or(remover.as_ref());
+        rm.iter().for_each(|s| s.set_patient(true));
         let mut claimed = stored.claim(specs);
         // Stored for no address given now: closed, and removed.
         for name in stored.left() {
-            store.iter().for_each(|s| s.remove(&name));
+            rm.iter().for_each(|s| s.remove(&name));
         }
         let mut entries = Vec::with_capacity(specs.len());
         let mut taken = Vec::new();
         for (pos, spec) in specs.iter().enumerate() {
             let back = claimed[pos]
                 .take()
-                .and_then(|c| store::take_back(pos, spec, c, backlog, handover, store.as_ref()));
+                .and_then(|c| store::take_back(pos, spec, c, backlog, handover, rm));
             if let Some(entry) = back {
                 taken.push(pos);
                 entries.push(entry);

@@ -124,15 +124,26 @@ impl SignalsBlocked {
         let passed = listen::from_systemd().map_err(|e| {
             failure(EXIT_STARTUP, format!("cannot adopt the sockets systemd passed: {e:#}"))
         })?;
+        let nothing = "nothing to listen on: give --listen ADDR, or start graceexec by systemd socket activation";
         let (systemd, stored) = match (cli.listen.is_empty(), passed) {
-            (true, Some(l)) => (Some(l), Stored::default()),
-            (true, None) => return Err(failure(EXIT_USAGE, "nothing to listen on: give --listen ADDR, or start graceexec by systemd socket activation")),
+            (true, Some(l)) => {
+                let (old, l) = Stored::sort(l);
+                forget_stored(old);
+                match l.is_empty() {
+                    true => return Err(failure(EXIT_USAGE, nothing)),
+                    false => (Some(l), Stored::default()),
+                }
+            }
+            (true, None) => return Err(failure(EXIT_USAGE, nothing)),
             // With --listen, only what graceexec stored itself is taken
             // back; anything else systemd passed is not served.
             (false, Some(l)) => {
                 let (stored, other) = Stored::sort(l);
                 for l in other {
-                    log::warn(&format!("not serving {} ({}) that systemd passed: --listen is given", l.name, l.shown));
+                    log::warn(&format!(
+                        "not serving {} ({}) that systemd passed: --listen is given",
+                        l.name, l.shown
+                    ));
                 }
                 (None, stored)
             }
@@ -149,6 +160,24 @@ impl SignalsBlocked {
         let signals = signals::signalfd()
             .map_err(|e| failure(EXIT_STARTUP, format!("cannot set up signal handling: {e}")))?;
         Ok(Adopted { cli, cfg, signals, systemd, stored })
+    }
+}
+
+/// Sockets graceexec stored in an earlier run with `--listen`, passed back
+/// to one without: not the socket unit's to serve (a unit moved to socket
+/// activation, or --listen dropped). Closed, and removed from the store.
+fn forget_stored(old: Stored) {
+    let names = old.left();
+    if names.is_empty() {
+        return;
+    }
+    log::warn(&format!(
+        "not serving the {} socket(s) an earlier graceexec stored with --listen: there is no --listen now; removed from the file descriptor store",
+        names.len()
+    ));
+    if let Some(store) = Store::from_env() {
+        store.set_patient(true);
+        names.iter().for_each(|n| store.remove(n));
     }
 }
 

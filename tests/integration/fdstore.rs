@@ -336,3 +336,60 @@ fn a_busy_service_manager_still_gets_every_socket() {
     assert!(!ge.log().contains("cannot reach"), "{}", ge.log());
     stop(&mut ge);
 }
+
+/// Regression: started without --listen (a unit moved to socket
+/// activation, or --listen dropped), graceexec served the sockets an
+/// earlier run had stored as if the socket unit had passed them: every
+/// generation got them all, and the store kept them.
+#[test]
+fn without_listen_the_sockets_an_earlier_run_stored_are_not_served_and_are_removed() {
+    let mut store = FakeStore::new(16);
+    let mut ge = store.start(&args(&["127.0.0.1:0"], &[]), &[]);
+    let old = ge.tcp_addr();
+    stop(&mut ge);
+    // A socket unit's socket, passed along with the store.
+    let unit = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unit.local_addr().unwrap();
+    store.hold("http", unit.into());
+    let mut ge = store.start(&["--name", "fs", "--ready", "notify"], &[]);
+    ge.wait_ready(1);
+    let info = info(addr);
+    assert_eq!((info["listen_fds"].as_str(), info["listen_fdnames"].as_str()), ("1", "http"));
+    ge.wait_log("not serving the 4 socket(s) an earlier graceexec stored with --listen");
+    let alone = poll_until(LONG, || store.names() == ["http"]);
+    assert!(alone, "the store holds {:?}", store.names());
+    let refused = TcpStream::connect(old).map(|_| ()).map_err(|e| e.kind());
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "{old} is closed everywhere");
+    stop(&mut ge);
+    // With only what graceexec stored, there is nothing to listen on.
+    store.forget("http");
+    let mut ge = store.start(&args(&["127.0.0.1:0"], &[]), &[]);
+    stop(&mut ge);
+    let mut ge = store.start(&["--name", "fs", "--ready", "notify"], &[]);
+    assert_eq!(ge.wait_exit(), 2, "{}", ge.log());
+    assert!(ge.log().contains("nothing to listen on"), "{}", ge.log());
+    let empty = poll_until(LONG, || store.names().is_empty());
+    assert!(empty, "the store holds {:?}", store.names());
+}
+
+/// Regression: without --fdstore (dropped from the unit), graceexec still
+/// took back what an earlier run stored, but removed nothing: a stored
+/// address no longer listed stayed held, its port bound, by the manager.
+#[test]
+fn without_fdstore_a_stored_address_no_longer_listed_is_still_removed() {
+    let mut store = FakeStore::new(16);
+    let mut ge = store.start(&args(&["127.0.0.1:0", "127.0.0.1:0"], &[]), &[]);
+    let [kept, gone] = bound(&ge)[..] else { panic!("two addresses: {}", ge.log()) };
+    store.wait_holding(8);
+    stop(&mut ge);
+    let waiting = pending(kept);
+    let kept_arg = kept.to_string();
+    let mut ge = store.start(&["--name", "fs", "--ready", "notify", "-l", &kept_arg], &[]);
+    assert_eq!(pid_of(&waiting.join().unwrap().expect("answered")), ge.gen_pid(1));
+    let left = poll_until(LONG, || store.names().len() == 4);
+    assert!(left, "the store holds {:?}", store.names());
+    assert_eq!(store.addr_of("graceexec-0-0"), Some(kept));
+    let refused = TcpStream::connect(gone).map(|_| ()).map_err(|e| e.kind());
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "{gone} is closed everywhere");
+    stop(&mut ge);
+}

@@ -133,6 +133,13 @@ impl FakeStore {
         ss.as_sockaddr_in().map(|a| std::net::SocketAddr::V4((*a).into()))
     }
 
+    /// Hold `fd` as `name`, as a socket unit's socket is passed along with
+    /// the store.
+    pub fn hold(&mut self, name: &str, fd: OwnedFd) {
+        self.read();
+        self.fds.push((name.to_string(), fd));
+    }
+
     /// Drop the socket stored as `name`, as if it had never been stored.
     pub fn forget(&mut self, name: &str) {
         self.read();
