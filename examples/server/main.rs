@@ -15,6 +15,8 @@
 //!   under a wrapper script that did not `exec` it), serve a port of its own
 //!   as `EXAMPLE_IGNORE_FDS` does, instead of refusing to start: a server
 //!   for which socket activation is optional, with a port to fall back to.
+//! - `EXAMPLE_METRICS_PORT=1`: also listen on a port of its own from the
+//!   start, as a metrics or admin port, and accept nothing there.
 
 use std::env;
 use std::fs;
@@ -135,6 +137,12 @@ fn main() {
         pid,
     }));
 
+    // Held for the process's life; nothing is served there.
+    let _metrics = (var("EXAMPLE_METRICS_PORT") == "1").then(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| fail(&e.to_string()));
+        eprintln!("server: metrics on {:?}", l.local_addr());
+        l
+    });
     sleep(Duration::from_millis(slow_start));
     if let Some(path) = hold {
         // A SIGTERM while held must still end the process, or a supervisor

@@ -140,12 +140,12 @@ fn a_candidate_that_never_accepts_fails_with_what_it_probably_does_instead() {
     assert_eq!(
         h.logged(Level::Info),
         ["generation 2 not ready after 10s (nothing accepted on fd 3 yet; it listens on \
-          127.0.0.1:8090 itself)"]
+          127.0.0.1:8090 itself, probably instead)"]
     );
     h.tick(31_000);
     let why = "generation 2 was not ready within 30s (nothing accepted on fd 3 yet); it listens \
-               on 127.0.0.1:8090 itself: make it accept on the inherited fd 3 (LISTEN_FDS) \
-               instead of binding";
+               on 127.0.0.1:8090 itself, probably instead: if that is the server's port, make it \
+               accept on the inherited fd 3 (LISTEN_FDS) instead of binding";
     assert!(h.logged(Level::Warn)[0].contains(why), "{:?}", h.logged(Level::Warn));
     let reported = h.reports.iter().any(
         |a| matches!(a, Action::Report { outcome: Outcome::Failed { why: w, .. }, .. } if w == why),
