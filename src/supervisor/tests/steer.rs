@@ -326,3 +326,23 @@ fn a_reload_is_answered_only_after_the_switch() {
         assert!(switch < answer, "answered before the switch ({canary:?}): {out:?}");
     }
 }
+
+/// Regression: the reload's READY=1 went to the service manager before the
+/// switch, so under Type=notify-reload a client that connected as soon as
+/// `systemctl reload` returned could still reach the old generation.
+#[test]
+fn a_reload_ends_for_the_service_manager_only_after_the_switch() {
+    for canary in [None, Some(ALL / 4)] {
+        let mut h = steered(|_| {});
+        reload_with(h.at(1000), canary, None);
+        let out = h.sup.handle(
+            h.base + Duration::from_millis(1100),
+            Event::Ready { gen: 2, by: ReadySource::Notify },
+        );
+        let at = |f: fn(&Action) -> bool| out.iter().position(f).expect("in the actions");
+        let switch =
+            at(|a| matches!(a, Action::Steer { shares } if shares.iter().any(|s| s.0 == 2)));
+        let ready = at(|a| matches!(a, Action::Systemd { state: Some(SdState::Ready), .. }));
+        assert!(switch < ready, "READY=1 before the switch ({canary:?}): {out:?}");
+    }
+}
