@@ -17,6 +17,9 @@
 //!   for which socket activation is optional, with a port to fall back to.
 //! - `EXAMPLE_METRICS_PORT=1`: also listen on a port of its own from the
 //!   start, as a metrics or admin port, and accept nothing there.
+//! - `EXAMPLE_DEFER_ACCEPT_GEN=LIST`: in those generations, set
+//!   TCP_DEFER_ACCEPT on the inherited TCP sockets: a connection completes
+//!   its handshake there only once the client sends.
 
 use std::env;
 use std::fs;
@@ -114,6 +117,13 @@ fn main() {
             vec![Inherited::Tcp(own)]
         }
     };
+    if gen_listed("EXAMPLE_DEFER_ACCEPT_GEN", &gen) {
+        for socket in &sockets {
+            if let Inherited::Tcp(l) = socket {
+                sys::defer_accept(l, 30).unwrap_or_else(|e| fail(&e.to_string()));
+            }
+        }
+    }
     if let Err(e) = sys::install_handlers(term_ignored) {
         fail(&format!("cannot install signal handlers: {e}"));
     }
