@@ -234,6 +234,10 @@ impl Sockets {
             .or_else(|| self.grow());
         if let Some(slot) = pick {
             self.slots.insert(gen, slot);
+            // As bound, whatever a generation that had it before set; never
+            // a socket a running generation holds (Shared below, or
+            // Entry::Shared ones: every generation has them at once).
+            self.pools().for_each(|p| p.set_blocking(slot));
             return Slot::Own(slot);
         }
         let shared = self.routed.unwrap_or(0);

@@ -67,7 +67,7 @@ fn main() {
     modes::helper_main();
     // Taken before we open anything, so /info shows exactly the fds the
     // supervisor passed or leaked to us.
-    let (fds, cloexec) = snapshot_fds();
+    let (fds, cloexec, nonblock) = snapshot_fds();
     let pid = std::process::id();
     let var = |key: &str| env::var(key).unwrap_or_default();
 
@@ -130,12 +130,13 @@ fn main() {
     let notify_socket = var("NOTIFY_SOCKET");
     let join = |fds: &[i32]| fds.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     let (fds, cloexec, fdnames) = (join(&fds), join(&cloexec), var("LISTEN_FDNAMES"));
+    let nonblock = join(&nonblock);
     let state: &'static State = Box::leak(Box::new(State {
         hello: format!("pid={pid} gen={gen}\n"),
         info_head: format!(
             "pid={pid}\ngen={gen}\nlisten_pid={listen_pid}\nlisten_fds={listen_fds}\n\
              listen_fdnames={fdnames}\nnotify_socket={notify_socket}\n\
-             fds={fds}\ncloexec={cloexec}\nserver_starter_port={}\n\
+             fds={fds}\ncloexec={cloexec}\nnonblock={nonblock}\nserver_starter_port={}\n\
              server_starter_generation={}\ncwd={}\nexe={}\n",
             var("SERVER_STARTER_PORT"),
             var("SERVER_STARTER_GENERATION"),
@@ -246,8 +247,9 @@ fn gen_listed(key: &str, gen: &str) -> bool {
     list.trim() == "all" || list.split(',').any(is_gen)
 }
 
-/// Returns all open fds, and those >= 3 of them that have `O_CLOEXEC` set.
-fn snapshot_fds() -> (Vec<i32>, Vec<i32>) {
+/// Returns all open fds, and those >= 3 of them that have `O_CLOEXEC` set,
+/// and those that are non-blocking (`O_NONBLOCK`), as they came.
+fn snapshot_fds() -> (Vec<i32>, Vec<i32>, Vec<i32>) {
     let own_dir = format!("/proc/{}/fd", std::process::id());
     let mut fds = Vec::new();
     let dir = fs::read_dir("/proc/self/fd");
@@ -262,18 +264,19 @@ fn snapshot_fds() -> (Vec<i32>, Vec<i32>) {
     fds.sort_unstable();
     // Only now, with the listing closed, may we open files (fdinfo) without
     // them showing up in the snapshot.
-    let wanted = |fd: &i32| *fd >= 3 && has_cloexec(*fd);
-    let cloexec = fds.iter().copied().filter(wanted).collect();
-    (fds, cloexec)
+    let with = |flag: u32| fds.iter().copied().filter(move |fd| *fd >= 3 && has_flag(*fd, flag));
+    const O_CLOEXEC: u32 = 0o2_000_000;
+    const O_NONBLOCK: u32 = 0o4_000;
+    let (cloexec, nonblock) = (with(O_CLOEXEC).collect(), with(O_NONBLOCK).collect());
+    (fds, cloexec, nonblock)
 }
 
-fn has_cloexec(fd: i32) -> bool {
-    const O_CLOEXEC: u32 = 0o2_000_000;
+fn has_flag(fd: i32, flag: u32) -> bool {
     let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
     info.lines()
         .find_map(|l| l.strip_prefix("flags:"))
         .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        .is_some_and(|flags| flags & O_CLOEXEC != 0)
+        .is_some_and(|flags| flags & flag != 0)
 }
 
 /// `accept` is a non-blocking listener's `accept()`.

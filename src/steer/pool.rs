@@ -191,6 +191,22 @@ impl Pool {
         reset
     }
 
+    /// Socket `index` back to blocking, as it was bound, for a generation
+    /// about to get it. O_NONBLOCK belongs to the open description, which
+    /// every process given the socket shares: a server that set it (most
+    /// event loops do) would hand it on to the next generation given this
+    /// index, and one that accepts in blocking mode would fail with EAGAIN
+    /// at its first empty queue. So only for an index no running generation
+    /// holds.
+    pub fn set_blocking(&self, index: u32) {
+        let Some(fd) = self.socket(index) else { return };
+        let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) else { return };
+        let flags = OFlag::from_bits_truncate(flags);
+        if flags.contains(OFlag::O_NONBLOCK) {
+            let _ = fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK));
+        }
+    }
+
     fn backlog_len(&self) -> u32 {
         i32::from(self.backlog).max(1) as u32 + 1
     }
