@@ -234,6 +234,10 @@ impl Sockets {
             .or_else(|| self.grow());
         if let Some(slot) = pick {
             self.slots.insert(gen, slot);
+            // As bound, whatever a generation that had it before set; never
+            // a socket a running generation holds (Shared below, or
+            // Entry::Shared ones: every generation has them at once).
+            self.pools().for_each(|p| p.set_blocking(slot));
             return Slot::Own(slot);
         }
         let shared = self.routed.unwrap_or(0);
@@ -299,7 +303,9 @@ impl Sockets {
     /// that crashed and was rolled back, a generation killed before it
     /// had emptied its queue), and its clients would wait until the next
     /// reload happened to take that socket, hours later maybe, or give up.
-    fn reset_stranded(&self) {
+    /// Called at each exit and switch, and a while after an exit for what
+    /// completes its handshake late (event_loop/drain.rs).
+    pub fn reset_stranded(&self) {
         for slot in (0..self.len()).filter(|s| Some(*s) != self.routed && self.users(*s) == 0) {
             for pool in self.pools() {
                 let n = pool.reset_queued(slot);

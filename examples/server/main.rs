@@ -15,6 +15,11 @@
 //!   under a wrapper script that did not `exec` it), serve a port of its own
 //!   as `EXAMPLE_IGNORE_FDS` does, instead of refusing to start: a server
 //!   for which socket activation is optional, with a port to fall back to.
+//! - `EXAMPLE_METRICS_PORT=1`: also listen on a port of its own from the
+//!   start, as a metrics or admin port, and accept nothing there.
+//! - `EXAMPLE_DEFER_ACCEPT_GEN=LIST`: in those generations, set
+//!   TCP_DEFER_ACCEPT on the inherited TCP sockets: a connection completes
+//!   its handshake there only once the client sends.
 
 use std::env;
 use std::fs;
@@ -62,7 +67,7 @@ fn main() {
     modes::helper_main();
     // Taken before we open anything, so /info shows exactly the fds the
     // supervisor passed or leaked to us.
-    let (fds, cloexec) = snapshot_fds();
+    let (fds, cloexec, nonblock) = snapshot_fds();
     let pid = std::process::id();
     let var = |key: &str| env::var(key).unwrap_or_default();
 
@@ -112,18 +117,26 @@ fn main() {
             vec![Inherited::Tcp(own)]
         }
     };
+    if gen_listed("EXAMPLE_DEFER_ACCEPT_GEN", &gen) {
+        for socket in &sockets {
+            if let Inherited::Tcp(l) = socket {
+                sys::defer_accept(l, 30).unwrap_or_else(|e| fail(&e.to_string()));
+            }
+        }
+    }
     if let Err(e) = sys::install_handlers(term_ignored) {
         fail(&format!("cannot install signal handlers: {e}"));
     }
     let notify_socket = var("NOTIFY_SOCKET");
     let join = |fds: &[i32]| fds.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     let (fds, cloexec, fdnames) = (join(&fds), join(&cloexec), var("LISTEN_FDNAMES"));
+    let nonblock = join(&nonblock);
     let state: &'static State = Box::leak(Box::new(State {
         hello: format!("pid={pid} gen={gen}\n"),
         info_head: format!(
             "pid={pid}\ngen={gen}\nlisten_pid={listen_pid}\nlisten_fds={listen_fds}\n\
              listen_fdnames={fdnames}\nnotify_socket={notify_socket}\n\
-             fds={fds}\ncloexec={cloexec}\nserver_starter_port={}\n\
+             fds={fds}\ncloexec={cloexec}\nnonblock={nonblock}\nserver_starter_port={}\n\
              server_starter_generation={}\ncwd={}\nexe={}\n",
             var("SERVER_STARTER_PORT"),
             var("SERVER_STARTER_GENERATION"),
@@ -135,6 +148,12 @@ fn main() {
         pid,
     }));
 
+    // Held for the process's life; nothing is served there.
+    let _metrics = (var("EXAMPLE_METRICS_PORT") == "1").then(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| fail(&e.to_string()));
+        eprintln!("server: metrics on {:?}", l.local_addr());
+        l
+    });
     sleep(Duration::from_millis(slow_start));
     if let Some(path) = hold {
         // A SIGTERM while held must still end the process, or a supervisor
@@ -228,8 +247,9 @@ fn gen_listed(key: &str, gen: &str) -> bool {
     list.trim() == "all" || list.split(',').any(is_gen)
 }
 
-/// Returns all open fds, and those >= 3 of them that have `O_CLOEXEC` set.
-fn snapshot_fds() -> (Vec<i32>, Vec<i32>) {
+/// Returns all open fds, and those >= 3 of them that have `O_CLOEXEC` set,
+/// and those that are non-blocking (`O_NONBLOCK`), as they came.
+fn snapshot_fds() -> (Vec<i32>, Vec<i32>, Vec<i32>) {
     let own_dir = format!("/proc/{}/fd", std::process::id());
     let mut fds = Vec::new();
     let dir = fs::read_dir("/proc/self/fd");
@@ -244,18 +264,19 @@ fn snapshot_fds() -> (Vec<i32>, Vec<i32>) {
     fds.sort_unstable();
     // Only now, with the listing closed, may we open files (fdinfo) without
     // them showing up in the snapshot.
-    let wanted = |fd: &i32| *fd >= 3 && has_cloexec(*fd);
-    let cloexec = fds.iter().copied().filter(wanted).collect();
-    (fds, cloexec)
+    let with = |flag: u32| fds.iter().copied().filter(move |fd| *fd >= 3 && has_flag(*fd, flag));
+    const O_CLOEXEC: u32 = 0o2_000_000;
+    const O_NONBLOCK: u32 = 0o4_000;
+    let (cloexec, nonblock) = (with(O_CLOEXEC).collect(), with(O_NONBLOCK).collect());
+    (fds, cloexec, nonblock)
 }
 
-fn has_cloexec(fd: i32) -> bool {
-    const O_CLOEXEC: u32 = 0o2_000_000;
+fn has_flag(fd: i32, flag: u32) -> bool {
     let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
     info.lines()
         .find_map(|l| l.strip_prefix("flags:"))
         .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        .is_some_and(|flags| flags & O_CLOEXEC != 0)
+        .is_some_and(|flags| flags & flag != 0)
 }
 
 /// `accept` is a non-blocking listener's `accept()`.

@@ -10,6 +10,8 @@ use std::ptr;
 
 // From the Linux UAPI headers; x86_64 and aarch64 share these values.
 const SOL_SOCKET: c_int = 1;
+const IPPROTO_TCP: c_int = 6;
+const TCP_DEFER_ACCEPT: c_int = 9;
 const SO_TYPE: c_int = 3;
 const SO_ACCEPTCONN: c_int = 30;
 const SO_DOMAIN: c_int = 39;
@@ -25,6 +27,7 @@ const SIG_ERR: usize = usize::MAX;
 
 extern "C" {
     fn getsockopt(fd: c_int, lvl: c_int, opt: c_int, val: *mut c_void, len: *mut u32) -> c_int;
+    fn setsockopt(fd: c_int, lvl: c_int, opt: c_int, val: *const c_void, len: u32) -> c_int;
     // glibc and musl both give signal() BSD semantics (SA_RESTART, the
     // handler stays installed), which spares us spelling out sigaction.
     fn signal(signum: c_int, handler: usize) -> usize;
@@ -80,6 +83,22 @@ pub fn adopt(fd: RawFd) -> Result<Inherited, String> {
     }
     .map_err(|e| format!("fd {fd}: {e}"))?;
     Ok(socket)
+}
+
+/// TCP_DEFER_ACCEPT on `l`: the kernel completes a handshake, and queues
+/// the connection, only once the client has sent something (or after
+/// about `secs`).
+pub fn defer_accept(l: &TcpListener, secs: c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value_ptr = ptr::addr_of!(secs).cast();
+    let len = std::mem::size_of::<c_int>() as u32;
+    // SAFETY: the pointer is to a live local of the size len says, which
+    // the kernel only reads, and is not kept after the call.
+    let rc = unsafe { setsockopt(l.as_raw_fd(), IPPROTO_TCP, TCP_DEFER_ACCEPT, value_ptr, len) };
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 extern "C" fn on_term(_: c_int) {

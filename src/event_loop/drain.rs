@@ -2,7 +2,9 @@
 //! has nothing left: its sockets' accept queues empty, and no connection
 //! on a steered port held by any process of its group. Then the
 //! supervisor hears `Drained` and sends the stop signal: a server that
-//! drops what it accepted when told to stop has nothing to drop.
+//! drops what it accepted when told to stop has nothing to drop. And once
+//! a generation is gone, what still reaches the socket it leaves to
+//! nobody is reset (`SWEEP_EVERY`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -25,6 +27,15 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// generation that holds on to long connections (a look walks the kernel's connection table).
 const FIRST_LOOK: Duration = Duration::from_millis(5);
 const LAST_LOOK: Duration = Duration::from_millis(100);
+/// A generation's exit resets what waits in a socket it leaves to nobody
+/// (sockets.rs, `reset_stranded`); but a connection whose SYN came to that
+/// socket before its share ended joins the queue only when its handshake
+/// completes: a round trip later, later still where a SYN-ACK is resent
+/// or the socket defers accepts (TCP_DEFER_ACCEPT) until the client
+/// sends. So such sockets are swept again this often, for SWEEP_FOR after
+/// the last exit: one TCP_INFO per socket, and no wake-up once it ends.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const SWEEP_FOR: Duration = Duration::from_secs(60);
 
 pub(super) struct Watch {
     scanner: Scanner,
@@ -36,6 +47,8 @@ pub(super) struct Watch {
 #[derive(Default)]
 pub(super) struct Drains {
     watches: BTreeMap<GenId, Watch>,
+    /// The next sweep of the sockets no generation takes, and the last.
+    sweep: Option<(Instant, Instant)>,
 }
 
 impl Drains {
@@ -48,14 +61,25 @@ impl Drains {
         self.watches.remove(&gen);
     }
 
+    /// `gen` is gone: its socket, if no other takes it, is swept a while.
+    pub(super) fn gone(&mut self, gen: GenId, now: Instant) {
+        self.forget(gen);
+        self.sweep = Some((now + SWEEP_EVERY, now + SWEEP_FOR));
+    }
+
     pub(super) fn wake_at(&self) -> Option<Instant> {
-        self.watches.values().map(|w| w.next).min()
+        let sweep = self.sweep.map(|(next, _)| next);
+        self.watches.values().map(|w| w.next).chain(sweep).min()
     }
 }
 
 impl Runtime {
     /// Look at the generations whose time has come.
     pub(super) fn check_drains(&mut self, now: Instant) {
+        if let Some((next, last)) = self.drains.sweep.filter(|(next, _)| now >= *next) {
+            self.io.sockets.reset_stranded();
+            self.drains.sweep = (next < last).then_some((now + SWEEP_EVERY, last));
+        }
         let due: Vec<GenId> =
             self.drains.watches.iter().filter(|(_, w)| now >= w.next).map(|(g, _)| *g).collect();
         for gen in due {

@@ -315,7 +315,7 @@ impl Runtime {
         let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
         self.io.sockets.unroute_probes_of(gen);
         self.io.sockets.release(gen);
-        self.drains.forget(gen);
+        self.drains.gone(gen, Instant::now());
         if let Some(w) = self.io.watchdog.as_mut() {
             w.forget(io.leader);
         }

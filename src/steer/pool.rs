@@ -123,35 +123,35 @@ impl Pool {
     /// to the first one missing are taken: one that was not stored left
     /// the group when the last run ended, the last socket moved into its
     /// index, and the numbering above it is lost. Those are returned to be
-    /// closed. The group keeps the program it had: the caller steers it.
+    /// closed, and so is every one when they do not fit; either way they
+    /// leave the group first (`leave_group`). The group keeps the program
+    /// it had: the caller steers it.
     pub fn from_stored(
         fds: Vec<(u32, OwnedFd)>,
         want: SocketAddr,
         backlog: i32,
     ) -> Result<TakenBack, String> {
-        let backlog = Backlog::new(backlog).map_err(|e| e.to_string())?;
-        let mut sockets = Vec::with_capacity(fds.len());
+        let below_gap = fds.iter().enumerate().take_while(|(i, (s, _))| *s == *i as u32).count();
+        let fit = Backlog::new(backlog)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Ok((b, stored_fit(&fds[..below_gap], want)?)));
+        let (backlog, addr) = match fit {
+            Ok(fit) => fit,
+            Err(e) => {
+                fds.iter().for_each(|(_, fd)| leave_group(fd.as_fd()));
+                return Err(e);
+            }
+        };
+        let mut sockets = Vec::with_capacity(below_gap);
         let mut dropped = Vec::new();
-        let mut addr = None;
         for (slot, fd) in fds {
-            if slot != sockets.len() as u32 || !dropped.is_empty() {
+            if sockets.len() < below_gap {
+                sockets.push(fd);
+            } else {
+                leave_group(fd.as_fd());
                 dropped.push(slot);
-                continue;
             }
-            let local = local_addr(fd.as_fd()).map_err(|e| e.to_string())?;
-            let same_port = want.port() == 0 || want.port() == local.port();
-            if local.ip() != want.ip() || !same_port || addr.is_some_and(|a| a != local) {
-                return Err(format!("it is bound to {local}"));
-            }
-            let listening = nix::sys::socket::getsockopt(&fd, sockopt::AcceptConn);
-            let reuse = nix::sys::socket::getsockopt(&fd, sockopt::ReusePort);
-            if !listening.unwrap_or(false) || !reuse.unwrap_or(false) {
-                return Err("it is not a listening socket of a SO_REUSEPORT group".into());
-            }
-            addr = Some(local);
-            sockets.push(fd);
         }
-        let addr = addr.ok_or("socket 0 of the group was not stored")?;
         let family = if addr.is_ipv4() { Family::V4 } else { Family::V6 };
         Ok(TakenBack { pool: Pool { addr, family, backlog, sockets }, dropped })
     }
@@ -189,6 +189,22 @@ impl Pool {
         }
         let _ = fcntl(&listener, FcntlArg::F_SETFL(flags));
         reset
+    }
+
+    /// Socket `index` back to blocking, as it was bound, for a generation
+    /// about to get it. O_NONBLOCK belongs to the open description, which
+    /// every process given the socket shares: a server that set it (most
+    /// event loops do) would hand it on to the next generation given this
+    /// index, and one that accepts in blocking mode would fail with EAGAIN
+    /// at its first empty queue. So only for an index no running generation
+    /// holds.
+    pub fn set_blocking(&self, index: u32) {
+        let Some(fd) = self.socket(index) else { return };
+        let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) else { return };
+        let flags = OFlag::from_bits_truncate(flags);
+        if flags.contains(OFlag::O_NONBLOCK) {
+            let _ = fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK));
+        }
     }
 
     fn backlog_len(&self) -> u32 {
@@ -280,6 +296,37 @@ fn open(addr: SocketAddr, backlog: Backlog) -> nix::Result<OwnedFd> {
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     listen(&fd, backlog)?;
     Ok(fd)
+}
+
+/// The address of stored sockets 0.. of one group, if each is bound to
+/// one `want` accepts (the same one), listening, with SO_REUSEPORT.
+fn stored_fit(fds: &[(u32, OwnedFd)], want: SocketAddr) -> Result<SocketAddr, String> {
+    let mut addr = None;
+    for (_, fd) in fds {
+        let local = local_addr(fd.as_fd()).map_err(|e| e.to_string())?;
+        let same_port = want.port() == 0 || want.port() == local.port();
+        if local.ip() != want.ip() || !same_port || addr.is_some_and(|a| a != local) {
+            return Err(format!("it is bound to {local}"));
+        }
+        let listening = nix::sys::socket::getsockopt(fd, sockopt::AcceptConn);
+        let reuse = nix::sys::socket::getsockopt(fd, sockopt::ReusePort);
+        if !listening.unwrap_or(false) || !reuse.unwrap_or(false) {
+            return Err("it is not a listening socket of a SO_REUSEPORT group".into());
+        }
+        addr = Some(local);
+    }
+    addr.ok_or_else(|| "socket 0 of the group was not stored".into())
+}
+
+/// Take a stored socket that is not kept out of its group now. Closing
+/// our copy is not enough: the service manager holds another until it
+/// acts on FDSTOREREMOVE, later, and a socket that leaves the group then
+/// has the group's last one moved into its index, under a pool that grew
+/// (or was bound anew on the same address) meanwhile. shutdown(2) stops
+/// it listening at once, whoever holds it; what waited in it is reset, as
+/// closing it would.
+fn leave_group(fd: BorrowedFd<'_>) {
+    let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
 }
 
 fn local_addr(fd: BorrowedFd<'_>) -> nix::Result<SocketAddr> {

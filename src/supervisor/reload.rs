@@ -126,24 +126,29 @@ impl Supervisor {
         self.up_since.get_or_insert(now);
         let cur = Current { id: c.id, spawned_at: c.spawned_at, ready_after: took };
         let share = canary.filter(|_| matches!(h, Holder::Reloading(_)));
-        let mut waiters = Vec::new();
         let outcome = Outcome::Ready { gen: c.id, took, share };
-        if c.reload {
-            waiters = c.waiters;
-            self.end_reload(now, Some(cur.id), outcome.clone());
-        } else {
-            let state = first.then_some(SdState::Ready);
-            let status = SdStatus::Serving { gen: c.id, failed: None };
-            self.out.push(Action::Systemd { state, status });
-        }
+        let (waiters, mut systemd) = match c.reload {
+            true => (c.waiters, self.end_reload(now, Some(cur.id), outcome.clone())),
+            false => {
+                let state = first.then_some(SdState::Ready);
+                let status = SdStatus::Serving { gen: c.id, failed: None };
+                (Vec::new(), Action::Systemd { state, status })
+            }
+        };
         // The switch: one setsockopt, and every new connection (or the
         // canary's share) goes to the new generation.
         let next = match h {
             Holder::Reloading(old) => self.hand_over(now, old, cur, share),
             _ => Phase::Serving(cur),
         };
-        // Only then the answer: a client that connects as soon as `graceexec
-        // reload` returns must reach the new generation, not the old one.
+        // Only then the answers, to `graceexec reload` and to the service
+        // manager (READY=1 ends `systemctl reload` under Type=notify-reload):
+        // a client that connects as soon as either returns must reach the
+        // new generation, not the old one.
+        if let (Phase::Split(s), Action::Systemd { status, .. }) = (&next, &mut systemd) {
+            *status = SdStatus::Split { old: s.old.id, new: s.new.id, share: s.share };
+        }
+        self.out.push(systemd);
         self.report(waiters, outcome);
         match (next, follow_up) {
             (Phase::Serving(cur), Some(w)) => self.follow_up(now, Holder::Reloading(cur), w),
@@ -257,12 +262,14 @@ impl Supervisor {
         waiters: Vec<Waiter>,
         outcome: Outcome,
     ) {
-        self.end_reload(now, serving, outcome.clone());
+        let systemd = self.end_reload(now, serving, outcome.clone());
+        self.out.push(systemd);
         self.report(waiters, outcome);
     }
 
-    /// A reload ended, but its waiters are answered by the caller.
-    fn end_reload(&mut self, now: Instant, serving: Option<GenId>, outcome: Outcome) {
+    /// A reload ended; the caller answers its waiters and pushes the
+    /// returned READY=1 for the service manager.
+    fn end_reload(&mut self, now: Instant, serving: Option<GenId>, outcome: Outcome) -> Action {
         self.last_reload = Some((outcome.clone(), now));
         match &outcome {
             Outcome::Ready { gen, took, .. } => {
@@ -282,7 +289,7 @@ impl Supervisor {
             Some(gen) => SdStatus::Serving { gen, failed },
             None => SdStatus::NotServing { failed },
         };
-        self.out.push(Action::Systemd { state: Some(SdState::Ready), status });
+        Action::Systemd { state: Some(SdState::Ready), status }
     }
 
     pub(super) fn report(&mut self, waiters: Vec<Waiter>, outcome: Outcome) {

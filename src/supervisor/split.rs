@@ -42,8 +42,8 @@ impl Supervisor {
         };
         let share = canary.unwrap_or(0);
         self.steer(&[(old.id, MILLION - share), (new.id, share)]);
-        let status = SdStatus::Split { old: old.id, new: new.id, share };
-        self.out.push(Action::Systemd { state: None, status });
+        // The service manager hears of the split from the caller, with the
+        // reload's READY=1.
         Phase::Split(Split { old, new, share, mode })
     }
 

@@ -34,23 +34,28 @@ pub enum Suspect {
 }
 
 impl Waiting {
-    /// What to check, when the reason points at a common mistake.
+    /// What to check, when the reason points at a common mistake. A look
+    /// sees what the processes hold, not what they are for: a server still
+    /// starting that also listens on a metrics port, or a start script
+    /// still running its set-up commands before it `exec`s the server,
+    /// looks the same. So the suspect is "probably" the cause, and the fix
+    /// says when it applies.
     fn hint(&self) -> Option<String> {
         let Waiting::NotAccepted { fd, suspect } = self else { return None };
         Some(match suspect {
             None => format!("it never accepted on fd {fd}: does it read LISTEN_FDS?"),
             Some(Suspect::OwnPort(addr)) => format!(
-                "it listens on {addr} itself: make it accept on the inherited fd {fd} \
-                 (LISTEN_FDS) instead of binding"
+                "it listens on {addr} itself, probably instead: if that is the server's port, \
+                 make it accept on the inherited fd {fd} (LISTEN_FDS) instead of binding"
             ),
             Some(Suspect::Wrapper { listens, .. }) => {
-                let exec = "COMMAND is a shell script that runs the server as a child: put `exec` \
-                            before the server's command";
+                let exec = "COMMAND is probably a shell script that runs the server as a child: \
+                            put `exec` before the server's command";
                 match listens {
                     None => exec.into(),
                     Some(addr) => format!(
-                        "{exec}, and make it accept on the inherited fd {fd} (LISTEN_FDS) \
-                         instead of binding {addr}"
+                        "{exec}, and if {addr} is the server's port, make it accept on the \
+                         inherited fd {fd} (LISTEN_FDS) instead of binding it"
                     ),
                 }
             }
@@ -88,9 +93,12 @@ impl std::fmt::Display for Waiting {
 impl std::fmt::Display for Suspect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Suspect::OwnPort(addr) => write!(f, "it listens on {addr} itself"),
+            Suspect::OwnPort(addr) => write!(f, "it listens on {addr} itself, probably instead"),
             Suspect::Wrapper { shell, listens } => {
-                write!(f, "its main process is a shell ({shell}) running a child")?;
+                write!(
+                    f,
+                    "its main process is a shell ({shell}) running a child, probably the server"
+                )?;
                 match listens {
                     Some(addr) => write!(f, ", and it listens on {addr} itself"),
                     None => Ok(()),
@@ -114,36 +122,37 @@ mod tests {
         let own = not_accepted(Some(Suspect::OwnPort(addr)));
         assert_eq!(
             own.to_string(),
-            "nothing accepted on fd 3 yet; it listens on 127.0.0.1:8090 itself"
+            "nothing accepted on fd 3 yet; it listens on 127.0.0.1:8090 itself, probably instead"
         );
         assert_eq!(
             own.failure(),
-            "(nothing accepted on fd 3 yet); it listens on 127.0.0.1:8090 itself: make it accept \
-             on the inherited fd 3 (LISTEN_FDS) instead of binding"
+            "(nothing accepted on fd 3 yet); it listens on 127.0.0.1:8090 itself, probably \
+             instead: if that is the server's port, make it accept on the inherited fd 3 \
+             (LISTEN_FDS) instead of binding"
         );
 
         let wrapper =
             |listens| not_accepted(Some(Suspect::Wrapper { shell: "dash".into(), listens }));
         assert_eq!(
             wrapper(None).to_string(),
-            "nothing accepted on fd 3 yet; its main process is a shell (dash) running a child"
+            "nothing accepted on fd 3 yet; its main process is a shell (dash) running a child, \
+             probably the server"
         );
         assert_eq!(
             wrapper(Some(addr)).to_string(),
             "nothing accepted on fd 3 yet; its main process is a shell (dash) running a child, \
-             and it listens on 127.0.0.1:8090 itself"
+             probably the server, and it listens on 127.0.0.1:8090 itself"
         );
-        let exec =
-            "(nothing accepted on fd 3 yet); COMMAND is a shell script that runs the server \
-                    as a child: put `exec` before the server's command";
+        let exec = "(nothing accepted on fd 3 yet); COMMAND is probably a shell script that runs \
+                    the server as a child: put `exec` before the server's command";
         assert_eq!(wrapper(None).failure(), exec);
         // Whether it binds only because LISTEN_PID is not its own, or
         // always, cannot be told: both fixes.
         assert_eq!(
             wrapper(Some(addr)).failure(),
             format!(
-                "{exec}, and make it accept on the inherited fd 3 (LISTEN_FDS) instead of binding \
-                 127.0.0.1:8090"
+                "{exec}, and if 127.0.0.1:8090 is the server's port, make it accept on the \
+                 inherited fd 3 (LISTEN_FDS) instead of binding it"
             )
         );
 

@@ -2,7 +2,7 @@
 //! --ramp, with real steered sockets.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -137,6 +137,39 @@ fn what_waited_for_a_canary_that_crashed_is_reset_not_left_waiting() {
     }
     ge.wait_log("which no generation takes now, reset");
     assert_eq!(answered_by(addr, 20).keys().collect::<Vec<_>>(), [&old]);
+}
+
+/// Regression: what completed its handshake in a crashed canary's socket
+/// after the canary had exited (a SYN its share took just before, a round
+/// trip later; here the socket defers accepts until the client sends)
+/// waited for good: that socket was swept only as the canary exited.
+#[test]
+fn what_reaches_a_crashed_canarys_socket_after_it_exited_is_reset_too() {
+    let dir = TempDir::new();
+    let crash = dir.path("crash");
+    let env = [
+        ("EXAMPLE_CRASH_FILE", crash.to_str().unwrap()),
+        ("EXAMPLE_CRASH_GEN", "2"),
+        ("EXAMPLE_DEFER_ACCEPT_GEN", "2"),
+    ];
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--name", "cd"], &env);
+    ge.wait_ready(1);
+    let (addr, old) = (ge.tcp_addr(), ge.gen_pid(1));
+    canary(&ge, "50");
+    // Those of the canary's share stay half open until they send.
+    let conns: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::fs::write(&crash, "").unwrap();
+    ge.wait_exited(2);
+    ge.wait_log("generation 1 gets every new connection");
+    let mut reset = 0;
+    for r in conns.into_iter().map(request_on).map(|h| h.join().unwrap()) {
+        match r {
+            Ok(body) => assert_eq!(pid_of(&body), old),
+            Err(e) if e.contains("reset") => reset += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(reset > 0, "the canary's share came after it exited, and was reset");
 }
 
 #[test]

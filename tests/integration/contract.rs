@@ -53,6 +53,33 @@ fn each_generation_has_its_own_notify_socket_and_number() {
     assert_ne!(first["notify_socket"], second["notify_socket"]);
 }
 
+/// Regression: a server that made its socket non-blocking (most event
+/// loops do, the example server too) left it so for the next generation
+/// given the same socket of the pool, since O_NONBLOCK belongs to the open
+/// description: a server that accepts in blocking mode (Python's
+/// `socket.accept()`) then failed with EAGAIN after its first connection,
+/// and was restarted into the same socket, in a loop.
+#[test]
+fn a_generation_gets_its_socket_blocking_whatever_an_earlier_one_made_it() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify"], &[]);
+    ge.wait_ready(1);
+    assert_eq!(info(ge.tcp_addr())["nonblock"], "", "as bound");
+    for gen in [2, 3] {
+        ge.signal(nix::sys::signal::Signal::SIGHUP);
+        ge.wait_ready(gen);
+        ge.wait_exited(gen as u32 - 1);
+    }
+    // Generation 3 has socket 0, which generation 1 made non-blocking.
+    let s =
+        ge.wait_status("generation 3 alone", |s| s["generations"].as_array().unwrap().len() == 1);
+    assert_eq!(
+        (&s["generations"][0]["generation"], &s["generations"][0]["socket"]),
+        (&3.into(), &0.into()),
+        "{s}"
+    );
+    assert_eq!(info(ge.tcp_addr())["nonblock"], "");
+}
+
 #[test]
 fn adopts_sockets_from_systemd_activation_and_passes_names_on() {
     // The outer graceexec plays systemd: it passes LISTEN_FDS, LISTEN_PID

@@ -12,7 +12,11 @@ use crate::harness::*;
 /// The port the example server serves when it ignores its sockets, from
 /// its "serving Ok(ADDR)" line.
 fn own_port(ge: &Ge) -> SocketAddr {
-    let at = "; serving Ok(";
+    logged_addr(ge, "; serving Ok(")
+}
+
+/// The address in the log right after `at`, up to the next `)`.
+fn logged_addr(ge: &Ge, at: &str) -> SocketAddr {
     ge.wait_log(at);
     let log = ge.log();
     let rest = &log[log.find(at).unwrap() + at.len()..];
@@ -24,7 +28,8 @@ fn a_server_that_binds_a_port_of_its_own_is_told_the_address_and_to_take_fd_3() 
     let ge =
         Ge::start(&["-l", "127.0.0.1:0", "--ready-timeout", "5s"], &[("EXAMPLE_IGNORE_FDS", "1")]);
     let addr = own_port(&ge);
-    let waiting = format!("nothing accepted on fd 3 yet; it listens on {addr} itself");
+    let waiting =
+        format!("nothing accepted on fd 3 yet; it listens on {addr} itself, probably instead");
     ge.wait_status("the suspect", |s| s["generations"][0]["waiting"] == waiting.as_str());
     let (code, out, err) = ctl(&["status"]);
     assert_eq!(code, 0, "{err}");
@@ -33,8 +38,8 @@ fn a_server_that_binds_a_port_of_its_own_is_told_the_address_and_to_take_fd_3() 
     assert_eq!(ge.wait_exit(), 1);
     let why = format!(
         "generation 1 was not ready within 5s (nothing accepted on fd 3 yet); it listens on \
-         {addr} itself: make it accept on the inherited fd 3 (LISTEN_FDS) instead of binding; \
-         giving up"
+         {addr} itself, probably instead: if that is the server's port, make it accept on the \
+         inherited fd 3 (LISTEN_FDS) instead of binding; giving up"
     );
     assert!(ge.log().contains(&why), "{}", ge.log());
 }
@@ -74,14 +79,16 @@ fn a_wrapper_script_without_exec_is_told_to_exec_the_server() {
         waiting.starts_with("nothing accepted on fd 3 yet; its main process is a shell ("),
         "{s}"
     );
-    assert!(waiting.ends_with(&format!("running a child, and it listens on {addr} itself")), "{s}");
+    let ending = format!("running a child, probably the server, and it listens on {addr} itself");
+    assert!(waiting.ends_with(&ending), "{s}");
 
     let (code, _, err) = reload.join().unwrap();
     assert_eq!(code, 1, "{err}");
     let why = format!(
-        "generation 2 was not ready within 5s (nothing accepted on fd 3 yet); COMMAND is a shell \
-         script that runs the server as a child: put `exec` before the server's command, and make \
-         it accept on the inherited fd 3 (LISTEN_FDS) instead of binding {addr}"
+        "generation 2 was not ready within 5s (nothing accepted on fd 3 yet); COMMAND is probably \
+         a shell script that runs the server as a child: put `exec` before the server's command, \
+         and if {addr} is the server's port, make it accept on the inherited fd 3 (LISTEN_FDS) \
+         instead of binding it"
     );
     assert!(err.contains(&why), "{err}");
     // The first generation, started by `exec`, still serves.
@@ -101,4 +108,27 @@ fn a_server_that_ignores_listen_fds_and_binds_nothing_is_asked_whether_it_reads_
     let why = "generation 1 was not ready within 3s (nothing accepted on fd 3 yet); it never \
                accepted on fd 3: does it read LISTEN_FDS?";
     assert!(log.contains(why), "{log}");
+}
+
+/// Regression for a guess worded as a finding: a server still starting
+/// that also listens on a metrics port was told, while it started, that
+/// it listens there itself, as a server that binds its port would be; it
+/// is only probably that, and the server is ready once it accepts.
+#[test]
+fn a_slow_server_with_a_metrics_port_is_only_probably_suspected_and_then_ready() {
+    let dir = TempDir::new();
+    let go = dir.path("go");
+    let env = [
+        ("EXAMPLE_METRICS_PORT", "1"),
+        ("EXAMPLE_HOLD_FILE", go.to_str().unwrap()),
+        ("EXAMPLE_HOLD_GEN", "1"),
+    ];
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "accept"], &env);
+    let metrics = logged_addr(&ge, "server: metrics on Ok(");
+    let waiting =
+        format!("nothing accepted on fd 3 yet; it listens on {metrics} itself, probably instead");
+    ge.wait_status("the guess", |s| s["generations"][0]["waiting"] == waiting.as_str());
+    std::fs::write(&go, "").unwrap();
+    ge.wait_ready(1);
+    assert!(!ge.log().contains("was not ready"), "{}", ge.log());
 }

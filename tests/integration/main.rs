@@ -11,6 +11,7 @@ mod events;
 mod examples;
 mod faults;
 mod fdstore;
+mod fdstore_gaps;
 mod files;
 mod first_contact;
 mod harness;

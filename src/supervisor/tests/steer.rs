@@ -140,12 +140,12 @@ fn a_candidate_that_never_accepts_fails_with_what_it_probably_does_instead() {
     assert_eq!(
         h.logged(Level::Info),
         ["generation 2 not ready after 10s (nothing accepted on fd 3 yet; it listens on \
-          127.0.0.1:8090 itself)"]
+          127.0.0.1:8090 itself, probably instead)"]
     );
     h.tick(31_000);
     let why = "generation 2 was not ready within 30s (nothing accepted on fd 3 yet); it listens \
-               on 127.0.0.1:8090 itself: make it accept on the inherited fd 3 (LISTEN_FDS) \
-               instead of binding";
+               on 127.0.0.1:8090 itself, probably instead: if that is the server's port, make it \
+               accept on the inherited fd 3 (LISTEN_FDS) instead of binding";
     assert!(h.logged(Level::Warn)[0].contains(why), "{:?}", h.logged(Level::Warn));
     let reported = h.reports.iter().any(
         |a| matches!(a, Action::Report { outcome: Outcome::Failed { why: w, .. }, .. } if w == why),
@@ -324,5 +324,25 @@ fn a_reload_is_answered_only_after_the_switch() {
             at(|a| matches!(a, Action::Steer { shares } if shares.iter().any(|s| s.0 == 2)));
         let answer = at(|a| matches!(a, Action::Report { waiters, .. } if waiters == &[7]));
         assert!(switch < answer, "answered before the switch ({canary:?}): {out:?}");
+    }
+}
+
+/// Regression: the reload's READY=1 went to the service manager before the
+/// switch, so under Type=notify-reload a client that connected as soon as
+/// `systemctl reload` returned could still reach the old generation.
+#[test]
+fn a_reload_ends_for_the_service_manager_only_after_the_switch() {
+    for canary in [None, Some(ALL / 4)] {
+        let mut h = steered(|_| {});
+        reload_with(h.at(1000), canary, None);
+        let out = h.sup.handle(
+            h.base + Duration::from_millis(1100),
+            Event::Ready { gen: 2, by: ReadySource::Notify },
+        );
+        let at = |f: fn(&Action) -> bool| out.iter().position(f).expect("in the actions");
+        let switch =
+            at(|a| matches!(a, Action::Steer { shares } if shares.iter().any(|s| s.0 == 2)));
+        let ready = at(|a| matches!(a, Action::Systemd { state: Some(SdState::Ready), .. }));
+        assert!(switch < ready, "READY=1 before the switch ({canary:?}): {out:?}");
     }
 }

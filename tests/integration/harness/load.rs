@@ -40,7 +40,11 @@ pub fn get_unix(path: &Path, url: &str) -> std::io::Result<String> {
 /// of a 200 answer, or what went wrong: a reset, or nothing within LONG
 /// ("stranded": it waited in a socket no generation accepts from).
 pub fn pending(addr: SocketAddr) -> JoinHandle<Result<String, String>> {
-    let mut s = TcpStream::connect(addr).unwrap();
+    request_on(TcpStream::connect(addr).unwrap())
+}
+
+/// `pending`'s request, on a connection made earlier.
+pub fn request_on(mut s: TcpStream) -> JoinHandle<Result<String, String>> {
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
     std::thread::spawn(move || {
         s.set_read_timeout(Some(LONG)).unwrap();
