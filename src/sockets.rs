@@ -57,6 +57,9 @@ pub struct Sockets {
     /// Stopping with a store: new connections wait in a socket no
     /// generation holds, for the next start (fdstore.rs); no more routes.
     parked: bool,
+    /// Bound by graceexec (or taken back from its store), not adopted from
+    /// systemd, whose NonBlocking= decides their O_NONBLOCK.
+    bound_here: bool,
 }
 
 /// What a generation got.
@@ -144,13 +147,16 @@ impl Sockets {
 
     /// Sockets adopted from systemd: shared, as systemd made them.
     pub fn adopted(listeners: Vec<Listener>) -> Sockets {
-        Sockets::from_entries(listeners.into_iter().map(Entry::Shared).collect())
+        let mut sockets = Sockets::from_entries(listeners.into_iter().map(Entry::Shared).collect());
+        sockets.bound_here = false;
+        sockets
     }
 
     fn from_entries(entries: Vec<Entry>) -> Sockets {
         let (slots, probes) = (BTreeMap::new(), BTreeMap::new());
         let shares = Vec::new();
-        Sockets { entries, slots, shares, probes, routed: None, store: None, parked: false }
+        let (routed, store, parked, bound_here) = (None, None, false, true);
+        Sockets { entries, slots, shares, probes, routed, store, parked, bound_here }
     }
 
     /// Whether any socket is steered.
@@ -221,7 +227,11 @@ impl Sockets {
     /// a free one with connections queued (nothing queued is dropped), else
     /// the lowest free one, else a new one if the pools can grow; else it
     /// shares the slot new connections go to, as before steering.
-    pub fn assign(&mut self, gen: GenId) -> Slot {
+    /// `alone`: no other generation runs (`unshared_blocking`).
+    pub fn assign(&mut self, gen: GenId, alone: bool) -> Slot {
+        if alone {
+            self.unshared_blocking();
+        }
         if !self.steering() {
             return Slot::None;
         }
@@ -246,6 +256,22 @@ impl Sockets {
         ));
         self.slots.insert(gen, shared);
         Slot::Shared(shared)
+    }
+
+    /// No generation runs (the first start, a crash restart): the sockets
+    /// every generation shares back to blocking, as graceexec bound them,
+    /// for the reason `Pool::set_blocking` gives. Only now: while a
+    /// generation runs, it holds them too. Not sockets adopted from
+    /// systemd, whose flags follow the unit's NonBlocking=.
+    fn unshared_blocking(&self) {
+        if !self.bound_here {
+            return;
+        }
+        for entry in &self.entries {
+            if let Entry::Shared(l) = entry {
+                crate::steer::pool::set_blocking(l.fd.as_fd());
+            }
+        }
     }
 
     fn grow(&mut self) -> Option<u32> {

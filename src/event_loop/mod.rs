@@ -257,7 +257,7 @@ impl Runtime {
         let notify = self.io.notify_dir.socket(gen).map_err(io_error)?;
         let prefix = self.cfg.log_prefix;
         let (ends, mut captured) = output::pipes(prefix, prefix).map_err(io_error)?;
-        let slot = match self.io.sockets.assign(gen) {
+        let slot = match self.io.sockets.assign(gen, self.gens.is_empty()) {
             Slot::Own(s) | Slot::Shared(s) => s,
             Slot::None => 0,
         };

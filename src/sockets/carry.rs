@@ -24,6 +24,9 @@ pub struct SocketsOut {
     store: bool,
     #[serde(default)]
     parked: bool,
+    /// Absent from an older image: then as adopted, left alone.
+    #[serde(default)]
+    bound_here: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -54,6 +57,7 @@ impl Sockets {
             routed: self.routed,
             store: self.store.is_some(),
             parked: self.parked,
+            bound_here: self.bound_here,
         }
     }
 
@@ -89,6 +93,7 @@ impl Sockets {
             routed: s.routed,
             store: if s.store { crate::fdstore::Store::from_env() } else { None },
             parked: s.parked,
+            bound_here: s.bound_here,
         })
     }
 }

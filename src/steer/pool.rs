@@ -199,11 +199,8 @@ impl Pool {
     /// at its first empty queue. So only for an index no running generation
     /// holds.
     pub fn set_blocking(&self, index: u32) {
-        let Some(fd) = self.socket(index) else { return };
-        let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) else { return };
-        let flags = OFlag::from_bits_truncate(flags);
-        if flags.contains(OFlag::O_NONBLOCK) {
-            let _ = fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK));
+        if let Some(fd) = self.socket(index) {
+            set_blocking(fd);
         }
     }
 
@@ -271,6 +268,16 @@ impl Pool {
         let mut info = [0u8; 256];
         let n = sys::tcp_info(fd, &mut info)?;
         accept_queue(&info[..n]).ok_or_else(|| io::Error::other("TCP_INFO: not a listening socket"))
+    }
+}
+
+/// Clears O_NONBLOCK on `fd`'s open description, which every process
+/// given a copy shares: only for a socket no running generation holds.
+pub fn set_blocking(fd: BorrowedFd<'_>) {
+    let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) else { return };
+    let flags = OFlag::from_bits_truncate(flags);
+    if flags.contains(OFlag::O_NONBLOCK) {
+        let _ = fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK));
     }
 }
 

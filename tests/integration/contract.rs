@@ -2,6 +2,9 @@
 
 use std::os::fd::AsRawFd;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use crate::harness::*;
 
 #[test]
@@ -77,6 +80,21 @@ fn a_generation_gets_its_socket_blocking_whatever_an_earlier_one_made_it() {
         (&3.into(), &0.into()),
         "{s}"
     );
+    assert_eq!(info(ge.tcp_addr())["nonblock"], "");
+}
+
+/// Regression: a socket every generation shares (`--handover shared`,
+/// UDP, unix, a kernel that cannot steer) kept the O_NONBLOCK a crashed
+/// generation set, for the generation its restart brought: the same
+/// EAGAIN loop for a server that accepts in blocking mode, where no
+/// running generation holds the socket any more.
+#[test]
+fn a_crash_restart_gets_a_shared_socket_blocking() {
+    let ge = Ge::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--handover", "shared"], &[]);
+    ge.wait_ready(1);
+    assert_eq!(info(ge.tcp_addr())["nonblock"], "", "as bound");
+    kill(Pid::from_raw(ge.gen_pid(1)), Signal::SIGKILL).unwrap();
+    ge.wait_ready(2);
     assert_eq!(info(ge.tcp_addr())["nonblock"], "");
 }
 

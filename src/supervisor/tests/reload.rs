@@ -255,6 +255,18 @@ fn systemd_crash_and_recovery_are_status_lines_only() {
     assert_eq!(sd(&h), vec![(None, serving(2))]);
 }
 
+/// RELOADING=1 was sent for the reload; the serving generation's crash
+/// must not lose its READY=1, which comes when the reload's candidate is
+/// ready (and new connections already go to it).
+#[test]
+fn systemd_hears_a_reload_end_even_if_the_current_crashed_during_it() {
+    let mut h = H::reloading(true);
+    h.at(1500).exited(1, Code(1));
+    assert_eq!(sd_states(&h), vec![], "not yet: {:?}", sd(&h));
+    h.at(2000).ready(2);
+    assert_eq!(sd(&h), vec![(Some(SdState::Ready), serving(2))]);
+}
+
 // ---- status view ----
 
 #[test]
