@@ -162,7 +162,12 @@ fn what_reaches_a_crashed_canarys_socket_after_it_exited_is_reset_too() {
     ge.wait_exited(2);
     ge.wait_log("generation 1 gets every new connection");
     let mut reset = 0;
-    for r in conns.into_iter().map(request_on).map(|h| h.join().unwrap()) {
+    // Every request is sent before any answer is awaited: sent one after
+    // another's answer, each of the canary's share waited for the next
+    // sweep (a second), and generation 1's share, accepted at connect,
+    // outwaited the example server's 10 s for a request and was closed.
+    let sent: Vec<_> = conns.into_iter().map(request_on).collect();
+    for r in sent.into_iter().map(|h| h.join().unwrap()) {
         match r {
             Ok(body) => assert_eq!(pid_of(&body), old),
             Err(e) if e.contains("reset") => reset += 1,
