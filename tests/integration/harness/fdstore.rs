@@ -12,6 +12,7 @@ use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
+use std::sync::atomic::AtomicBool;
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
 
@@ -26,6 +27,9 @@ pub struct FakeStore {
     max: usize,
     /// What the reader thread received and `read` has not taken in yet.
     inbox: Arc<Mutex<Vec<Message>>>,
+    /// Set once the test looks: a busy store's reader starts then at the
+    /// latest.
+    looked: Arc<AtomicBool>,
     /// Oldest first.
     fds: Vec<(String, OwnedFd)>,
     /// Every message so far, in order, without the fds.
@@ -39,29 +43,36 @@ impl FakeStore {
     /// A thread reads the socket as it fills, as the service manager does
     /// (a unix datagram socket queues only a few messages).
     pub fn new(max: usize) -> FakeStore {
-        FakeStore::with_pace(max, None)
+        FakeStore::make(max, false)
     }
 
-    /// A store whose manager takes a while over each message, as one busy
-    /// with other work: the socket's short queue fills at a burst.
+    /// A store whose manager is busy with other work until its socket's
+    /// short queue is full (net.unix.max_dgram_qlen), and only then reads:
+    /// what graceexec sends beyond that must wait for room, not be lost.
+    /// Where the queue holds more than graceexec sends, it reads once the
+    /// test first looks at the store.
     pub fn busy(max: usize) -> FakeStore {
-        FakeStore::with_pace(max, Some(std::time::Duration::from_millis(2)))
+        FakeStore::make(max, true)
     }
 
-    fn with_pace(max: usize, pace: Option<std::time::Duration>) -> FakeStore {
+    fn make(max: usize, busy: bool) -> FakeStore {
         let dir = TempDir::new();
         let path = dir.path("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
+        // A sender connected to the store's socket is writable while the
+        // socket's queue has room (unix_dgram_poll); it never sends.
+        let probe = UnixDatagram::unbound().unwrap();
+        probe.connect(&path).unwrap();
         let path = path.to_str().unwrap().to_string();
         let inbox = Arc::new(Mutex::new(Vec::new()));
-        let to = inbox.clone();
+        let looked = Arc::new(AtomicBool::new(!busy));
+        let (to, open) = (inbox.clone(), looked.clone());
         // Ends with the test process: it blocks in recvmsg until then.
-        std::thread::spawn(move || loop {
-            let message = receive(&sock);
-            to.lock().unwrap().push(message);
-            if let Some(pace) = pace {
-                // Not a wait for anything: the manager's own slowness.
-                std::thread::sleep(pace);
+        std::thread::spawn(move || {
+            poll_until(LONG, || open.load(Ordering::SeqCst) || !writable(&probe));
+            loop {
+                let message = receive(&sock);
+                to.lock().unwrap().push(message);
             }
         });
         FakeStore {
@@ -69,6 +80,7 @@ impl FakeStore {
             path,
             max,
             inbox,
+            looked,
             fds: Vec::new(),
             messages: Vec::new(),
             refused: Vec::new(),
@@ -77,6 +89,7 @@ impl FakeStore {
 
     /// Take in every message received so far.
     pub fn read(&mut self) {
+        self.looked.store(true, Ordering::SeqCst);
         let got = std::mem::take(&mut *self.inbox.lock().unwrap());
         for (text, fds) in got {
             self.take(&text, fds);
@@ -201,6 +214,13 @@ impl FakeStore {
 }
 
 /// One message with the fds it carries.
+/// Whether a datagram sent on `probe` would be queued now.
+fn writable(probe: &UnixDatagram) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(probe.as_fd(), PollFlags::POLLOUT)];
+    poll(&mut fds, PollTimeout::ZERO).unwrap() > 0
+}
+
 fn receive(sock: &UnixDatagram) -> Message {
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
