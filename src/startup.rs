@@ -124,6 +124,12 @@ impl SignalsBlocked {
         let passed = listen::from_systemd().map_err(|e| {
             failure(EXIT_STARTUP, format!("cannot adopt the sockets systemd passed: {e:#}"))
         })?;
+        // Our output never blocks from here on (outbox.rs), the warnings
+        // about what systemd passed included. After adopting systemd's
+        // sockets: it opens fds, which must not take a number LISTEN_FDS
+        // names; before the watchdog, which is handed the non-blocking
+        // descriptions, and before --user drops the right to reopen them.
+        crate::outbox::init(true);
         let nothing = "nothing to listen on: give --listen ADDR, or start graceexec by systemd socket activation";
         let (systemd, stored) = match (cli.listen.is_empty(), passed) {
             (true, Some(l)) => {
@@ -149,12 +155,6 @@ impl SignalsBlocked {
             }
             (false, None) => (None, Stored::default()),
         };
-        // Our output never blocks the loop from here on (outbox.rs). After
-        // adopting systemd's sockets: it opens fds, which must not take a
-        // number LISTEN_FDS names; before the watchdog, which is handed
-        // the non-blocking descriptions, and before --user drops the right
-        // to reopen them.
-        crate::outbox::init(true);
         // After adopting systemd's sockets, so it cannot take one of the
         // fds LISTEN_FDS names.
         let signals = signals::signalfd()
