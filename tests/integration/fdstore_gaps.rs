@@ -6,16 +6,23 @@
 use crate::fdstore::{args, outcomes, stop};
 use crate::harness::*;
 
+/// Run graceexec once with one steered address (and `more`) under
+/// `store`, have the store lose `name`, and stop: the address.
+fn stored_without(store: &mut FakeStore, name: &str, more: &[&str]) -> std::net::SocketAddr {
+    let mut ge = store.start(&args(&["127.0.0.1:0"], more), &[]);
+    let addr = ge.tcp_addr();
+    store.wait_holding(4);
+    store.forget(name);
+    stop(&mut ge);
+    addr
+}
+
 /// Regression: a pool stored with a socket missing in the middle was not
 /// taken back at all, and bound anew beside the one the store held.
 #[test]
 fn a_pool_stored_with_a_socket_missing_is_taken_back_below_the_gap() {
     let mut store = FakeStore::new(16);
-    let mut ge = store.start(&args(&["127.0.0.1:0"], &[]), &[]);
-    let addr = ge.tcp_addr();
-    store.wait_holding(4);
-    store.forget("graceexec-0-2");
-    stop(&mut ge);
+    let addr = stored_without(&mut store, "graceexec-0-2", &[]);
     let reqs: Vec<_> = (0..4).map(|_| pending(addr)).collect();
     let mut ge = store.start(&args(&["127.0.0.1:0"], &[]), &[]);
     let pid = ge.gen_pid(1);
@@ -39,11 +46,7 @@ fn a_pool_stored_with_a_socket_missing_is_taken_back_below_the_gap() {
 fn a_pool_taken_back_below_a_gap_keeps_its_numbering_once_the_store_lets_go() {
     let mut store = FakeStore::new(16);
     let more = ["--keep-old", "10m"];
-    let mut ge = store.start(&args(&["127.0.0.1:0"], &more), &[]);
-    let addr = ge.tcp_addr();
-    store.wait_holding(4);
-    store.forget("graceexec-0-2");
-    stop(&mut ge);
+    let addr = stored_without(&mut store, "graceexec-0-2", &more);
     let mut ge = store.start(&args(&["127.0.0.1:0"], &more), &[]);
     ge.wait_ready(1);
     // The manager acts on the removal of socket 3 only now, after the
@@ -73,11 +76,7 @@ fn a_pool_taken_back_below_a_gap_keeps_its_numbering_once_the_store_lets_go() {
 #[test]
 fn a_pool_stored_without_socket_0_is_bound_anew_in_a_group_of_its_own() {
     let mut store = FakeStore::new(16);
-    let mut ge = store.start(&args(&["127.0.0.1:0"], &[]), &[]);
-    let addr = ge.tcp_addr();
-    store.wait_holding(4);
-    store.forget("graceexec-0-0");
-    stop(&mut ge);
+    let addr = stored_without(&mut store, "graceexec-0-0", &[]);
     // The same address, given as it is: the stored sockets fit it.
     let listen = addr.to_string();
     let mut ge = store.start(&args(&[&listen], &[]), &[]);

@@ -307,22 +307,33 @@ fn a_ramp_raises_the_share_in_steps_then_promotes() {
     assert_eq!(h.tick(11_000), vec![steer(&[(2, ALL)]), watch(1)]);
 }
 
+/// The actions of generation 2's READY=1 in a reload (a canary with
+/// `canary`, `waiter` waiting for it), and the index of the switch to it.
+fn ready_in_a_reload(canary: Option<u32>, waiter: Option<Waiter>) -> (Vec<Action>, usize) {
+    let mut h = steered(|_| {});
+    reload_with(h.at(1000), canary, waiter);
+    let out = h.sup.handle(
+        h.base + Duration::from_millis(1100),
+        Event::Ready { gen: 2, by: ReadySource::Notify },
+    );
+    let switch = out
+        .iter()
+        .position(|a| matches!(a, Action::Steer { shares } if shares.iter().any(|s| s.0 == 2)))
+        .expect("a switch to generation 2");
+    (out, switch)
+}
+
 /// Regression: `graceexec reload` was answered before the switch, so a
 /// client that connected as soon as it returned (the README's quick start:
 /// reload, then curl) could still reach the old generation.
 #[test]
 fn a_reload_is_answered_only_after_the_switch() {
     for canary in [None, Some(ALL / 4)] {
-        let mut h = steered(|_| {});
-        reload_with(h.at(1000), canary, Some(7));
-        let out = h.sup.handle(
-            h.base + Duration::from_millis(1100),
-            Event::Ready { gen: 2, by: ReadySource::Notify },
-        );
-        let at = |f: fn(&Action) -> bool| out.iter().position(f).expect("in the actions");
-        let switch =
-            at(|a| matches!(a, Action::Steer { shares } if shares.iter().any(|s| s.0 == 2)));
-        let answer = at(|a| matches!(a, Action::Report { waiters, .. } if waiters == &[7]));
+        let (out, switch) = ready_in_a_reload(canary, Some(7));
+        let answer = out
+            .iter()
+            .position(|a| matches!(a, Action::Report { waiters, .. } if waiters == &[7]))
+            .expect("the answer");
         assert!(switch < answer, "answered before the switch ({canary:?}): {out:?}");
     }
 }
@@ -333,16 +344,11 @@ fn a_reload_is_answered_only_after_the_switch() {
 #[test]
 fn a_reload_ends_for_the_service_manager_only_after_the_switch() {
     for canary in [None, Some(ALL / 4)] {
-        let mut h = steered(|_| {});
-        reload_with(h.at(1000), canary, None);
-        let out = h.sup.handle(
-            h.base + Duration::from_millis(1100),
-            Event::Ready { gen: 2, by: ReadySource::Notify },
-        );
-        let at = |f: fn(&Action) -> bool| out.iter().position(f).expect("in the actions");
-        let switch =
-            at(|a| matches!(a, Action::Steer { shares } if shares.iter().any(|s| s.0 == 2)));
-        let ready = at(|a| matches!(a, Action::Systemd { state: Some(SdState::Ready), .. }));
+        let (out, switch) = ready_in_a_reload(canary, None);
+        let ready = out
+            .iter()
+            .position(|a| matches!(a, Action::Systemd { state: Some(SdState::Ready), .. }))
+            .expect("READY=1");
         assert!(switch < ready, "READY=1 before the switch ({canary:?}): {out:?}");
     }
 }
